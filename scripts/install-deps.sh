@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs every Debian package strata needs to build, test and benchmark.
+# Idempotent: packages already present are left alone; apt runs only when
+# something is missing.
+set -euo pipefail
+
+PKGS=(
+  # build
+  build-essential cmake pkg-config
+  liburing-dev libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev
+  # test clients and peers
+  libnbd-bin python3-libnbd nbdkit qemu-utils fio jq xxd util-linux procps
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "install-deps: need root to install: ${missing[*]}" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq || apt-get update
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,208 @@
+#include "cli/serve.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <future>
+#include <sstream>
+#include <thread>
+
+#include <fmt/core.h>
+
+#include "control/client.h"
+#include "control/server.h"
+#include "core/log.h"
+#include "core/queue.h"
+#include "exports/nbd/server.h"
+#include "targets/file.h"
+#include "targets/table.h"
+
+namespace strata::cli {
+namespace {
+
+Result<std::string> read_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return posix_error(fmt::format("table {}", path), errno ? errno : ENOENT);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+Result<std::unique_ptr<DeviceSet>> load_devices(const ServeOptions& o) {
+  std::vector<DeviceSpec> specs;
+  std::string source;
+  if (!o.file.empty()) {
+    if (!o.tables.empty()) return fail(EINVAL, "give either --file or --table, not both");
+    int fd = ::open(o.file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return posix_error(fmt::format("--file {}", o.file), errno);
+    off_t end = ::lseek(fd, 0, SEEK_END);
+    ::close(fd);
+    if (end < 0) return posix_error(fmt::format("--file {}: size", o.file), errno);
+    if (o.offset > static_cast<uint64_t>(end))
+      return fail(EINVAL, fmt::format("--offset {} is beyond the end of {} ({} bytes)", o.offset, o.file, end));
+    uint64_t len = static_cast<uint64_t>(end) - o.offset;
+    if (len < kSectorSize) return fail(EINVAL, fmt::format("--file {}: less than 512 bytes to serve", o.file));
+    if (len % kSectorSize)
+      LOG_WARN("--file {}: serving {} bytes; the last {} bytes are not a whole sector", o.file,
+               len / kSectorSize * kSectorSize, len % kSectorSize);
+    SegmentSpec seg;
+    seg.line = 1;
+    seg.num_sectors = len / kSectorSize;
+    seg.target = "file";
+    seg.args = {o.file, std::to_string(o.offset)};
+    if (o.direct) seg.args.push_back("direct=on");
+    DeviceSpec d;
+    d.name = o.export_name;
+    d.segments.push_back(seg);
+    specs.push_back(d);
+    source = "--file";
+  } else {
+    if (o.tables.empty()) return fail(EINVAL, "nothing to serve: give --table FILE or --file PATH");
+    for (const auto& t : o.tables) {
+      std::string text = TRY(read_file(t));
+      auto more = TRY(parse_config(text, t, o.export_name));
+      for (auto& m : more) {
+        for (const auto& s : specs)
+          if (s.name == m.name) return fail(EINVAL, fmt::format("{}: device '{}' is defined twice", t, m.name));
+        specs.push_back(std::move(m));
+      }
+    }
+    source = o.tables.size() == 1 ? o.tables[0] : "tables";
+  }
+  return DeviceSet::build(specs, source, o.read_only);
+}
+
+// Runs fn (returning Task<Result<>>) on q and waits for it.
+template <typename F>
+Result<> run_on(Queue& q, F fn) {
+  std::promise<Result<>> p;
+  auto fut = p.get_future();
+  q.post([&] {
+    spawn([](F fn, std::promise<Result<>>& p) -> Task<void> { p.set_value(co_await fn()); }(fn, p));
+  });
+  return fut.get();
+}
+
+}  // namespace
+
+int serve(const ServeOptions& o) {
+  if (o.verbose) set_log_level(LogLevel::kDebug);
+  // Signals are taken by sigwait() on this thread only; every thread started
+  // below inherits the mask.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  auto devices = load_devices(o);
+  if (!devices) {
+    LOG_ERROR("{}", devices.error().message);
+    return 1;
+  }
+
+  unsigned nq = o.queues ? o.queues : std::max(1u, std::min(4u, std::thread::hardware_concurrency()));
+  std::vector<std::unique_ptr<Queue>> queues;
+  std::vector<Queue*> qptrs;
+  for (unsigned i = 0; i < nq; ++i) {
+    auto q = std::make_unique<Queue>(static_cast<int>(i));
+    if (auto r = q->start(); !r) {
+      LOG_ERROR("queue {}: {}", i, r.error().message);
+      return 1;
+    }
+    qptrs.push_back(q.get());
+    queues.push_back(std::move(q));
+  }
+  for (Queue* q : qptrs) {
+    for (const auto& d : (*devices)->devices()) {
+      auto r = run_on(*q, [&]() -> Task<Result<>> { co_return d.table->attach_queue(*q); });
+      if (!r) {
+        LOG_ERROR("device '{}': {}", d.name, r.error().message);
+        return 1;
+      }
+    }
+  }
+
+  nbd::ServerOptions so;
+  so.max_connections = o.max_connections;
+  so.handshake_timeout = std::chrono::milliseconds(static_cast<int64_t>(o.handshake_timeout * 1000));
+  nbd::Server server(qptrs, so);
+  for (const auto& d : (*devices)->devices()) server.add_export({d.name, "", d.table, d.read_only});
+
+  for (const auto& p : o.unix_paths) {
+    if (auto r = server.listen_unix(p); !r) {
+      LOG_ERROR("{}", r.error().message);
+      return 1;
+    }
+  }
+  std::vector<std::string> tcp = o.tcp;
+  if (tcp.empty() && o.unix_paths.empty()) tcp.push_back("127.0.0.1:10809");
+  for (const auto& t : tcp) {
+    auto colon = t.rfind(':');
+    if (colon == std::string::npos) {
+      LOG_ERROR("--tcp {}: expected HOST:PORT", t);
+      return 1;
+    }
+    std::string host = t.substr(0, colon), port = t.substr(colon + 1);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+    if (auto r = server.listen_tcp(host, port); !r) {
+      LOG_ERROR("{}", r.error().message);
+      return 1;
+    }
+  }
+
+  control::Daemon daemon{devices->get(), &server, std::chrono::steady_clock::now()};
+  control::Server ctl(daemon);
+  std::string ctl_path = o.control.empty() ? control::default_control_path() : o.control;
+  if (o.control.empty() && ctl_path == "/run/strata/control.sock") ::mkdir("/run/strata", 0700);
+  if (auto r = ctl.start(ctl_path); !r) {
+    LOG_ERROR("{}", r.error().message);
+    return 1;
+  }
+
+  server.start();
+  if (!o.pidfile.empty()) {
+    std::ofstream(o.pidfile) << ::getpid() << "\n";
+  }
+  for (const auto& d : (*devices)->devices()) {
+    for (const auto& u : server.uris()) {
+      // Insert the export name into the URI path.
+      std::string uri = u;
+      auto scheme_end = uri.find("://");
+      auto path_at = uri.find('/', scheme_end + 3);
+      if (path_at == std::string::npos)
+        uri += "/" + d.name;
+      else
+        uri.insert(path_at + 1, d.name);
+      fmt::print("strata: export '{}' ({} bytes{}) at {}\n", d.name, d.table->size(), d.read_only ? ", read-only" : "",
+                 uri);
+    }
+  }
+  fmt::print("strata: control socket {}\n", ctl_path);
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  LOG_INFO("signal {}: finishing requests in flight", sig);
+  server.shutdown();
+  ctl.stop();
+  int rc = 0;
+  for (const auto& d : (*devices)->devices()) {
+    if (!d.table->caps().can_flush || d.read_only) continue;
+    auto r = run_on(*qptrs[0], [&]() -> Task<Result<>> { co_return co_await d.table->flush(*qptrs[0]); });
+    if (!r) {
+      LOG_ERROR("flush '{}' at exit: {}", d.name, r.error().message);
+      rc = 1;
+    }
+  }
+  for (auto& q : queues) q->stop();
+  if (!o.pidfile.empty()) ::unlink(o.pidfile.c_str());
+  LOG_INFO("stopped");
+  return rc;
+}
+
+}  // namespace strata::cli

@@ -1,0 +1,29 @@
+// `strata serve`: the foreground server. Wires tables, queues, the NBD export
+// and the control socket together, then waits for SIGINT/SIGTERM.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace strata::cli {
+
+struct ServeOptions {
+  std::vector<std::string> tables;
+  std::string file;
+  uint64_t offset = 0;
+  bool direct = false;
+  std::string export_name;
+  std::vector<std::string> unix_paths;
+  std::vector<std::string> tcp;
+  bool read_only = false;
+  std::string control;
+  unsigned queues = 0;
+  std::size_t max_connections = 256;
+  double handshake_timeout = 10;
+  std::string pidfile;
+  bool verbose = false;
+};
+
+int serve(const ServeOptions& o);
+
+}  // namespace strata::cli

@@ -1,0 +1,59 @@
+#include "control/client.h"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include <fmt/core.h>
+
+namespace strata::control {
+
+std::string default_control_path() {
+  if (const char* e = std::getenv("STRATA_CONTROL"); e && *e) return e;
+  if (::getuid() == 0) return "/run/strata/control.sock";
+  if (const char* x = std::getenv("XDG_RUNTIME_DIR"); x && *x) return std::string(x) + "/strata.sock";
+  return fmt::format("/tmp/strata-{}.sock", ::getuid());
+}
+
+Result<nlohmann::json> call(const std::string& path, const std::string& method, const nlohmann::json& params) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return fail(ENAMETOOLONG, "control socket path too long: " + path);
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return posix_error("socket", errno);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+    int e = errno;
+    ::close(fd);
+    return posix_error(fmt::format("cannot reach the server's control socket {} (is `strata serve` running? "
+                                   "use --control)",
+                                   path),
+                       e);
+  }
+  nlohmann::json req = {{"method", method}, {"params", params}};
+  std::string line = req.dump() + "\n";
+  if (::send(fd, line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size())) {
+    int e = errno;
+    ::close(fd);
+    return posix_error("control: send", e);
+  }
+  std::string buf;
+  char chunk[4096];
+  while (buf.find('\n') == std::string::npos) {
+    ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
+    if (n <= 0) {
+      ::close(fd);
+      return fail(EIO, "control: the server closed the connection without a reply");
+    }
+    buf.append(chunk, n);
+  }
+  ::close(fd);
+  auto reply = nlohmann::json::parse(buf.substr(0, buf.find('\n')), nullptr, false);
+  if (reply.is_discarded() || !reply.is_object()) return fail(EIO, "control: the reply is not JSON");
+  if (!reply.value("ok", false)) return fail(EINVAL, reply.value("error", std::string("unknown error")));
+  return reply["result"];
+}
+
+}  // namespace strata::control

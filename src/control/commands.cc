@@ -1,0 +1,105 @@
+#include "control/commands.h"
+
+#include <fmt/core.h>
+
+namespace strata::control {
+namespace {
+
+using json = nlohmann::json;
+
+class JsonInfo final : public InfoSink {
+ public:
+  explicit JsonInfo(json& j) : j_(j) {}
+  void add(std::string_view key, uint64_t v) override { j_[std::string(key)] = v; }
+  void add(std::string_view key, std::string_view v) override { j_[std::string(key)] = std::string(v); }
+
+ private:
+  json& j_;
+};
+
+json device_summary(const DeviceSet::Device& dev) {
+  return {{"name", dev.name},
+          {"size", dev.table->size()},
+          {"read_only", dev.read_only || !dev.table->caps().can_write},
+          {"segments", dev.table->segments().size()}};
+}
+
+json device_status(const DeviceSet::Device& dev) {
+  json j = device_summary(dev);
+  json segs = json::array();
+  for (const auto& s : dev.table->segments()) {
+    json info = json::object();
+    JsonInfo sink(info);
+    s.target->info(sink);
+    segs.push_back({{"start_sector", s.start / kSectorSize},
+                    {"num_sectors", s.length / kSectorSize},
+                    {"table", s.target->table_line()},
+                    {"info", info}});
+  }
+  j["segments"] = segs;
+  return j;
+}
+
+json ok(json result) { return {{"ok", true}, {"result", std::move(result)}}; }
+json err(std::string msg) { return {{"ok", false}, {"error", std::move(msg)}}; }
+
+json run(Daemon& d, const json& req) {
+  if (!req.is_object() || !req.contains("method") || !req["method"].is_string())
+    return err("request must be a JSON object with a string \"method\"");
+  const std::string method = req["method"];
+  json params = req.value("params", json::object());
+  if (!params.is_object()) return err("\"params\" must be an object");
+  auto name_param = [&]() -> std::optional<std::string> {
+    if (!params.contains("name")) return std::nullopt;
+    if (!params["name"].is_string()) return std::nullopt;
+    return params["name"].get<std::string>();
+  };
+
+  if (method == "device_list") {
+    json out = json::array();
+    for (const auto& dev : d.devices->devices()) out.push_back(device_summary(dev));
+    return ok(out);
+  }
+  if (method == "device_table" || method == "device_status") {
+    auto name = name_param();
+    json out = json::array();
+    for (const auto& dev : d.devices->devices()) {
+      if (name && dev.name != *name) continue;
+      if (method == "device_table")
+        out.push_back({{"name", dev.name}, {"table", dev.table->table_line()}});
+      else
+        out.push_back(device_status(dev));
+    }
+    if (name && out.empty()) return err(fmt::format("no device named '{}'", *name));
+    return ok(out);
+  }
+  if (method == "server_status") {
+    auto s = d.nbd->stats();
+    json exports = json::array();
+    for (const auto& e : d.nbd->exports()) exports.push_back({{"name", e->name}, {"read_only", e->read_only}});
+    auto up = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - d.started);
+    return ok({{"connections", s.active},
+               {"connections_total", s.total},
+               {"connections_refused", s.refused},
+               {"uris", d.nbd->uris()},
+               {"exports", exports},
+               {"uptime_seconds", up.count()}});
+  }
+  return err(fmt::format("unknown method '{}' (known: device_list, device_table, device_status, server_status)",
+                         method));
+}
+
+}  // namespace
+
+json dispatch(Daemon& d, const std::string& line) {
+  json req = json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (req.is_discarded()) return err("request is not valid JSON");
+  // nlohmann-json throws on type errors; keep that at this boundary.
+  try {
+    return run(d, req);
+  } catch (const std::exception& e) {
+    return err(fmt::format("bad request: {}", e.what()));
+  }
+}
+
+}  // namespace strata::control

@@ -1,0 +1,118 @@
+#include "control/server.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <fmt/core.h>
+
+#include "core/log.h"
+
+namespace strata::control {
+
+Server::~Server() { stop(); }
+
+Result<> Server::start(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return fail(ENAMETOOLONG, "control socket path too long: " + path);
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return posix_error("socket", errno);
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool live = ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    ::close(probe);
+    if (live) {
+      ::close(fd);
+      return fail(EADDRINUSE, fmt::format("control socket {}: another server is running", path));
+    }
+    ::unlink(path.c_str());
+  }
+  mode_t old = ::umask(0177);  // created 0600
+  int r = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  int e = errno;
+  ::umask(old);
+  if (r < 0 || ::listen(fd, 16) < 0) {
+    if (r >= 0) e = errno;
+    ::close(fd);
+    return posix_error(fmt::format("control socket {}", path), e);
+  }
+  if (::pipe2(stop_pipe_, O_CLOEXEC) < 0) {
+    ::close(fd);
+    return posix_error("pipe", errno);
+  }
+  fd_ = fd;
+  path_ = path;
+  thread_ = std::thread([this] { loop(); });
+  return {};
+}
+
+void Server::stop() {
+  if (!thread_.joinable()) return;
+  char c = 0;
+  ssize_t w = ::write(stop_pipe_[1], &c, 1);
+  (void)w;
+  thread_.join();
+  ::close(fd_);
+  ::unlink(path_.c_str());
+  ::close(stop_pipe_[0]);
+  ::close(stop_pipe_[1]);
+}
+
+void Server::loop() {
+  for (;;) {
+    pollfd p[2] = {{fd_, POLLIN, 0}, {stop_pipe_[0], POLLIN, 0}};
+    if (::poll(p, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      LOG_ERROR("control: poll: {}", std::strerror(errno));
+      return;
+    }
+    if (p[1].revents) return;
+    if (!(p[0].revents & POLLIN)) continue;
+    int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (c < 0) continue;
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || (cred.uid != 0 && cred.uid != ::getuid())) {
+      LOG_WARN("control: refused a client with uid {}", cred.uid);
+      ::close(c);
+      continue;
+    }
+    serve_client(c);
+    ::close(c);
+  }
+}
+
+void Server::serve_client(int fd) {
+  // One client at a time; a client that stalls is dropped after 5 s.
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  std::string buf;
+  char chunk[4096];
+  for (;;) {
+    auto nl = buf.find('\n');
+    if (nl == std::string::npos) {
+      if (buf.size() > (1 << 20)) return;
+      ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
+      if (n <= 0) return;
+      buf.append(chunk, n);
+      continue;
+    }
+    std::string line = buf.substr(0, nl);
+    buf.erase(0, nl + 1);
+    std::string reply = dispatch(d_, line).dump() + "\n";
+    std::size_t off = 0;
+    while (off < reply.size()) {
+      ssize_t n = ::send(fd, reply.data() + off, reply.size() - off, MSG_NOSIGNAL);
+      if (n <= 0) return;
+      off += n;
+    }
+  }
+}
+
+}  // namespace strata::control

@@ -1,0 +1,737 @@
+// Design notes
+//
+// Handshake (fixed newstyle only). Every read and write of the handshake runs
+// against one deadline (ServerOptions::handshake_timeout) through io_uring
+// linked timeouts, so a client that connects and stalls is closed on time and
+// never holds a slot. Option payloads larger than kMaxOptionLength are
+// consumed in fixed-size pieces and refused with ERR_TOO_BIG: no allocation
+// is ever sized by the client beyond kMaxRequest (32 MiB).
+//
+// Transmission. The reader parses headers straight out of its receive buffer;
+// a write's payload is copied from that buffer and the rest received directly
+// into the request's own (4 KiB-aligned, pooled) buffer. Each request runs as
+// its own coroutine; the reader stops reading when kMaxInFlight requests or
+// kMaxInFlightBytes of payload are outstanding, so one client cannot make the
+// server buffer without bound.
+//
+// Every request is checked before it reaches the target, in the order the
+// spec implies: command known, flags valid for it, write on a read-only export
+// (EPERM), range inside the export (ENOSPC for writes past the end as qemu-nbd
+// does, EINVAL otherwise), size and alignment (EINVAL). A write that is
+// refused still has its payload consumed, so the stream stays in sync. A bad
+// request magic ends the connection (the stream can no longer be parsed).
+#include "exports/nbd/connection.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "core/log.h"
+
+namespace strata::nbd {
+
+namespace {
+constexpr std::size_t kRecvBuffer = 64 * 1024;
+constexpr uint32_t kMaxInFlight = 256;
+constexpr uint64_t kMaxInFlightBytes = 128ull << 20;
+constexpr std::string_view kBaseAllocation = "base:allocation";
+
+// Suspends the connection's reader (or closer) until maybe_wake() resumes it.
+struct Park {
+  std::coroutine_handle<>& slot;
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(std::coroutine_handle<> h) noexcept { slot = h; }
+  void await_resume() const noexcept {}
+};
+}  // namespace
+
+uint32_t errno_to_nbd(int err) {
+  switch (err) {
+    case EPERM:
+    case EROFS:
+    case EACCES:
+      return kEPERM;
+    case EIO:
+      return kEIO;
+    case ENOMEM:
+      return kENOMEM;
+    case EINVAL:
+      return kEINVAL;
+    case ENOSPC:
+    case EDQUOT:
+    case EFBIG:
+      return kENOSPC;
+    case EOVERFLOW:
+      return kEOVERFLOW;
+    case ENOTSUP:
+      return kENOTSUP;
+    case ESHUTDOWN:
+      return kESHUTDOWN;
+    default:
+      return kEIO;
+  }
+}
+
+Connection::Connection(Server& server, Queue& q, int fd, uint64_t id, std::string peer)
+    : server_(server), q_(q), fd_(fd), id_(id), peer_(std::move(peer)) {
+  deadline_ = std::chrono::steady_clock::now() + server_.options().handshake_timeout;
+  rbuf_ = Buffer::get(kRecvBuffer);
+}
+
+Connection::~Connection() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void Connection::start() { run(); }
+
+void Connection::stop_reading() { ::shutdown(fd_, SHUT_RD); }
+
+Detached Connection::run() {
+  server_.connection_opened(this);
+  LOG_DEBUG("conn {}: connected from {}", id_, peer_);
+  bool go = co_await handshake();
+  if (go) {
+    in_handshake_ = false;
+    co_await transmission();
+  }
+  // Wait for every request to reply and the send queue to drain.
+  reader_closing_ = true;
+  while (in_flight_ > 0 || sending_) co_await Park{reader_waiting_};
+  LOG_DEBUG("conn {}: closed", id_);
+  server_.connection_closed(this);
+  delete this;
+}
+
+// ------------------------------------------------------------------ reading
+
+Task<Result<>> Connection::fill() {
+  if (rstart_ == rend_) rstart_ = rend_ = 0;
+  if (rend_ == rbuf_.size()) {
+    std::memmove(rbuf_.data(), rbuf_.data() + rstart_, rend_ - rstart_);
+    rend_ -= rstart_;
+    rstart_ = 0;
+  }
+  std::span<std::byte> free(rbuf_.data() + rend_, rbuf_.size() - rend_);
+  int n;
+  for (;;) {
+    if (in_handshake_) {
+      auto left = deadline_ - std::chrono::steady_clock::now();
+      if (left <= std::chrono::nanoseconds(0)) co_return fail(ETIMEDOUT, "handshake timed out");
+      n = co_await q_.ring().timed(
+          [&](io_uring_sqe* s) { io_uring_prep_recv(s, fd_, free.data(), free.size(), 0); }, left);
+      if (n == -ECANCELED) co_return fail(ETIMEDOUT, "handshake timed out");
+    } else {
+      n = co_await q_.ring().recv(fd_, free);
+    }
+    if (n == -EINTR || n == -EAGAIN) continue;
+    break;
+  }
+  if (n < 0) co_return posix_error("recv", -n);
+  if (n == 0) co_return fail(ECONNRESET, "client closed the connection");
+  rend_ += n;
+  co_return Result<>{};
+}
+
+Task<Result<>> Connection::read_exact(std::byte* dst, std::size_t n) {
+  while (n > 0) {
+    if (rstart_ < rend_) {
+      std::size_t k = std::min(n, rend_ - rstart_);
+      std::memcpy(dst, rbuf_.data() + rstart_, k);
+      rstart_ += k;
+      dst += k;
+      n -= k;
+      continue;
+    }
+    if (!in_handshake_ && n >= rbuf_.size() / 2) {
+      // A large payload goes straight into its destination.
+      int r = co_await q_.ring().recv(fd_, {dst, n}, MSG_WAITALL);
+      if (r == -EINTR || r == -EAGAIN) continue;
+      if (r < 0) co_return posix_error("recv", -r);
+      if (r == 0) co_return fail(ECONNRESET, "client closed the connection");
+      dst += r;
+      n -= r;
+      continue;
+    }
+    CO_TRY(co_await fill());
+  }
+  co_return Result<>{};
+}
+
+Task<Result<>> Connection::discard(uint64_t n) {
+  while (n > 0) {
+    if (rstart_ == rend_) CO_TRY(co_await fill());
+    std::size_t k = std::min<uint64_t>(n, rend_ - rstart_);
+    rstart_ += k;
+    n -= k;
+  }
+  co_return Result<>{};
+}
+
+// ---------------------------------------------------------------- handshake
+
+Task<Result<>> Connection::send_now(std::span<const std::byte> a, std::span<const std::byte> b) {
+  iovec iov[2] = {{const_cast<std::byte*>(a.data()), a.size()}, {const_cast<std::byte*>(b.data()), b.size()}};
+  msghdr msg{};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = b.empty() ? 1 : 2;
+  std::size_t left = a.size() + b.size();
+  while (left > 0) {
+    auto remaining = deadline_ - std::chrono::steady_clock::now();
+    if (remaining <= std::chrono::nanoseconds(0)) co_return fail(ETIMEDOUT, "handshake timed out");
+    int n = co_await q_.ring().timed(
+        [&](io_uring_sqe* s) { io_uring_prep_sendmsg(s, fd_, &msg, MSG_NOSIGNAL); }, remaining);
+    if (n == -EINTR || n == -EAGAIN) continue;
+    if (n == -ECANCELED) co_return fail(ETIMEDOUT, "handshake timed out");
+    if (n < 0) co_return posix_error("send", -n);
+    left -= n;
+    // Advance the iovecs past what was sent.
+    std::size_t k = n;
+    while (k > 0 && msg.msg_iovlen > 0) {
+      if (k >= msg.msg_iov[0].iov_len) {
+        k -= msg.msg_iov[0].iov_len;
+        ++msg.msg_iov;
+        --msg.msg_iovlen;
+      } else {
+        msg.msg_iov[0].iov_base = static_cast<std::byte*>(msg.msg_iov[0].iov_base) + k;
+        msg.msg_iov[0].iov_len -= k;
+        k = 0;
+      }
+    }
+  }
+  co_return Result<>{};
+}
+
+Task<Result<>> Connection::send_option_reply(uint32_t opt, uint32_t type, std::span<const std::byte> data) {
+  std::byte h[20];
+  put64(h, kRepMagic);
+  put32(h + 8, opt);
+  put32(h + 12, type);
+  put32(h + 16, static_cast<uint32_t>(data.size()));
+  co_return co_await send_now(h, data);
+}
+
+uint16_t Connection::transmission_flags() const {
+  Caps c = export_->target->caps();
+  bool ro = export_->read_only || !c.can_write;
+  uint16_t f = kTFlagHasFlags | kTFlagSendCache;
+  if (ro) f |= kTFlagReadOnly;
+  if (c.can_flush) f |= kTFlagSendFlush;
+  if (!ro && c.can_fua) f |= kTFlagSendFua;
+  if (!ro && c.can_trim) f |= kTFlagSendTrim;
+  if (!ro && c.can_zero) f |= kTFlagSendWriteZeroes;
+  if (!ro && c.can_zero && c.can_fast_zero) f |= kTFlagSendFastZero;
+  if (structured_) f |= kTFlagSendDf;
+  if (c.can_multi_conn) f |= kTFlagCanMultiConn;
+  return f;
+}
+
+Task<Result<>> Connection::send_info_replies(uint32_t opt, const Export& e, std::span<const uint16_t> requests) {
+  std::byte info[12];
+  put16(info, kInfoExport);
+  put64(info + 2, e.target->size());
+  put16(info + 10, transmission_flags());
+  CO_TRY(co_await send_option_reply(opt, kRepInfo, info));
+  for (uint16_t r : requests) {
+    if (r == kInfoName || (r == kInfoDescription && !e.description.empty())) {
+      const std::string& s = r == kInfoName ? e.name : e.description;
+      std::vector<std::byte> d(2 + s.size());
+      put16(d.data(), r);
+      std::memcpy(d.data() + 2, s.data(), s.size());
+      CO_TRY(co_await send_option_reply(opt, kRepInfo, d));
+    }
+  }
+  // Block sizes are always sent: clients that honour them (qemu, libnbd)
+  // then never send a request an O_DIRECT target would reject.
+  BlockSizes b = e.target->block_sizes();
+  std::byte bs[14];
+  put16(bs, kInfoBlockSize);
+  put32(bs + 2, b.minimum);
+  put32(bs + 6, std::max(b.preferred, b.minimum));
+  put32(bs + 10, std::min(b.maximum, kMaxRequest));
+  CO_TRY(co_await send_option_reply(opt, kRepInfo, bs));
+  co_return Result<>{};
+}
+
+Task<Result<>> Connection::handle_meta_context(uint32_t opt, std::span<const std::byte> d) {
+  // export name length, name, query count, queries (length + string).
+  auto invalid = [&]() { return send_option_reply(opt, kRepErrInvalid); };
+  if (opt == kOptSetMetaContext && !structured_) {
+    co_return co_await send_option_reply(opt, kRepErrInvalid);
+  }
+  if (d.size() < 8) co_return co_await invalid();
+  uint32_t nlen = get32(d.data());
+  if (nlen > kMaxStringLength || d.size() < 8ull + nlen) co_return co_await invalid();
+  std::string name(reinterpret_cast<const char*>(d.data() + 4), nlen);
+  uint32_t nq = get32(d.data() + 4 + nlen);
+  std::size_t pos = 8 + nlen;
+  std::vector<std::string> queries;
+  for (uint32_t i = 0; i < nq; ++i) {
+    if (d.size() - pos < 4) co_return co_await invalid();
+    uint32_t ql = get32(d.data() + pos);
+    pos += 4;
+    if (ql > kMaxStringLength || d.size() - pos < ql) co_return co_await invalid();
+    queries.emplace_back(reinterpret_cast<const char*>(d.data() + pos), ql);
+    pos += ql;
+  }
+  if (pos != d.size()) co_return co_await invalid();
+  auto e = server_.find_export(name);
+  if (!e) co_return co_await send_option_reply(opt, kRepErrUnknown);
+
+  bool list = opt == kOptListMetaContext;
+  bool select = false;
+  if (list && queries.empty()) {
+    select = true;
+  } else {
+    for (const auto& q : queries) {
+      if (q == kBaseAllocation || (list && q == "base:")) select = true;
+    }
+  }
+  if (!list) {
+    meta_export_ = name;
+    base_allocation_id_ = select ? 1 : 0;
+  }
+  if (select) {
+    std::vector<std::byte> r(4 + kBaseAllocation.size());
+    put32(r.data(), list ? 0 : 1);
+    std::memcpy(r.data() + 4, kBaseAllocation.data(), kBaseAllocation.size());
+    CO_TRY(co_await send_option_reply(opt, kRepMetaContext, r));
+  }
+  co_return co_await send_option_reply(opt, kRepAck);
+}
+
+Task<bool> Connection::handshake() {
+  std::byte greet[18];
+  put64(greet, kMagic);
+  put64(greet + 8, kOptMagic);
+  put16(greet + 16, kFlagFixedNewstyle | kFlagNoZeroes);
+  auto fail_log = [&](const Error& e) {
+    LOG_INFO("conn {} ({}): handshake ended: {}", id_, peer_, e.message);
+    return false;
+  };
+  {
+    auto rr = co_await send_now(greet);
+    if (!rr) co_return fail_log(rr.error());
+  }
+  std::byte cf[4];
+  {
+    auto rr = co_await read_exact(cf, 4);
+    if (!rr) co_return fail_log(rr.error());
+  }
+  uint32_t cflags = get32(cf);
+  if (!(cflags & kClientFixedNewstyle) || (cflags & ~(kClientFixedNewstyle | kClientNoZeroes))) {
+    LOG_INFO("conn {} ({}): unsupported client flags {:#x}", id_, peer_, cflags);
+    co_return false;
+  }
+  no_zeroes_ = cflags & kClientNoZeroes;
+
+  std::vector<std::byte> data;
+  for (;;) {
+    std::byte h[16];
+    {
+      auto rr = co_await read_exact(h, 16);
+      if (!rr) co_return fail_log(rr.error());
+    }
+    if (get64(h) != kOptMagic) {
+      LOG_INFO("conn {} ({}): bad option magic", id_, peer_);
+      co_return false;
+    }
+    uint32_t opt = get32(h + 8);
+    uint32_t len = get32(h + 12);
+    if (len > kMaxOptionLength) {
+      if (opt == kOptExportName) co_return fail_log(Error{EINVAL, "export name too long"});
+      {
+        auto rr = co_await discard(len);
+        if (!rr) co_return fail_log(rr.error());
+      }
+      {
+        auto rr = co_await send_option_reply(opt, kRepErrTooBig);
+        if (!rr) co_return fail_log(rr.error());
+      }
+      continue;
+    }
+    data.resize(len);
+    {
+      auto rr = co_await read_exact(data.data(), len);
+      if (!rr) co_return fail_log(rr.error());
+    }
+
+    auto next = co_await handle_option(opt, data);
+    if (!next) co_return fail_log(next.error());
+    if (*next == OptionResult::kClose) co_return false;
+    if (*next == OptionResult::kTransmission) co_return true;
+  }
+}
+
+// g++ 12 miscompiles co_await inside switch cases, so options (and commands
+// below) are dispatched with if/else chains.
+Task<Result<Connection::OptionResult>> Connection::handle_option(uint32_t opt, std::vector<std::byte>& data) {
+  const uint32_t len = static_cast<uint32_t>(data.size());
+  if (opt == kOptExportName) {
+    std::string name(reinterpret_cast<const char*>(data.data()), data.size());
+    export_ = server_.find_export(name);
+    if (!export_) {
+      LOG_INFO("conn {} ({}): unknown export '{}'", id_, peer_, name);
+      co_return OptionResult::kClose;
+    }
+    if (meta_export_ != name) base_allocation_id_ = 0;
+    std::byte r[10 + 124] = {};
+    put64(r, export_->target->size());
+    put16(r + 8, transmission_flags());
+    CO_TRY(co_await send_now({r, no_zeroes_ ? 10u : sizeof r}));
+    co_return OptionResult::kTransmission;
+  }
+  if (opt == kOptAbort) {
+    if (len == 0) (void)co_await send_option_reply(opt, kRepAck);
+    co_return OptionResult::kClose;
+  }
+  if (opt == kOptList) {
+    if (len != 0) {
+      CO_TRY(co_await send_option_reply(opt, kRepErrInvalid));
+      co_return OptionResult::kContinue;
+    }
+    for (const auto& e : server_.exports()) {
+      std::vector<std::byte> d(4 + e->name.size() + e->description.size());
+      put32(d.data(), static_cast<uint32_t>(e->name.size()));
+      std::memcpy(d.data() + 4, e->name.data(), e->name.size());
+      std::memcpy(d.data() + 4 + e->name.size(), e->description.data(), e->description.size());
+      CO_TRY(co_await send_option_reply(opt, kRepServer, d));
+    }
+    CO_TRY(co_await send_option_reply(opt, kRepAck));
+    co_return OptionResult::kContinue;
+  }
+  if (opt == kOptInfo || opt == kOptGo) {
+    uint32_t nlen = len >= 6 ? get32(data.data()) : 0;
+    uint16_t nreq = len >= 6 && nlen <= len - 6 ? get16(data.data() + 4 + nlen) : 0;
+    if (len < 6 || nlen > len - 6 || len != 6 + nlen + 2u * nreq) {
+      CO_TRY(co_await send_option_reply(opt, kRepErrInvalid));
+      co_return OptionResult::kContinue;
+    }
+    std::string name(reinterpret_cast<const char*>(data.data() + 4), nlen);
+    std::vector<uint16_t> reqs(nreq);
+    for (uint16_t i = 0; i < nreq; ++i) reqs[i] = get16(data.data() + 6 + nlen + 2 * i);
+    auto e = server_.find_export(name);
+    if (!e) {
+      std::string msg = "unknown export '" + name + "'";
+      CO_TRY(co_await send_option_reply(opt, kRepErrUnknown,
+                                        {reinterpret_cast<const std::byte*>(msg.data()), msg.size()}));
+      co_return OptionResult::kContinue;
+    }
+    export_ = e;
+    CO_TRY(co_await send_info_replies(opt, *e, reqs));
+    CO_TRY(co_await send_option_reply(opt, kRepAck));
+    if (opt == kOptGo) {
+      if (meta_export_ != name) base_allocation_id_ = 0;
+      co_return OptionResult::kTransmission;
+    }
+    export_.reset();
+    co_return OptionResult::kContinue;
+  }
+  if (opt == kOptStructuredReply) {
+    if (len != 0) {
+      CO_TRY(co_await send_option_reply(opt, kRepErrInvalid));
+    } else {
+      structured_ = true;
+      CO_TRY(co_await send_option_reply(opt, kRepAck));
+    }
+    co_return OptionResult::kContinue;
+  }
+  if (opt == kOptListMetaContext || opt == kOptSetMetaContext) {
+    CO_TRY(co_await handle_meta_context(opt, data));
+    co_return OptionResult::kContinue;
+  }
+  // STARTTLS lands here too: TLS is not configured on this server, and the
+  // spec's answer for that is ERR_UNSUP.
+  CO_TRY(co_await send_option_reply(opt, kRepErrUnsup));
+  co_return OptionResult::kContinue;
+}
+
+// ------------------------------------------------------------- transmission
+
+uint32_t Connection::check_request(const Request& r) const {
+  const Caps c = export_->target->caps();
+  const bool ro = export_->read_only || !c.can_write;
+  const uint64_t size = export_->target->size();
+  constexpr uint16_t kKnown = kCmdFlagFua | kCmdFlagNoHole | kCmdFlagDf | kCmdFlagReqOne | kCmdFlagFastZero;
+  if (r.flags & ~kKnown) return kEINVAL;
+  uint16_t allowed = kCmdFlagFua;
+  bool is_write = false;
+  switch (r.type) {
+    case kCmdRead:
+      if (structured_) allowed |= kCmdFlagDf;
+      break;
+    case kCmdWrite:
+      is_write = true;
+      break;
+    case kCmdFlush:
+      if (!c.can_flush) return kEINVAL;
+      return (r.flags & ~allowed) ? uint32_t{kEINVAL} : 0u;
+    case kCmdTrim:
+      is_write = true;
+      if (!ro && !c.can_trim) return kEINVAL;
+      break;
+    case kCmdWriteZeroes:
+      is_write = true;
+      allowed |= kCmdFlagNoHole;
+      if (c.can_fast_zero) allowed |= kCmdFlagFastZero;
+      break;
+    case kCmdCache:
+      break;
+    case kCmdBlockStatus:
+      allowed |= kCmdFlagReqOne;
+      if (!base_allocation_id_) return kEINVAL;
+      if (r.length == 0) return kEINVAL;
+      break;
+    default:
+      return kEINVAL;
+  }
+  if (r.flags & ~allowed) return kEINVAL;
+  if (is_write && ro) return kEPERM;
+  if (!in_range(size, r.offset, r.length))
+    return (r.type == kCmdWrite || r.type == kCmdWriteZeroes) ? uint32_t{kENOSPC} : uint32_t{kEINVAL};
+  if ((r.type == kCmdRead || r.type == kCmdWrite) && r.length > kMaxRequest) return kEINVAL;
+  uint32_t align = c.can_write || r.type == kCmdRead ? export_->target->block_sizes().minimum : 1;
+  if (align > 1 && r.type != kCmdBlockStatus && r.type != kCmdCache &&
+      (r.offset % align || r.length % align))
+    return kEINVAL;
+  return 0;
+}
+
+Task<void> Connection::transmission() {
+  LOG_DEBUG("conn {}: transmission on export '{}'", id_, export_->name);
+  for (;;) {
+    while (in_flight_ >= kMaxInFlight || in_flight_bytes_ >= kMaxInFlightBytes) co_await Park{reader_waiting_};
+    while (rend_ - rstart_ < kRequestSize) {
+      auto r = co_await fill();
+      if (!r) {
+        LOG_DEBUG("conn {}: {}", id_, r.error().message);
+        co_return;
+      }
+    }
+    const std::byte* h = rbuf_.data() + rstart_;
+    if (get32(h) != kRequestMagic) {
+      LOG_WARN("conn {} ({}): bad request magic {:#x}; closing", id_, peer_, get32(h));
+      co_return;
+    }
+    Request req{get16(h + 4), get16(h + 6), get64(h + 8), get64(h + 16), get32(h + 24)};
+    rstart_ += kRequestSize;
+    if (req.type == kCmdDisc) co_return;
+
+    uint32_t err = check_request(req);
+    Buffer payload;
+    if (req.type == kCmdWrite) {
+      if (err || req.length > kMaxRequest) {
+        auto dr = co_await discard(req.length);
+        if (!dr) co_return;
+        reply_error(req, err ? err : kEINVAL, "write refused");
+        continue;
+      }
+      payload = Buffer::get(req.length);
+      auto rr = co_await read_exact(payload.data(), req.length);
+      if (!rr) {
+        LOG_DEBUG("conn {}: {}", id_, rr.error().message);
+        co_return;
+      }
+    } else if (err) {
+      reply_error(req, err, "request refused");
+      continue;
+    }
+    ++in_flight_;
+    if (req.type == kCmdRead || req.type == kCmdWrite) in_flight_bytes_ += req.length;
+    serve(req, std::move(payload));
+    if (dead_) co_return;
+  }
+}
+
+Detached Connection::serve(Request r, Buffer payload) {
+  const auto& t = export_->target;
+  Result<> res;
+  Reply reply;
+  IoFlags f;
+  f.fua = r.flags & kCmdFlagFua;
+  if (r.type == kCmdRead) {
+    Buffer data = Buffer::get(r.length);
+    res = co_await t->read(q_, data.span(), r.offset);
+    if (res && r.length > 0) {
+      if (structured_) {
+        put32(reply.hdr.data(), kStructuredReplyMagic);
+        put16(reply.hdr.data() + 4, kReplyFlagDone);
+        put16(reply.hdr.data() + 6, kReplyOffsetData);
+        put64(reply.hdr.data() + 8, r.cookie);
+        put32(reply.hdr.data() + 16, r.length + 8);
+        put64(reply.hdr.data() + 20, r.offset);
+        reply.hdr_len = 28;
+      } else {
+        put32(reply.hdr.data(), kSimpleReplyMagic);
+        put32(reply.hdr.data() + 4, 0);
+        put64(reply.hdr.data() + 8, r.cookie);
+        reply.hdr_len = kSimpleReplySize;
+      }
+      reply.data = std::move(data);
+      reply.data_len = r.length;
+    }
+  } else if (r.type == kCmdWrite) {
+    res = co_await t->write(q_, payload.span(), r.offset, f);
+  } else if (r.type == kCmdFlush) {
+    res = co_await t->flush(q_);
+  } else if (r.type == kCmdTrim) {
+    res = co_await t->trim(q_, r.offset, r.length, f);
+  } else if (r.type == kCmdWriteZeroes) {
+    f.may_trim = !(r.flags & kCmdFlagNoHole);
+    f.fast_zero = r.flags & kCmdFlagFastZero;
+    res = co_await t->zero(q_, r.offset, r.length, f);
+  } else if (r.type == kCmdCache) {
+    res = co_await t->cache(q_, r.offset, r.length);
+  } else if (r.type == kCmdBlockStatus) {
+    auto e = co_await t->extents(q_, r.offset, r.length);
+    if (e) {
+      reply_block_status(r, std::move(*e));
+    } else {
+      res = fail(std::move(e.error()));
+    }
+  }
+  --in_flight_;
+  if (r.type == kCmdRead || r.type == kCmdWrite) in_flight_bytes_ -= r.length;
+  if (!res) {
+    bool expected = r.type == kCmdWriteZeroes && f.fast_zero && res.error().code == ENOTSUP;
+    if (!expected) LOG_WARN("conn {}: cmd {} {}+{}: {}", id_, r.type, r.offset, r.length, res.error().message);
+    reply_error(r, errno_to_nbd(res.error().code), res.error().message);
+  } else if (reply.hdr_len > 0) {
+    queue_reply(std::move(reply));
+  } else if (r.type != kCmdBlockStatus) {
+    reply_ok(r);
+  }
+  // Last: may resume the reader or the closer, which may free this object.
+  maybe_wake();
+}
+
+void Connection::reply_block_status(const Request& r, Extents e) {
+  // Clip to the request (REQ_ONE: the first extent only).
+  Extents out;
+  uint64_t left = r.length;
+  for (const auto& x : e) {
+    if (left == 0) break;
+    uint64_t n = std::min(x.length, left);
+    out.push_back({n, x.flags});
+    left -= n;
+    if (r.flags & kCmdFlagReqOne) break;
+  }
+  if (out.empty()) out.push_back({r.length, 0});
+  Reply reply;
+  uint32_t len = 4 + 8 * static_cast<uint32_t>(out.size());
+  put32(reply.hdr.data(), kStructuredReplyMagic);
+  put16(reply.hdr.data() + 4, kReplyFlagDone);
+  put16(reply.hdr.data() + 6, kReplyBlockStatus);
+  put64(reply.hdr.data() + 8, r.cookie);
+  put32(reply.hdr.data() + 16, len);
+  put32(reply.hdr.data() + 20, base_allocation_id_);
+  reply.hdr_len = 24;
+  reply.data = Buffer::get(8 * out.size());
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    put32(reply.data.data() + 8 * i, static_cast<uint32_t>(out[i].length));
+    put32(reply.data.data() + 8 * i + 4, out[i].flags);
+  }
+  reply.data_len = static_cast<uint32_t>(reply.data.size());
+  queue_reply(std::move(reply));
+}
+
+void Connection::reply_ok(const Request& r) {
+  Reply reply;
+  put32(reply.hdr.data(), kSimpleReplyMagic);
+  put32(reply.hdr.data() + 4, 0);
+  put64(reply.hdr.data() + 8, r.cookie);
+  reply.hdr_len = kSimpleReplySize;
+  queue_reply(std::move(reply));
+}
+
+void Connection::reply_error(const Request& r, uint32_t err, std::string_view msg) {
+  Reply reply;
+  if (structured_) {
+    msg = msg.substr(0, std::min<std::size_t>(msg.size(), 256));
+    put32(reply.hdr.data(), kStructuredReplyMagic);
+    put16(reply.hdr.data() + 4, kReplyFlagDone);
+    put16(reply.hdr.data() + 6, kReplyError);
+    put64(reply.hdr.data() + 8, r.cookie);
+    put32(reply.hdr.data() + 16, 6 + static_cast<uint32_t>(msg.size()));
+    put32(reply.hdr.data() + 20, err);
+    put16(reply.hdr.data() + 24, static_cast<uint16_t>(msg.size()));
+    reply.hdr_len = 26;
+    if (!msg.empty()) {
+      reply.data = Buffer::get(msg.size());
+      std::memcpy(reply.data.data(), msg.data(), msg.size());
+      reply.data_len = static_cast<uint32_t>(msg.size());
+    }
+  } else {
+    put32(reply.hdr.data(), kSimpleReplyMagic);
+    put32(reply.hdr.data() + 4, err);
+    put64(reply.hdr.data() + 8, r.cookie);
+    reply.hdr_len = kSimpleReplySize;
+  }
+  queue_reply(std::move(reply));
+}
+
+// ------------------------------------------------------------------ sending
+
+void Connection::queue_reply(Reply r) {
+  if (dead_) return;
+  out_.push_back(std::move(r));
+  if (!sending_) {
+    sending_ = true;
+    spawn(drain_send_queue());
+  }
+}
+
+Task<void> Connection::drain_send_queue() {
+  constexpr std::size_t kMaxBatch = 64;
+  iovec iov[2 * kMaxBatch];
+  while (!out_.empty() && !dead_) {
+    std::size_t batch = std::min(out_.size(), kMaxBatch);
+    std::size_t niov = 0;
+    for (std::size_t i = 0; i < batch; ++i) {
+      Reply& r = out_[i];
+      iov[niov++] = {r.hdr.data(), r.hdr_len};
+      if (r.data_len) iov[niov++] = {r.data.data(), r.data_len};
+    }
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = niov;
+    while (msg.msg_iovlen > 0) {
+      int n = co_await q_.ring().sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_WAITALL);
+      if (n == -EINTR || n == -EAGAIN) continue;
+      if (n <= 0) {
+        LOG_DEBUG("conn {}: send failed: {}", id_, n);
+        dead_ = true;
+        out_.clear();
+        ::shutdown(fd_, SHUT_RDWR);
+        break;
+      }
+      std::size_t k = n;
+      while (k > 0 && msg.msg_iovlen > 0) {
+        if (k >= msg.msg_iov[0].iov_len) {
+          k -= msg.msg_iov[0].iov_len;
+          ++msg.msg_iov;
+          --msg.msg_iovlen;
+        } else {
+          msg.msg_iov[0].iov_base = static_cast<std::byte*>(msg.msg_iov[0].iov_base) + k;
+          msg.msg_iov[0].iov_len -= k;
+          k = 0;
+        }
+      }
+    }
+    if (dead_) break;
+    for (std::size_t i = 0; i < batch; ++i) out_.pop_front();
+  }
+  sending_ = false;
+  maybe_wake();
+}
+
+void Connection::maybe_wake() {
+  if (!reader_waiting_) return;
+  // The reader parks while in-flight limits block it; run() parks, once the
+  // reader has stopped, until requests and sends are done.
+  bool go = reader_closing_ ? !(in_flight_ > 0 || sending_)
+                            : !(in_flight_ >= kMaxInFlight || in_flight_bytes_ >= kMaxInFlightBytes);
+  if (go) std::exchange(reader_waiting_, nullptr).resume();
+}
+
+}  // namespace strata::nbd

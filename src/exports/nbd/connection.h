@@ -1,0 +1,112 @@
+// Connection: one NBD client, from handshake to close, on one queue thread.
+//
+// The reader coroutine parses requests from a receive buffer (one recv can
+// carry many 28-byte headers) and starts one request coroutine per command;
+// commands run concurrently and complete in any order. Replies go through one
+// send queue per connection: whichever request finds the socket idle sends
+// every reply queued so far in one sendmsg, so a burst of completions costs one
+// syscall. The object frees itself when the reader has stopped, no request is
+// in flight and the send queue is empty.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <array>
+#include <coroutine>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/buffer.h"
+#include "core/queue.h"
+#include "exports/nbd/protocol.h"
+#include "exports/nbd/server.h"
+
+namespace strata::nbd {
+
+class Connection {
+ public:
+  Connection(Server& server, Queue& q, int fd, uint64_t id, std::string peer);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // Starts the connection's coroutine; it deletes the object at the end.
+  void start();
+  // Thread-safe: makes the reader stop after the requests it has read.
+  void stop_reading();
+
+ private:
+  struct Request {
+    uint16_t flags;
+    uint16_t type;
+    uint64_t cookie;
+    uint64_t offset;
+    uint32_t length;
+  };
+  struct Reply {
+    std::array<std::byte, 40> hdr;
+    uint32_t hdr_len = 0;
+    Buffer data;
+    uint32_t data_len = 0;
+  };
+
+  Detached run();
+  // Handshake: true when the client chose an export; false to close.
+  Task<bool> handshake();
+  enum class OptionResult { kContinue, kTransmission, kClose };
+  Task<Result<OptionResult>> handle_option(uint32_t opt, std::vector<std::byte>& data);
+  Task<void> transmission();
+  Detached serve(Request r, Buffer payload);
+
+  // Reading.
+  Task<Result<>> read_exact(std::byte* dst, std::size_t n);
+  Task<Result<>> discard(uint64_t n);
+  Task<Result<>> fill();
+  // Writing (handshake: one message at a time).
+  Task<Result<>> send_now(std::span<const std::byte> a, std::span<const std::byte> b = {});
+  Task<Result<>> send_option_reply(uint32_t opt, uint32_t type, std::span<const std::byte> data = {});
+  Task<Result<>> send_info_replies(uint32_t opt, const Export& e, std::span<const uint16_t> requests);
+  Task<Result<>> handle_meta_context(uint32_t opt, std::span<const std::byte> data);
+  // Transmission replies.
+  void queue_reply(Reply r);
+  Task<void> drain_send_queue();
+  void reply_error(const Request& r, uint32_t nbd_err, std::string_view msg);
+  void reply_ok(const Request& r);
+  void reply_block_status(const Request& r, Extents e);
+
+  uint16_t transmission_flags() const;
+  uint32_t check_request(const Request& r) const;
+  // Resumes the parked reader (or closer) if it may go on. Callers must not
+  // touch the object afterwards: the closer may delete it.
+  void maybe_wake();
+
+  Server& server_;
+  Queue& q_;
+  int fd_;
+  uint64_t id_;
+  std::string peer_;
+  std::chrono::steady_clock::time_point deadline_;
+  bool in_handshake_ = true;
+
+  Buffer rbuf_;
+  std::size_t rstart_ = 0, rend_ = 0;
+
+  std::shared_ptr<const Export> export_;
+  bool structured_ = false;
+  bool no_zeroes_ = false;
+  std::string meta_export_;       // export name SET_META_CONTEXT was for
+  uint32_t base_allocation_id_ = 0;  // 0: not selected
+
+  // Transmission state (queue thread only).
+  uint32_t in_flight_ = 0;
+  uint64_t in_flight_bytes_ = 0;
+  std::coroutine_handle<> reader_waiting_;
+  std::deque<Reply> out_;
+  bool sending_ = false;
+  bool dead_ = false;
+  bool reader_closing_ = false;
+};
+
+}  // namespace strata::nbd

@@ -1,0 +1,231 @@
+#include "exports/nbd/server.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <thread>
+
+#include <fmt/core.h>
+
+#include "core/log.h"
+#include "exports/nbd/connection.h"
+
+namespace strata::nbd {
+
+Server::Server(std::vector<Queue*> queues, ServerOptions opts) : queues_(std::move(queues)), opts_(opts) {
+  CHECK(!queues_.empty());
+}
+
+Server::~Server() {
+  for (auto& l : listeners_) {
+    if (l->fd >= 0) ::close(l->fd);
+    if (!l->unlink_path.empty()) ::unlink(l->unlink_path.c_str());
+  }
+}
+
+void Server::add_export(Export e) {
+  std::lock_guard<std::mutex> l(mu_);
+  for (auto& x : exports_) {
+    if (x->name == e.name) {
+      x = std::make_shared<const Export>(std::move(e));
+      return;
+    }
+  }
+  exports_.push_back(std::make_shared<const Export>(std::move(e)));
+}
+
+std::shared_ptr<const Export> Server::find_export(std::string_view name) const {
+  std::lock_guard<std::mutex> l(mu_);
+  for (const auto& x : exports_)
+    if (x->name == name) return x;
+  return nullptr;
+}
+
+std::vector<std::shared_ptr<const Export>> Server::exports() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return exports_;
+}
+
+Result<> Server::listen_unix(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return fail(ENAMETOOLONG, fmt::format("unix socket path too long: {}", path));
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return posix_error("socket", errno);
+  // A socket file left by a crashed server is replaced; a live one is not.
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool live = ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    ::close(probe);
+    if (live) {
+      ::close(fd);
+      return fail(EADDRINUSE, fmt::format("{}: another server is listening there", path));
+    }
+    ::unlink(path.c_str());
+  }
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+    int e = errno;
+    ::close(fd);
+    return posix_error(fmt::format("bind {}", path), e);
+  }
+  if (::listen(fd, 128) < 0) {
+    int e = errno;
+    ::close(fd);
+    return posix_error(fmt::format("listen {}", path), e);
+  }
+  auto l = std::make_unique<Listener>();
+  l->fd = fd;
+  l->unlink_path = path;
+  listeners_.push_back(std::move(l));
+  uris_.push_back(fmt::format("nbd+unix:///?socket={}", path));
+  return {};
+}
+
+Result<> Server::listen_tcp(const std::string& host, const std::string& port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  int gai = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &res);
+  if (gai != 0) return fail(EINVAL, fmt::format("tcp {}:{}: {}", host, port, gai_strerror(gai)));
+  std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> guard(res, freeaddrinfo);
+  Error last{EADDRNOTAVAIL, fmt::format("tcp {}:{}: no address", host, port)};
+  for (addrinfo* ai = res; ai; ai = ai->ai_next) {
+    int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0) continue;
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (::bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || ::listen(fd, 128) < 0) {
+      last = posix_error(fmt::format("tcp {}:{}", host, port), errno).error();
+      ::close(fd);
+      continue;
+    }
+    char hbuf[NI_MAXHOST], sbuf[NI_MAXSERV];
+    ::getnameinfo(ai->ai_addr, ai->ai_addrlen, hbuf, sizeof hbuf, sbuf, sizeof sbuf, NI_NUMERICHOST | NI_NUMERICSERV);
+    auto l = std::make_unique<Listener>();
+    l->fd = fd;
+    listeners_.push_back(std::move(l));
+    std::string h = ai->ai_family == AF_INET6 ? fmt::format("[{}]", hbuf) : std::string(hbuf);
+    uris_.push_back(fmt::format("nbd://{}:{}", h, sbuf));
+    return {};
+  }
+  return fail(std::move(last));
+}
+
+namespace {
+struct AcceptAwaiter {
+  Ring& ring;
+  int fd;
+  Completion& c;
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(std::coroutine_handle<> h) {
+    c.handle = h;
+    io_uring_sqe* sqe = ring.get_sqe();
+    io_uring_prep_accept(sqe, fd, nullptr, nullptr, SOCK_CLOEXEC);
+    io_uring_sqe_set_data(sqe, &c);
+  }
+  int await_resume() const noexcept { return c.res; }
+};
+
+std::string peer_name(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) return "?";
+  if (ss.ss_family == AF_UNIX) return "unix";
+  char h[NI_MAXHOST], s[NI_MAXSERV];
+  if (::getnameinfo(reinterpret_cast<sockaddr*>(&ss), len, h, sizeof h, s, sizeof s,
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    return "?";
+  return fmt::format("{}:{}", h, s);
+}
+}  // namespace
+
+void Server::start() {
+  for (auto& l : listeners_) {
+    accept_loops_.fetch_add(1);
+    Listener* lp = l.get();
+    queues_[0]->post([this, lp] { spawn(accept_loop(lp)); });
+  }
+}
+
+Task<void> Server::accept_loop(Listener* l) {
+  Ring& ring = queues_[0]->ring();
+  Completion c;
+  l->pending = &c;
+  while (!stopping_.load()) {
+    int fd = co_await AcceptAwaiter{ring, l->fd, c};
+    if (fd < 0) {
+      if (fd == -ECANCELED || stopping_.load()) break;
+      if (fd == -EINTR || fd == -EAGAIN || fd == -ECONNABORTED) continue;
+      LOG_WARN("accept: {}", std::strerror(-fd));
+      // EMFILE and friends: back off rather than spin.
+      co_await ring.sleep(std::chrono::milliseconds(100));
+      continue;
+    }
+    if (active_.load() >= opts_.max_connections) {
+      refused_.fetch_add(1);
+      LOG_WARN("refusing a connection: {} connections already (--max-connections)", active_.load());
+      ::close(fd);
+      continue;
+    }
+    int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on unix sockets
+    total_.fetch_add(1);
+    active_.fetch_add(1);
+    uint64_t id = next_id_.fetch_add(1);
+    Queue* q = queues_[next_queue_.fetch_add(1) % queues_.size()];
+    std::string peer = peer_name(fd);
+    q->post([this, q, fd, id, peer] { (new Connection(*this, *q, fd, id, peer))->start(); });
+  }
+  l->pending = nullptr;
+  accept_loops_.fetch_sub(1);
+}
+
+void Server::connection_opened(Connection* c) {
+  std::lock_guard<std::mutex> l(mu_);
+  conns_.push_back(c);
+}
+
+void Server::connection_closed(Connection* c) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    conns_.erase(std::remove(conns_.begin(), conns_.end(), c), conns_.end());
+  }
+  active_.fetch_sub(1);
+}
+
+void Server::shutdown() {
+  stopping_.store(true);
+  queues_[0]->post([this] {
+    for (auto& l : listeners_) {
+      if (!l->pending) continue;
+      io_uring_sqe* sqe = queues_[0]->ring().get_sqe();
+      io_uring_prep_cancel(sqe, l->pending, 0);
+      io_uring_sqe_set_data(sqe, nullptr);
+    }
+  });
+  while (accept_loops_.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  // Connections handed to a queue but not started yet register soon; keep
+  // asking until every one has gone.
+  while (active_.load() > 0) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      for (Connection* c : conns_) c->stop_reading();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+Server::Stats Server::stats() const { return {active_.load(), total_.load(), refused_.load()}; }
+
+}  // namespace strata::nbd

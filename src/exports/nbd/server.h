@@ -1,0 +1,95 @@
+// NbdServer: serves named exports over the NBD protocol on Unix and TCP
+// sockets. Listening sockets are accepted on the first queue; each new
+// connection is handed to the next queue in turn and lives there for its whole
+// life, so its requests and its target I/O share one ring and one thread.
+//
+// Thread-safety: add_export/remove_export/exports/stats may be called from any
+// thread (the control thread). start() and shutdown() are called by the
+// thread that owns the server.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/queue.h"
+#include "core/target.h"
+
+namespace strata::nbd {
+
+struct Export {
+  std::string name;
+  std::string description;
+  std::shared_ptr<Target> target;
+  bool read_only = false;
+};
+
+struct ServerOptions {
+  std::size_t max_connections = 256;
+  std::chrono::milliseconds handshake_timeout{10000};
+};
+
+class Connection;
+
+class Server {
+ public:
+  Server(std::vector<Queue*> queues, ServerOptions opts);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  void add_export(Export e);
+  std::shared_ptr<const Export> find_export(std::string_view name) const;
+  std::vector<std::shared_ptr<const Export>> exports() const;
+
+  // Binds and listens; call before start().
+  Result<> listen_unix(const std::string& path);
+  Result<> listen_tcp(const std::string& host, const std::string& port);
+  // Human-readable addresses, e.g. "nbd+unix:///?socket=/x", "nbd://127.0.0.1:10809".
+  const std::vector<std::string>& uris() const { return uris_; }
+
+  void start();
+  // Stops accepting, lets every connection finish the requests it has read,
+  // closes them, and returns when none is left.
+  void shutdown();
+
+  struct Stats {
+    uint64_t active = 0;
+    uint64_t total = 0;
+    uint64_t refused = 0;
+  };
+  Stats stats() const;
+
+  // Used by connections.
+  const ServerOptions& options() const { return opts_; }
+  void connection_closed(Connection* c);
+  void connection_opened(Connection* c);
+
+ private:
+  struct Listener {
+    int fd = -1;
+    std::string unlink_path;
+    Completion* pending = nullptr;  // the accept in flight (queue 0 only)
+  };
+  Task<void> accept_loop(Listener* l);
+
+  std::vector<Queue*> queues_;
+  ServerOptions opts_;
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::vector<std::string> uris_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<std::size_t> next_queue_{0};
+  std::atomic<uint64_t> next_id_{1};
+  std::atomic<uint64_t> total_{0}, refused_{0};
+
+  mutable std::mutex mu_;
+  std::vector<std::shared_ptr<const Export>> exports_;  // guarded by mu_
+  std::vector<Connection*> conns_;                       // guarded by mu_
+  std::atomic<uint64_t> active_{0};
+  std::atomic<int> accept_loops_{0};
+};
+
+}  // namespace strata::nbd

@@ -1,0 +1,41 @@
+#include "targets/registry.h"
+
+#include "targets/error.h"
+#include "targets/file.h"
+#include "targets/linear.h"
+#include "targets/memory.h"
+#include "targets/pattern.h"
+#include "targets/zero.h"
+
+namespace strata {
+namespace {
+
+const TargetType kTargetTypes[] = {
+    {"file", FileTarget::kHelp, &FileTarget::create},
+    {"linear", LinearTarget::kHelp, &LinearTarget::create},
+    {"zero", ZeroTarget::kHelp, &ZeroTarget::create},
+    {"error", ErrorTarget::kHelp, &ErrorTarget::create},
+    {"memory", MemoryTarget::kHelp, &MemoryTarget::create},
+    {"pattern", PatternTarget::kHelp, &PatternTarget::create},
+};
+
+}  // namespace
+
+std::span<const TargetType> target_types() { return kTargetTypes; }
+
+const TargetType* find_target_type(std::string_view name) {
+  for (const auto& t : kTargetTypes)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+std::string target_type_names() {
+  std::string s;
+  for (const auto& t : kTargetTypes) {
+    if (!s.empty()) s += ", ";
+    s += t.name;
+  }
+  return s;
+}
+
+}  // namespace strata

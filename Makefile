@@ -1,0 +1,38 @@
+# strata: the two commands of README.md are `make run` and `make test`; both
+# install what they need first (scripts/install-deps.sh, as root).
+BUILD ?= build
+JOBS ?= $(shell nproc)
+
+.PHONY: all deps build run test unit asan bench clean
+
+all: build
+
+deps:
+	bash scripts/install-deps.sh
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(BUILD) -j $(JOBS)
+
+# Serve the demo device (a sparse image under var/) over NBD.
+run: build
+	bash scripts/run-demo.sh
+
+# Unit tests (GoogleTest) and integration tests (real NBD clients).
+test: build
+	cd $(BUILD) && ctest --output-on-failure
+
+unit: build
+	$(BUILD)/unit_tests
+
+# The same tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+asan: deps
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSTRATA_SANITIZE=ON >/dev/null
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ctest --output-on-failure
+
+bench: build
+	bash bench/run.sh
+
+clean:
+	rm -rf $(BUILD) build-asan

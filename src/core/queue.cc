@@ -16,8 +16,9 @@ namespace {
 class BlockingPool {
  public:
   static BlockingPool& instance() {
-    static BlockingPool pool;
-    return pool;
+    // Never destroyed: its detached threads may still wait on it at exit.
+    static BlockingPool* pool = new BlockingPool;
+    return *pool;
   }
   void submit(std::function<void()> job) {
     {

@@ -1,0 +1,101 @@
+#include "targets/table.h"
+
+#include <gtest/gtest.h>
+
+namespace strata {
+namespace {
+
+// The error for a one-line table, or "" if it parses.
+std::string error_of(std::string_view text) {
+  auto r = parse_config(text, "t.conf", "");
+  return r ? "" : r.error().message;
+}
+
+void expect_error(std::string_view text, std::string_view want) {
+  std::string e = error_of(text);
+  EXPECT_NE(e.find(want), std::string::npos) << "table:\n" << text << "\nerror: " << e << "\nwanted: " << want;
+}
+
+TEST(TableParser, GoodTableWithCommentsAndDevices) {
+  auto r = parse_config(
+      "# a comment\n"
+      "0 2048 file a.img 0   # trailing comment\n"
+      "2048 100 zero\n"
+      "\n"
+      "[second ro]\n"
+      "0 8 linear  \t 0 0\n",
+      "t.conf", "first");
+  ASSERT_TRUE(r) << r.error().message;
+  ASSERT_EQ(r->size(), 2u);
+  EXPECT_EQ((*r)[0].name, "first");
+  ASSERT_EQ((*r)[0].segments.size(), 2u);
+  EXPECT_EQ((*r)[0].segments[0].target, "file");
+  EXPECT_EQ((*r)[0].segments[0].args, (std::vector<std::string>{"a.img", "0"}));
+  EXPECT_EQ((*r)[0].segments[1].start_sector, 2048u);
+  EXPECT_EQ((*r)[1].name, "second");
+  EXPECT_TRUE((*r)[1].read_only);
+  EXPECT_EQ((*r)[1].segments[0].line, 6);
+}
+
+TEST(TableParser, EveryBadLineNamesLineFieldAndReason) {
+  expect_error("x 10 zero\n", "t.conf:1: field 1 (start_sector): 'x' is not a non-negative integer");
+  expect_error("-1 10 zero\n", "field 1 (start_sector)");
+  expect_error("0\n", "t.conf:1: field 2 (num_sectors): missing");
+  expect_error("0 ten zero\n", "field 2 (num_sectors): 'ten' is not a non-negative integer");
+  expect_error("0 0 zero\n", "field 2 (num_sectors): a segment must hold at least one sector");
+  expect_error("0 10\n", "t.conf:1: field 3 (target): missing");
+  expect_error("0 10 nosuch\n", "field 3 (target): unknown target 'nosuch' (known: file, linear");
+  expect_error("0 10 zero\n20 10 zero\n", "t.conf:2: field 1 (start_sector): segment at sector 20 leaves a gap");
+  expect_error("0 10 zero\n5 10 zero\n", "t.conf:2: field 1 (start_sector): segment at sector 5 overlaps");
+  expect_error("5 10 zero\n", "t.conf:1: field 1 (start_sector): segment at sector 5 leaves a gap");
+  expect_error("0 18446744073709551615 zero\n", "segment end is too large");
+  expect_error("0 99999999999999999999 zero\n", "field 2 (num_sectors): '99999999999999999999' is too large");
+  expect_error("", "t.conf: no device defined");
+  expect_error("# only a comment\n", "no device defined");
+  expect_error("[a]\n[b]\n0 1 zero\n", "t.conf:1: device 'a' has no segments");
+  expect_error("[a]\n0 1 zero\n[b]\n", "t.conf:3: device 'b' has no segments");
+  expect_error("[a]\n0 1 zero\n[a]\n0 1 zero\n", "t.conf:3: device 'a' is defined twice");
+  expect_error("[a b]\n0 1 zero\n", "unknown device option 'b'");
+  expect_error("[]\n0 1 zero\n", "device header has no name");
+  expect_error("[a/b]\n0 1 zero\n", "device name 'a/b' may only hold");
+  expect_error("[a\n0 1 zero\n", "device header must look like [name]");
+}
+
+TEST(TableParser, SegmentsRestartAtZeroPerDevice) {
+  EXPECT_EQ(error_of("[a]\n0 10 zero\n10 5 zero\n[b]\n0 3 zero\n"), "");
+}
+
+TEST(DeviceSet, BuildErrorsNameTheLineAndTarget) {
+  auto specs = parse_config("0 8 zero\n8 8 file /nonexistent/x.img 0\n", "t.conf", "d");
+  ASSERT_TRUE(specs);
+  auto set = DeviceSet::build(*specs, "t.conf", false);
+  ASSERT_FALSE(set);
+  EXPECT_NE(set.error().message.find("t.conf:2: file: file /nonexistent/x.img: No such file or directory"),
+            std::string::npos)
+      << set.error().message;
+
+  specs = parse_config("0 8 zero extra\n", "t.conf", "d");
+  ASSERT_TRUE(specs);
+  set = DeviceSet::build(*specs, "t.conf", false);
+  ASSERT_FALSE(set);
+  EXPECT_NE(set.error().message.find("t.conf:1: zero: argument 1: unexpected 'extra'"), std::string::npos)
+      << set.error().message;
+
+  specs = parse_config("[a]\n0 8 linear b 0\n[b]\n0 8 zero\n", "t.conf", "d");
+  ASSERT_TRUE(specs);
+  set = DeviceSet::build(*specs, "t.conf", false);
+  ASSERT_FALSE(set);
+  EXPECT_NE(set.error().message.find("no device named 'b' is defined before this line"), std::string::npos)
+      << set.error().message;
+
+  specs = parse_config("[b]\n0 8 zero\n[a]\n0 16 linear b 0\n", "t.conf", "d");
+  ASSERT_TRUE(specs);
+  set = DeviceSet::build(*specs, "t.conf", false);
+  ASSERT_FALSE(set);
+  EXPECT_NE(set.error().message.find("device b is too small: need 8192 bytes from offset 0, it has 4096"),
+            std::string::npos)
+      << set.error().message;
+}
+
+}  // namespace
+}  // namespace strata

@@ -129,6 +129,17 @@ class Ring {
   std::pair<io_uring_sqe*, io_uring_sqe*> get_sqe_pair();
   static __kernel_timespec to_timespec(std::chrono::nanoseconds d);
 
+  // Suspends until the completions of the current batch have all been
+  // handled: work that several completions feed (a connection's replies) is
+  // then done once per batch, e.g. one sendmsg for many replies.
+  struct Defer {
+    Ring& ring;
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> h) { ring.deferred_.push_back(h); }
+    void await_resume() const noexcept {}
+  };
+  Defer defer() { return Defer{*this}; }
+
   // Sleeps for d (returns -ETIME when the time passed).
   struct Sleep {
     Ring& ring;
@@ -144,6 +155,7 @@ class Ring {
   io_uring ring_{};
   bool inited_ = false;
   std::vector<Completion*> ready_;
+  std::vector<std::coroutine_handle<>> deferred_, deferred_run_;
 };
 
 }  // namespace strata

@@ -256,6 +256,11 @@ Task<Result<>> Connection::send_info_replies(uint32_t opt, const Export& e, std:
 Task<Result<>> Connection::handle_meta_context(uint32_t opt, std::span<const std::byte> d) {
   // export name length, name, query count, queries (length + string).
   auto invalid = [&]() { return send_option_reply(opt, kRepErrInvalid); };
+  // SET replaces the previous selection even when it fails (proto.md).
+  if (opt == kOptSetMetaContext) {
+    meta_export_.clear();
+    base_allocation_id_ = 0;
+  }
   if (opt == kOptSetMetaContext && !structured_) {
     co_return co_await send_option_reply(opt, kRepErrInvalid);
   }
@@ -684,6 +689,8 @@ void Connection::queue_reply(Reply r) {
 Task<void> Connection::drain_send_queue() {
   constexpr std::size_t kMaxBatch = 64;
   iovec iov[2 * kMaxBatch];
+  // Let every request completed in this batch queue its reply first.
+  co_await q_.ring().defer();
   while (!out_.empty() && !dead_) {
     std::size_t batch = std::min(out_.size(), kMaxBatch);
     std::size_t niov = 0;

@@ -6,7 +6,7 @@ set -euo pipefail
 
 PKGS=(
   # build
-  build-essential cmake pkg-config
+  build-essential make cmake pkg-config
   liburing-dev libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev
   # test clients and peers
   libnbd-bin python3-libnbd nbdkit qemu-utils fio jq xxd util-linux procps

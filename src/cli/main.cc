@@ -46,7 +46,8 @@ void print_list(const json& r) {
 void print_table(const json& r) {
   bool many = r.size() > 1;
   for (const auto& d : r) {
-    if (many) fmt::print("[{}]\n", d["name"].get<std::string>());
+    // `[name ro]` as in the table file, so that the output loads back as it was.
+    if (many) fmt::print("[{}{}]\n", d["name"].get<std::string>(), d.value("read_only", false) ? " ro" : "");
     fmt::print("{}", d["table"].get<std::string>());
   }
 }

@@ -38,16 +38,26 @@ Result<std::unique_ptr<DeviceSet>> load_devices(const ServeOptions& o) {
     if (!o.tables.empty()) return fail(EINVAL, "give either --file or --table, not both");
     int fd = ::open(o.file.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return posix_error(fmt::format("--file {}", o.file), errno);
+    // Only a regular file or block device has a size to serve (a directory's
+    // SEEK_END is a meaningless huge number).
+    struct stat st;
+    if (::fstat(fd, &st) < 0 || (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))) {
+      ::close(fd);
+      return fail(EINVAL, fmt::format("--file {}: not a regular file or block device", o.file));
+    }
     off_t end = ::lseek(fd, 0, SEEK_END);
     ::close(fd);
     if (end < 0) return posix_error(fmt::format("--file {}: size", o.file), errno);
     if (o.offset > static_cast<uint64_t>(end))
       return fail(EINVAL, fmt::format("--offset {} is beyond the end of {} ({} bytes)", o.offset, o.file, end));
     uint64_t len = static_cast<uint64_t>(end) - o.offset;
-    if (len < kSectorSize) return fail(EINVAL, fmt::format("--file {}: less than 512 bytes to serve", o.file));
-    if (len % kSectorSize)
-      LOG_WARN("--file {}: serving {} bytes; the last {} bytes are not a whole sector", o.file,
-               len / kSectorSize * kSectorSize, len % kSectorSize);
+    // Serve whole blocks: sectors, or with --direct the 4096-byte blocks O_DIRECT needs.
+    const uint64_t unit = o.direct ? 4096 : kSectorSize;
+    if (len < unit) return fail(EINVAL, fmt::format("--file {}: less than {} bytes to serve", o.file, unit));
+    if (len % unit)
+      LOG_WARN("--file {}: serving {} bytes; the last {} bytes are not a whole {}", o.file, len / unit * unit,
+               len % unit, o.direct ? "4096-byte block (--direct)" : "sector");
+    len = len / unit * unit;
     SegmentSpec seg;
     seg.line = 1;
     seg.num_sectors = len / kSectorSize;
@@ -65,8 +75,12 @@ Result<std::unique_ptr<DeviceSet>> load_devices(const ServeOptions& o) {
       std::string text = TRY(read_file(t));
       auto more = TRY(parse_config(text, t, o.export_name));
       for (auto& m : more) {
+        // Name the line that defines it again: its header, else its first segment.
+        int line = m.line ? m.line : (m.segments.empty() ? 0 : m.segments[0].line);
         for (const auto& s : specs)
-          if (s.name == m.name) return fail(EINVAL, fmt::format("{}: device '{}' is defined twice", t, m.name));
+          if (s.name == m.name)
+            return fail(EINVAL, fmt::format("{}:{}: device '{}' is defined twice (also in an earlier --table)", t,
+                                            line, m.name));
         specs.push_back(std::move(m));
       }
     }
@@ -178,8 +192,8 @@ int serve(const ServeOptions& o) {
         uri += "/" + d.name;
       else
         uri.insert(path_at + 1, d.name);
-      fmt::print("strata: export '{}' ({} bytes{}) at {}\n", d.name, d.table->size(), d.read_only ? ", read-only" : "",
-                 uri);
+      bool ro = d.read_only || !d.table->caps().can_write;
+      fmt::print("strata: export '{}' ({} bytes{}) at {}\n", d.name, d.table->size(), ro ? ", read-only" : "", uri);
     }
   }
   fmt::print("strata: control socket {}\n", ctl_path);

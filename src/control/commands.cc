@@ -66,7 +66,7 @@ json run(Daemon& d, const json& req) {
     for (const auto& dev : d.devices->devices()) {
       if (name && dev.name != *name) continue;
       if (method == "device_table")
-        out.push_back({{"name", dev.name}, {"table", dev.table->table_line()}});
+        out.push_back({{"name", dev.name}, {"read_only", dev.read_only}, {"table", dev.table->table_line()}});
       else
         out.push_back(device_status(dev));
     }
@@ -76,7 +76,9 @@ json run(Daemon& d, const json& req) {
   if (method == "server_status") {
     auto s = d.nbd->stats();
     json exports = json::array();
-    for (const auto& e : d.nbd->exports()) exports.push_back({{"name", e->name}, {"read_only", e->read_only}});
+    // Read-only as NBD clients see it: by configuration or because the target cannot write.
+    for (const auto& e : d.nbd->exports())
+      exports.push_back({{"name", e->name}, {"read_only", e->read_only || !e->target->caps().can_write}});
     auto up = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - d.started);
     return ok({{"connections", s.active},
                {"connections_total", s.total},

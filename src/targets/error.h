@@ -1,4 +1,5 @@
-// ErrorTarget: every I/O fails with EIO (dm's error). For tests: a segment
+// ErrorTarget: every read, write, trim, zero and block status fails with EIO
+// (dm's error); a flush succeeds, as it has nothing to make durable. For tests: a segment
 // that must fail, and a fault-injection lower device in unit tests.
 #pragma once
 
@@ -9,7 +10,7 @@ namespace strata {
 
 class ErrorTarget final : public Target {
  public:
-  static constexpr std::string_view kHelp = "error\n  Every I/O fails with EIO.";
+  static constexpr std::string_view kHelp = "error\n  Every read and write fails with EIO (flushes succeed).";
   static Result<std::shared_ptr<Target>> create(Params& p, Resolver& r);
 
   explicit ErrorTarget(uint64_t length) : length_(length) {}

@@ -247,8 +247,15 @@ Task<Result<>> TableTarget::flush(Queue& q) {
 }
 
 Task<Result<>> TableTarget::flush_all(Queue& q) {
-  for (auto& s : segments_) CO_TRY(co_await s.target->flush(q));
-  co_return Result<>{};
+  // Every segment is flushed even when one fails, so that a failing segment
+  // does not leave the writes of the segments after it unsynced; the first
+  // error is reported.
+  Result<> first{};
+  for (auto& s : segments_) {
+    Result<> r = co_await s.target->flush(q);
+    if (!r && first) first = std::move(r);
+  }
+  co_return first;
 }
 
 Task<Result<>> TableTarget::trim(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {

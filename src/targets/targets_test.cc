@@ -68,7 +68,7 @@ TEST_F(TargetTest, ErrorTargetFailsEveryIoWithEio) {
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, EIO);
   EXPECT_EQ(write(t, buf, 0).error().code, EIO);
-  EXPECT_EQ(q_.run_sync(t.flush(q_)).error().code, EIO);
+  EXPECT_TRUE(q_.run_sync(t.flush(q_)));  // nothing to flush: a table flush must not fail
   EXPECT_EQ(q_.run_sync(t.trim(q_, 0, 512, {})).error().code, EIO);
   EXPECT_EQ(extents(t, 0, 512).error().code, EIO);
 }

@@ -4,7 +4,7 @@
 #   requires TOOL...        fail (never skip) when a tool is missing
 #   start_strata ARGS...    start `strata serve ARGS` on $SOCK with control $CTL,
 #                           wait until it answers; sets $STRATA_PID
-#   stop_strata             SIGTERM and wait (checks exit status 0)
+#   stop_strata             SIGTERM and wait up to 10 s (checks exit status 0)
 #   kill9_strata            SIGKILL and wait
 #   uri [EXPORT]            NBD URI of an export on $SOCK
 #   ctl ARGS...             run the strata CLI against $CTL
@@ -67,9 +67,27 @@ start_strata() {
   die "strata did not start within 10 s"
 }
 
+# running PID: the process exists and is not a zombie waiting to be reaped.
+running() {
+  local st
+  st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
+}
+
 stop_strata() {
   kill -TERM "$STRATA_PID"
-  local rc=0
+  local rc=0 i
+  # Bounded: a server that hangs on the way out fails the test, not stalls it.
+  for i in $(seq 1 100); do
+    running "$STRATA_PID" || break
+    sleep 0.1
+  done
+  if running "$STRATA_PID"; then
+    kill -9 "$STRATA_PID" 2>/dev/null || true
+    wait "$STRATA_PID" 2>/dev/null || true
+    STRATA_PID=
+    die "strata did not exit within 10 s of SIGTERM"
+  fi
   wait "$STRATA_PID" || rc=$?
   STRATA_PID=
   [ $rc -eq 0 ] || die "strata exited with status $rc after SIGTERM"
@@ -85,3 +103,55 @@ ctl() { "$STRATA" "$@" --control "$CTL"; }
 
 nbdsh_py() { $PYTHON -c "import nbd, sys
 $1"; }
+
+# ---- data helpers ------------------------------------------------------------
+#   qio [-r] URI CMD...     run qemu-io commands (-c each) on URI (-r: open it
+#                           read-only); fail with its output when any fails
+#   qio_fails [-r] URI CMD... the same, but the commands must fail
+#   bytes LEN BYTE          LEN copies of BYTE (0xNN) on stdout
+#   fill FILE OFF LEN BYTE  write LEN copies of BYTE at byte OFF of FILE
+#   expect_bytes FILE OFF LEN BYTE   bytes OFF..OFF+LEN of FILE are all BYTE
+#   file_range FILE OFF LEN bytes OFF..OFF+LEN of FILE on stdout
+
+qio() {
+  local args=() c out u
+  if [ "$1" = -r ]; then args+=(-r); shift; fi
+  u=$1
+  shift
+  for c in "$@"; do args+=(-c "$c"); done
+  if ! out=$(qemu-io -f raw "$u" "${args[@]}" 2>&1); then
+    printf '%s\n' "$out" >&2
+    die "qemu-io failed on $u: $*"
+  fi
+  if grep -qiE 'fail|error' <<<"$out"; then
+    printf '%s\n' "$out" >&2
+    die "qemu-io reported an error on $u: $*"
+  fi
+}
+
+qio_fails() {
+  local args=() c out u
+  if [ "$1" = -r ]; then args+=(-r); shift; fi
+  u=$1
+  shift
+  for c in "$@"; do args+=(-c "$c"); done
+  if out=$(qemu-io -f raw "$u" "${args[@]}" 2>&1); then
+    printf '%s\n' "$out" >&2
+    die "qemu-io succeeded but should have failed on $u: $*"
+  fi
+  printf '%s\n' "$out"
+}
+
+bytes() { head -c "$1" /dev/zero | tr '\000' "\\$(printf '%03o' "$2")"; }
+
+fill() {
+  bytes "$3" "$4" | dd of="$1" bs=64K seek="$2" oflag=seek_bytes conv=notrunc iflag=fullblock status=none
+}
+
+file_range() { dd if="$1" bs=64K skip="$2" count="$3" iflag=skip_bytes,count_bytes status=none; }
+
+expect_bytes() {
+  local diff
+  diff=$(cmp <(file_range "$1" "$2" "$3") <(bytes "$3" "$4") 2>&1) ||
+    die "$1: bytes $2..$(($2 + $3)) are not all $4: $diff"
+}

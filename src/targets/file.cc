@@ -182,6 +182,7 @@ Task<Result<>> FileTarget::trim(Queue& q, uint64_t offset, uint64_t length, IoFl
   IoStats::Scope scope(stats_);
   IoStats::bump(stats_.trims);
   IoStats::bump(stats_.trim_bytes, length);
+  if (length == 0) co_return co_await sync_if(q, f.fua);  // fallocate refuses length 0
   int r = co_await q.ring().fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset_ + offset, length);
   // TRIM is advisory: a filesystem that cannot punch holes just keeps the data.
   if (r < 0 && r != -EOPNOTSUPP) {
@@ -195,6 +196,7 @@ Task<Result<>> FileTarget::zero(Queue& q, uint64_t offset, uint64_t length, IoFl
   IoStats::Scope scope(stats_);
   IoStats::bump(stats_.zeros);
   IoStats::bump(stats_.zero_bytes, length);
+  if (length == 0) co_return co_await sync_if(q, f.fua);  // fallocate refuses length 0
   uint64_t off = offset_ + offset;
   if (f.may_trim && regular_) {
     int r = co_await q.ring().fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, length);

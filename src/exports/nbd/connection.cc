@@ -11,7 +11,9 @@
 // a write's payload is copied from that buffer and the rest received directly
 // into the request's own (4 KiB-aligned, pooled) buffer. Each request runs as
 // its own coroutine; the reader stops reading when kMaxInFlight requests or
-// kMaxInFlightBytes of payload are outstanding, so one client cannot make the
+// kMaxInFlightBytes of payload are outstanding -- replies queued but not yet
+// sent included, since a client that does not read its replies would
+// otherwise keep every read's data buffered -- so one client cannot make the
 // server buffer without bound.
 //
 // Every request is checked before it reaches the target, in the order the
@@ -505,7 +507,7 @@ uint32_t Connection::check_request(const Request& r) const {
 Task<void> Connection::transmission() {
   LOG_DEBUG("conn {}: transmission on export '{}'", id_, export_->name);
   for (;;) {
-    while (in_flight_ >= kMaxInFlight || in_flight_bytes_ >= kMaxInFlightBytes) co_await Park{reader_waiting_};
+    while (reader_must_wait()) co_await Park{reader_waiting_};
     while (rend_ - rstart_ < kRequestSize) {
       auto r = co_await fill();
       if (!r) {
@@ -574,6 +576,15 @@ Detached Connection::serve(Request r, Buffer payload) {
       }
       reply.data = std::move(data);
       reply.data_len = r.length;
+    } else if (res && structured_) {
+      // A zero-length read: no data chunk, but a read must never get a
+      // simple reply once structured replies are negotiated (proto.md).
+      put32(reply.hdr.data(), kStructuredReplyMagic);
+      put16(reply.hdr.data() + 4, kReplyFlagDone);
+      put16(reply.hdr.data() + 6, kReplyNone);
+      put64(reply.hdr.data() + 8, r.cookie);
+      put32(reply.hdr.data() + 16, 0);
+      reply.hdr_len = kStructuredHeaderSize;
     }
   } else if (r.type == kCmdWrite) {
     res = co_await t->write(q_, payload.span(), r.offset, f);
@@ -679,6 +690,7 @@ void Connection::reply_error(const Request& r, uint32_t err, std::string_view ms
 
 void Connection::queue_reply(Reply r) {
   if (dead_) return;
+  queued_bytes_ += r.data_len;
   out_.push_back(std::move(r));
   if (!sending_) {
     sending_ = true;
@@ -709,6 +721,7 @@ Task<void> Connection::drain_send_queue() {
         LOG_DEBUG("conn {}: send failed: {}", id_, n);
         dead_ = true;
         out_.clear();
+        queued_bytes_ = 0;
         ::shutdown(fd_, SHUT_RDWR);
         break;
       }
@@ -726,10 +739,17 @@ Task<void> Connection::drain_send_queue() {
       }
     }
     if (dead_) break;
-    for (std::size_t i = 0; i < batch; ++i) out_.pop_front();
+    for (std::size_t i = 0; i < batch; ++i) {
+      queued_bytes_ -= out_.front().data_len;
+      out_.pop_front();
+    }
   }
   sending_ = false;
   maybe_wake();
+}
+
+bool Connection::reader_must_wait() const {
+  return in_flight_ + out_.size() >= kMaxInFlight || in_flight_bytes_ + queued_bytes_ >= kMaxInFlightBytes;
 }
 
 void Connection::maybe_wake() {
@@ -737,7 +757,7 @@ void Connection::maybe_wake() {
   // The reader parks while in-flight limits block it; run() parks, once the
   // reader has stopped, until requests and sends are done.
   bool go = reader_closing_ ? !(in_flight_ > 0 || sending_)
-                            : !(in_flight_ >= kMaxInFlight || in_flight_bytes_ >= kMaxInFlightBytes);
+                            : !reader_must_wait();
   if (go) std::exchange(reader_waiting_, nullptr).resume();
 }
 

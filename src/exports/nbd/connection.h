@@ -78,6 +78,9 @@ class Connection {
 
   uint16_t transmission_flags() const;
   uint32_t check_request(const Request& r) const;
+  // The reader must not read more requests: too many requests in flight or
+  // replies queued, or too many bytes held for them.
+  bool reader_must_wait() const;
   // Resumes the parked reader (or closer) if it may go on. Callers must not
   // touch the object afterwards: the closer may delete it.
   void maybe_wake();
@@ -104,6 +107,7 @@ class Connection {
   uint64_t in_flight_bytes_ = 0;
   std::coroutine_handle<> reader_waiting_;
   std::deque<Reply> out_;
+  uint64_t queued_bytes_ = 0;  // reply payload bytes in out_
   bool sending_ = false;
   bool dead_ = false;
   bool reader_closing_ = false;

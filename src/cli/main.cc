@@ -91,6 +91,15 @@ int main(int argc, char** argv) {
       ->default_val(10);
   serve->add_option("--pidfile", so.pidfile, "Write the server's pid here once it is ready");
   serve->add_flag("--verbose,-v", so.verbose, "Debug logging");
+  serve->add_option("--tls", so.tls, "TLS: off, on (offered), require (plaintext refused)")
+      ->check(CLI::IsMember({"off", "on", "require"}))
+      ->default_val("off");
+  serve->add_option("--tls-certificates", so.tls_certificates,
+                    "Directory with ca-cert.pem, server-cert.pem, server-key.pem")
+      ->check(CLI::ExistingDirectory);
+  serve->add_option("--tls-psk", so.tls_psk, "Pre-shared keys file (psktool's username:hexkey lines)")
+      ->check(CLI::ExistingFile);
+  serve->add_flag("--tls-verify-peer", so.tls_verify_peer, "Require client certificates signed by the CA");
   bool help_targets = false;
   serve->add_flag("--help-targets", help_targets, "Describe every target type and exit");
 

@@ -142,6 +142,19 @@ int serve(const ServeOptions& o) {
   }
 
   nbd::ServerOptions so;
+  {
+    nbd::TlsMode mode = o.tls == "require" ? nbd::TlsMode::kRequire
+                        : o.tls == "on"    ? nbd::TlsMode::kOn
+                                           : nbd::TlsMode::kOff;
+    if (mode == nbd::TlsMode::kOff && (!o.tls_certificates.empty() || !o.tls_psk.empty()))
+      LOG_WARN("--tls-certificates/--tls-psk given but --tls=off: TLS is disabled");
+    auto tls = nbd::TlsConfig::load(mode, o.tls_certificates, o.tls_psk, o.tls_verify_peer);
+    if (!tls) {
+      LOG_ERROR("{}", tls.error().message);
+      return 1;
+    }
+    if (mode != nbd::TlsMode::kOff) so.tls = std::move(*tls);
+  }
   so.max_connections = o.max_connections;
   so.handshake_timeout = std::chrono::milliseconds(static_cast<int64_t>(o.handshake_timeout * 1000));
   nbd::Server server(qptrs, so);
@@ -167,6 +180,11 @@ int serve(const ServeOptions& o) {
       LOG_ERROR("{}", r.error().message);
       return 1;
     }
+    bool loopback = host.starts_with("127.") || host == "::1" || host == "localhost";
+    if (!loopback && o.tls != "require")
+      LOG_WARN("--tcp {}: serving a non-loopback address without --tls=require: anyone who can reach it can "
+               "read and write the exports in the clear",
+               t);
   }
 
   control::Daemon daemon{devices->get(), &server, std::chrono::steady_clock::now()};
@@ -192,6 +210,7 @@ int serve(const ServeOptions& o) {
         uri += "/" + d.name;
       else
         uri.insert(path_at + 1, d.name);
+      if (o.tls != "off") uri.replace(0, 3, "nbds");  // nbd:// -> nbds://, nbd+unix -> nbds+unix
       bool ro = d.read_only || !d.table->caps().can_write;
       fmt::print("strata: export '{}' ({} bytes{}) at {}\n", d.name, d.table->size(), ro ? ", read-only" : "", uri);
     }

@@ -22,6 +22,10 @@ struct ServeOptions {
   double handshake_timeout = 10;
   std::string pidfile;
   bool verbose = false;
+  std::string tls = "off";  // off | on | require
+  std::string tls_certificates;
+  std::string tls_psk;
+  bool tls_verify_peer = false;
 };
 
 int serve(const ServeOptions& o);

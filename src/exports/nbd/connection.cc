@@ -35,6 +35,7 @@ namespace strata::nbd {
 
 namespace {
 constexpr std::size_t kRecvBuffer = 64 * 1024;
+constexpr std::size_t kTlsRecvBuffer = 64 * 1024;
 constexpr uint32_t kMaxInFlight = 256;
 constexpr uint64_t kMaxInFlightBytes = 128ull << 20;
 constexpr std::string_view kBaseAllocation = "base:allocation";
@@ -107,6 +108,23 @@ Detached Connection::run() {
 
 // ------------------------------------------------------------------ reading
 
+Task<int> Connection::raw_recv(std::span<std::byte> buf) {
+  for (;;) {
+    int n;
+    if (in_handshake_) {
+      auto left = deadline_ - std::chrono::steady_clock::now();
+      if (left <= std::chrono::nanoseconds(0)) co_return -ETIMEDOUT;
+      n = co_await q_.ring().timed(
+          [&](io_uring_sqe* s) { io_uring_prep_recv(s, fd_, buf.data(), buf.size(), 0); }, left);
+      if (n == -ECANCELED) co_return -ETIMEDOUT;
+    } else {
+      n = co_await q_.ring().recv(fd_, buf);
+    }
+    if (n == -EINTR || n == -EAGAIN) continue;
+    co_return n;
+  }
+}
+
 Task<Result<>> Connection::fill() {
   if (rstart_ == rend_) rstart_ = rend_ = 0;
   if (rend_ == rbuf_.size()) {
@@ -115,20 +133,25 @@ Task<Result<>> Connection::fill() {
     rstart_ = 0;
   }
   std::span<std::byte> free(rbuf_.data() + rend_, rbuf_.size() - rend_);
-  int n;
-  for (;;) {
-    if (in_handshake_) {
-      auto left = deadline_ - std::chrono::steady_clock::now();
-      if (left <= std::chrono::nanoseconds(0)) co_return fail(ETIMEDOUT, "handshake timed out");
-      n = co_await q_.ring().timed(
-          [&](io_uring_sqe* s) { io_uring_prep_recv(s, fd_, free.data(), free.size(), 0); }, left);
-      if (n == -ECANCELED) co_return fail(ETIMEDOUT, "handshake timed out");
-    } else {
-      n = co_await q_.ring().recv(fd_, free);
+  if (tls_) {
+    // Decrypt into the receive buffer; receive ciphertext when TLS needs more.
+    for (;;) {
+      ssize_t r = tls_->recv(free.data(), free.size());
+      if (r > 0) {
+        rend_ += r;
+        co_return Result<>{};
+      }
+      if (r == 0) co_return fail(ECONNRESET, "client closed the TLS session");
+      if (r != -EAGAIN) co_return fail(EPROTO, "TLS: bad record from the client");
+      int n = co_await raw_recv(tls_in_.span());
+      if (n == -ETIMEDOUT) co_return fail(ETIMEDOUT, "handshake timed out");
+      if (n < 0) co_return posix_error("recv", -n);
+      if (n == 0) co_return fail(ECONNRESET, "client closed the connection");
+      tls_->feed(tls_in_.data(), n);
     }
-    if (n == -EINTR || n == -EAGAIN) continue;
-    break;
   }
+  int n = co_await raw_recv(free);
+  if (n == -ETIMEDOUT) co_return fail(ETIMEDOUT, "handshake timed out");
   if (n < 0) co_return posix_error("recv", -n);
   if (n == 0) co_return fail(ECONNRESET, "client closed the connection");
   rend_ += n;
@@ -145,7 +168,7 @@ Task<Result<>> Connection::read_exact(std::byte* dst, std::size_t n) {
       n -= k;
       continue;
     }
-    if (!in_handshake_ && n >= rbuf_.size() / 2) {
+    if (!in_handshake_ && !tls_ && n >= rbuf_.size() / 2) {
       // A large payload goes straight into its destination.
       int r = co_await q_.ring().recv(fd_, {dst, n}, MSG_WAITALL);
       if (r == -EINTR || r == -EAGAIN) continue;
@@ -172,21 +195,21 @@ Task<Result<>> Connection::discard(uint64_t n) {
 
 // ---------------------------------------------------------------- handshake
 
-Task<Result<>> Connection::send_now(std::span<const std::byte> a, std::span<const std::byte> b) {
-  iovec iov[2] = {{const_cast<std::byte*>(a.data()), a.size()}, {const_cast<std::byte*>(b.data()), b.size()}};
-  msghdr msg{};
-  msg.msg_iov = iov;
-  msg.msg_iovlen = b.empty() ? 1 : 2;
-  std::size_t left = a.size() + b.size();
-  while (left > 0) {
-    auto remaining = deadline_ - std::chrono::steady_clock::now();
-    if (remaining <= std::chrono::nanoseconds(0)) co_return fail(ETIMEDOUT, "handshake timed out");
-    int n = co_await q_.ring().timed(
-        [&](io_uring_sqe* s) { io_uring_prep_sendmsg(s, fd_, &msg, MSG_NOSIGNAL); }, remaining);
+Task<Result<>> Connection::raw_send_all(msghdr& msg) {
+  while (msg.msg_iovlen > 0) {
+    int n;
+    if (in_handshake_) {
+      auto left = deadline_ - std::chrono::steady_clock::now();
+      if (left <= std::chrono::nanoseconds(0)) co_return fail(ETIMEDOUT, "handshake timed out");
+      n = co_await q_.ring().timed(
+          [&](io_uring_sqe* s) { io_uring_prep_sendmsg(s, fd_, &msg, MSG_NOSIGNAL); }, left);
+      if (n == -ECANCELED) co_return fail(ETIMEDOUT, "handshake timed out");
+    } else {
+      n = co_await q_.ring().sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_WAITALL);
+    }
     if (n == -EINTR || n == -EAGAIN) continue;
-    if (n == -ECANCELED) co_return fail(ETIMEDOUT, "handshake timed out");
     if (n < 0) co_return posix_error("send", -n);
-    left -= n;
+    if (n == 0) co_return fail(EPIPE, "send: connection closed");
     // Advance the iovecs past what was sent.
     std::size_t k = n;
     while (k > 0 && msg.msg_iovlen > 0) {
@@ -202,6 +225,32 @@ Task<Result<>> Connection::send_now(std::span<const std::byte> a, std::span<cons
     }
   }
   co_return Result<>{};
+}
+
+Task<Result<>> Connection::flush_tls() {
+  // Swap the ciphertext out first: decrypting (fill) may append to it while
+  // this send is in flight.
+  tls_pending_.clear();
+  tls_pending_.swap(tls_->out());
+  if (tls_pending_.empty()) co_return Result<>{};
+  iovec iov{tls_pending_.data(), tls_pending_.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  co_return co_await raw_send_all(msg);
+}
+
+Task<Result<>> Connection::send_now(std::span<const std::byte> a, std::span<const std::byte> b) {
+  if (tls_) {
+    CO_TRY(tls_->send(a.data(), a.size()));
+    CO_TRY(tls_->send(b.data(), b.size()));
+    co_return co_await flush_tls();
+  }
+  iovec iov[2] = {{const_cast<std::byte*>(a.data()), a.size()}, {const_cast<std::byte*>(b.data()), b.size()}};
+  msghdr msg{};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = b.empty() ? 1 : 2;
+  co_return co_await raw_send_all(msg);
 }
 
 Task<Result<>> Connection::send_option_reply(uint32_t opt, uint32_t type, std::span<const std::byte> data) {
@@ -307,6 +356,33 @@ Task<Result<>> Connection::handle_meta_context(uint32_t opt, std::span<const std
   co_return co_await send_option_reply(opt, kRepAck);
 }
 
+Task<Result<>> Connection::start_tls() {
+  CO_TRY_ASSIGN(tls_, TlsSession::create(*server_.options().tls));
+  tls_in_ = Buffer::get(kTlsRecvBuffer);
+  for (;;) {
+    auto step = tls_->handshake();
+    // Send what GnuTLS produced, even on failure (an alert tells the client why).
+    auto sent = co_await flush_tls();
+    if (!step) co_return fail(step.error());
+    if (!sent) co_return fail(sent.error());
+    if (*step) break;
+    if (tls_->want_read()) {
+      int n = co_await raw_recv(tls_in_.span());
+      if (n == -ETIMEDOUT) co_return fail(ETIMEDOUT, "TLS handshake timed out");
+      if (n < 0) co_return posix_error("TLS handshake: recv", -n);
+      if (n == 0) co_return fail(ECONNRESET, "TLS handshake: client closed the connection");
+      tls_->feed(tls_in_.data(), n);
+    }
+  }
+  // The spec: everything negotiated before STARTTLS is forgotten.
+  structured_ = false;
+  meta_export_.clear();
+  base_allocation_id_ = 0;
+  export_.reset();
+  LOG_INFO("conn {} ({}): TLS established: {}", id_, peer_, tls_->describe());
+  co_return Result<>{};
+}
+
 Task<bool> Connection::handshake() {
   std::byte greet[18];
   put64(greet, kMagic);
@@ -374,6 +450,32 @@ Task<bool> Connection::handshake() {
 // below) are dispatched with if/else chains.
 Task<Result<Connection::OptionResult>> Connection::handle_option(uint32_t opt, std::vector<std::byte>& data) {
   const uint32_t len = static_cast<uint32_t>(data.size());
+  const TlsMode mode = server_.options().tls ? server_.options().tls->mode() : TlsMode::kOff;
+  if (mode == TlsMode::kRequire && !tls_ && opt != kOptStartTls && opt != kOptAbort) {
+    // No export is looked up, let alone opened, before TLS.
+    if (opt == kOptExportName) {
+      LOG_INFO("conn {} ({}): EXPORT_NAME before STARTTLS with --tls=require; closing", id_, peer_);
+      co_return OptionResult::kClose;
+    }
+    CO_TRY(co_await send_option_reply(opt, kRepErrTlsReqd));
+    co_return OptionResult::kContinue;
+  }
+  if (opt == kOptStartTls && mode != TlsMode::kOff) {
+    if (tls_ || len != 0) {
+      CO_TRY(co_await send_option_reply(opt, kRepErrInvalid));
+      co_return OptionResult::kContinue;
+    }
+    // Anything the client sent after STARTTLS must be TLS: plaintext already
+    // buffered here would otherwise be parsed as options after the upgrade
+    // (the CVE-2021-3716 class). Refuse it.
+    if (rstart_ != rend_) {
+      LOG_WARN("conn {} ({}): {} plaintext bytes arrived after STARTTLS; closing", id_, peer_, rend_ - rstart_);
+      co_return OptionResult::kClose;
+    }
+    CO_TRY(co_await send_option_reply(opt, kRepAck));
+    CO_TRY(co_await start_tls());
+    co_return OptionResult::kContinue;
+  }
   if (opt == kOptExportName) {
     std::string name(reinterpret_cast<const char*>(data.data()), data.size());
     export_ = server_.find_export(name);
@@ -447,8 +549,8 @@ Task<Result<Connection::OptionResult>> Connection::handle_option(uint32_t opt, s
     CO_TRY(co_await handle_meta_context(opt, data));
     co_return OptionResult::kContinue;
   }
-  // STARTTLS lands here too: TLS is not configured on this server, and the
-  // spec's answer for that is ERR_UNSUP.
+  // STARTTLS lands here when TLS is off (--tls=off): the spec's answer for a
+  // server without TLS is ERR_UNSUP.
   CO_TRY(co_await send_option_reply(opt, kRepErrUnsup));
   co_return OptionResult::kContinue;
 }
@@ -711,32 +813,26 @@ Task<void> Connection::drain_send_queue() {
       iov[niov++] = {r.hdr.data(), r.hdr_len};
       if (r.data_len) iov[niov++] = {r.data.data(), r.data_len};
     }
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = niov;
-    while (msg.msg_iovlen > 0) {
-      int n = co_await q_.ring().sendmsg(fd_, &msg, MSG_NOSIGNAL | MSG_WAITALL);
-      if (n == -EINTR || n == -EAGAIN) continue;
-      if (n <= 0) {
-        LOG_DEBUG("conn {}: send failed: {}", id_, n);
-        dead_ = true;
-        out_.clear();
-        queued_bytes_ = 0;
-        ::shutdown(fd_, SHUT_RDWR);
-        break;
-      }
-      std::size_t k = n;
-      while (k > 0 && msg.msg_iovlen > 0) {
-        if (k >= msg.msg_iov[0].iov_len) {
-          k -= msg.msg_iov[0].iov_len;
-          ++msg.msg_iov;
-          --msg.msg_iovlen;
-        } else {
-          msg.msg_iov[0].iov_base = static_cast<std::byte*>(msg.msg_iov[0].iov_base) + k;
-          msg.msg_iov[0].iov_len -= k;
-          k = 0;
-        }
-      }
+    Result<> sent;
+    if (tls_) {
+      // One TLS record stream for the whole batch (corked), one send.
+      tls_->cork();
+      for (std::size_t i = 0; i < niov && sent; ++i)
+        sent = tls_->send(static_cast<const std::byte*>(iov[i].iov_base), iov[i].iov_len);
+      if (sent) sent = tls_->uncork();
+      if (sent) sent = co_await flush_tls();
+    } else {
+      msghdr msg{};
+      msg.msg_iov = iov;
+      msg.msg_iovlen = niov;
+      sent = co_await raw_send_all(msg);
+    }
+    if (!sent) {
+      LOG_DEBUG("conn {}: {}", id_, sent.error().message);
+      dead_ = true;
+      out_.clear();
+      queued_bytes_ = 0;
+      ::shutdown(fd_, SHUT_RDWR);
     }
     if (dead_) break;
     for (std::size_t i = 0; i < batch; ++i) {

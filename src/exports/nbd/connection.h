@@ -22,6 +22,7 @@
 #include "core/queue.h"
 #include "exports/nbd/protocol.h"
 #include "exports/nbd/server.h"
+#include "exports/nbd/tls.h"
 
 namespace strata::nbd {
 
@@ -60,6 +61,11 @@ class Connection {
   Task<void> transmission();
   Detached serve(Request r, Buffer payload);
 
+  // Socket I/O under TLS or not; in the handshake, against the deadline.
+  Task<int> raw_recv(std::span<std::byte> buf);
+  Task<Result<>> raw_send_all(msghdr& msg);
+  Task<Result<>> flush_tls();
+  Task<Result<>> start_tls();
   // Reading.
   Task<Result<>> read_exact(std::byte* dst, std::size_t n);
   Task<Result<>> discard(uint64_t n);
@@ -95,6 +101,10 @@ class Connection {
 
   Buffer rbuf_;
   std::size_t rstart_ = 0, rend_ = 0;
+
+  std::unique_ptr<TlsSession> tls_;        // set once STARTTLS succeeded
+  Buffer tls_in_;                          // ciphertext received
+  std::vector<std::byte> tls_pending_;     // ciphertext being sent
 
   std::shared_ptr<const Export> export_;
   bool structured_ = false;

@@ -17,6 +17,7 @@
 
 #include "core/queue.h"
 #include "core/target.h"
+#include "exports/nbd/tls.h"
 
 namespace strata::nbd {
 
@@ -30,6 +31,7 @@ struct Export {
 struct ServerOptions {
   std::size_t max_connections = 256;
   std::chrono::milliseconds handshake_timeout{10000};
+  std::shared_ptr<const TlsConfig> tls;  // null: --tls=off
 };
 
 class Connection;

@@ -72,8 +72,12 @@ class Ring {
     return Op<Prep>{*this, std::move(prep), {}};
   }
 
-  auto read(int fd, std::span<std::byte> buf, uint64_t off) {
-    return op([=](io_uring_sqe* s) { io_uring_prep_read(s, fd, buf.data(), buf.size(), off); });
+  // sqe_flags: e.g. IOSQE_ASYNC to hand a large copy to an io-wq worker.
+  auto read(int fd, std::span<std::byte> buf, uint64_t off, unsigned sqe_flags = 0) {
+    return op([=](io_uring_sqe* s) {
+      io_uring_prep_read(s, fd, buf.data(), buf.size(), off);
+      s->flags |= sqe_flags;
+    });
   }
   auto write(int fd, std::span<const std::byte> buf, uint64_t off, int rw_flags = 0) {
     return op([=](io_uring_sqe* s) {

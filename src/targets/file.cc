@@ -33,6 +33,7 @@
 namespace strata {
 
 constexpr uint32_t kDirectAlign = 4096;
+constexpr std::size_t kAsyncReadBytes = 256 * 1024;
 
 Result<std::shared_ptr<Target>> FileTarget::create(Params& p, Resolver& r) {
   (void)r;
@@ -120,8 +121,11 @@ Task<Result<>> FileTarget::read(Queue& q, std::span<std::byte> buf, uint64_t off
   IoStats::Scope scope(stats_);
   IoStats::bump(stats_.reads);
   IoStats::bump(stats_.read_bytes, buf.size());
+  // A large read from the page cache is a long memcpy: run it on an io-wq
+  // worker so the queue thread keeps serving (and another core copies).
+  const unsigned sqe_flags = buf.size() >= kAsyncReadBytes ? IOSQE_ASYNC : 0;
   while (!buf.empty()) {
-    int n = co_await q.ring().read(fd_, buf, offset_ + offset);
+    int n = co_await q.ring().read(fd_, buf, offset_ + offset, sqe_flags);
     if (n == -EINTR || n == -EAGAIN) continue;
     if (n < 0) {
       IoStats::bump(stats_.errors);

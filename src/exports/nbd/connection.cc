@@ -195,6 +195,21 @@ Task<Result<>> Connection::discard(uint64_t n) {
 
 // ---------------------------------------------------------------- handshake
 
+// Advances msg's iovecs past n bytes sent.
+static void advance(msghdr& msg, std::size_t k) {
+  while (k > 0 && msg.msg_iovlen > 0) {
+    if (k >= msg.msg_iov[0].iov_len) {
+      k -= msg.msg_iov[0].iov_len;
+      ++msg.msg_iov;
+      --msg.msg_iovlen;
+    } else {
+      msg.msg_iov[0].iov_base = static_cast<std::byte*>(msg.msg_iov[0].iov_base) + k;
+      msg.msg_iov[0].iov_len -= k;
+      k = 0;
+    }
+  }
+}
+
 Task<Result<>> Connection::raw_send_all(msghdr& msg) {
   while (msg.msg_iovlen > 0) {
     int n;
@@ -210,19 +225,7 @@ Task<Result<>> Connection::raw_send_all(msghdr& msg) {
     if (n == -EINTR || n == -EAGAIN) continue;
     if (n < 0) co_return posix_error("send", -n);
     if (n == 0) co_return fail(EPIPE, "send: connection closed");
-    // Advance the iovecs past what was sent.
-    std::size_t k = n;
-    while (k > 0 && msg.msg_iovlen > 0) {
-      if (k >= msg.msg_iov[0].iov_len) {
-        k -= msg.msg_iov[0].iov_len;
-        ++msg.msg_iov;
-        --msg.msg_iovlen;
-      } else {
-        msg.msg_iov[0].iov_base = static_cast<std::byte*>(msg.msg_iov[0].iov_base) + k;
-        msg.msg_iov[0].iov_len -= k;
-        k = 0;
-      }
-    }
+    advance(msg, n);
   }
   co_return Result<>{};
 }

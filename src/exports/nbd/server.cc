@@ -180,6 +180,11 @@ Task<void> Server::accept_loop(Listener* l) {
     }
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on unix sockets
+    // Room for a few 1 MiB replies, so large reads do not stall on the
+    // default (~200 KiB) buffer. FORCE works as root, beyond wmem_max.
+    int sndbuf = 4 << 20;
+    if (::setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf) < 0)
+      ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
     total_.fetch_add(1);
     active_.fetch_add(1);
     uint64_t id = next_id_.fetch_add(1);

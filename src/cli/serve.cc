@@ -120,6 +120,10 @@ int serve(const ServeOptions& o) {
   }
 
   unsigned nq = o.queues ? o.queues : std::max(1u, std::min(4u, std::thread::hardware_concurrency()));
+  if (nq > static_cast<unsigned>(kMaxQueues)) {
+    LOG_ERROR("--queues {}: at most {}", nq, kMaxQueues);
+    return 1;
+  }
   std::vector<std::unique_ptr<Queue>> queues;
   std::vector<Queue*> qptrs;
   for (unsigned i = 0; i < nq; ++i) {

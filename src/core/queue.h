@@ -25,6 +25,10 @@
 
 namespace strata {
 
+// Queue ids run from 0 to kMaxQueues - 1, so targets can keep per-queue
+// state in a fixed array indexed by id() without locks.
+constexpr int kMaxQueues = 64;
+
 class Queue {
  public:
   explicit Queue(int id);

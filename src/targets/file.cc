@@ -163,17 +163,51 @@ Task<Result<>> FileTarget::write(Queue& q, std::span<const std::byte> buf, uint6
   co_return Result<>{};
 }
 
-Task<Result<>> FileTarget::flush(Queue& q) {
-  IoStats::Scope scope(stats_);
-  IoStats::bump(stats_.flushes);
+Task<Result<>> FileTarget::fdatasync(Queue& q) {
   int r;
   do {
     r = co_await q.ring().fdatasync(fd_);
   } while (r == -EINTR || r == -EAGAIN);
-  if (r < 0) {
-    IoStats::bump(stats_.errors);
-    co_return posix_error(fmt::format("fdatasync {}", path_), -r);
+  if (r < 0) co_return posix_error(fmt::format("fdatasync {}", path_), -r);
+  co_return Result<>{};
+}
+
+namespace {
+struct WaitFlush {
+  std::vector<std::coroutine_handle<>>& waiters;
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(std::coroutine_handle<> h) { waiters.push_back(h); }
+  void await_resume() const noexcept {}
+};
+}  // namespace
+
+Task<Result<>> FileTarget::flush(Queue& q) {
+  IoStats::Scope scope(stats_);
+  IoStats::bump(stats_.flushes);
+  FlushState& st = flush_state_[q.id()];
+  const uint64_t ticket = ++st.requested;
+  while (st.completed < ticket) {
+    if (st.running) {
+      co_await WaitFlush{st.waiters};
+      continue;
+    }
+    st.running = true;
+    const uint64_t covers = st.requested;  // every ticket so far predates this fdatasync
+    const uint64_t from = st.completed + 1;
+    auto r = co_await fdatasync(q);
+    if (!r) {
+      IoStats::bump(stats_.errors);
+      st.failed_from = from;
+      st.failed_to = covers;
+      st.error = r.error();
+    }
+    st.completed = covers;
+    st.running = false;
+    auto waiters = std::move(st.waiters);
+    st.waiters.clear();
+    for (auto h : waiters) h.resume();
   }
+  if (ticket >= st.failed_from && ticket <= st.failed_to) co_return fail(st.error);
   co_return Result<>{};
 }
 

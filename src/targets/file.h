@@ -4,8 +4,12 @@
 // covers writes completed on all of them (multi-conn is safe).
 #pragma once
 
+#include <coroutine>
+#include <memory>
 #include <string>
+#include <vector>
 
+#include "core/queue.h"
 #include "core/target.h"
 #include "targets/registry.h"
 
@@ -41,6 +45,20 @@ class FileTarget final : public Target {
  private:
   FileTarget() = default;
   Task<Result<>> sync_if(Queue& q, bool fua);
+  Task<Result<>> fdatasync(Queue& q);
+
+  // Flush combining, per queue (no locks): a FLUSH needs an fdatasync that
+  // starts after the FLUSH arrived; FLUSHes that arrive while one runs share
+  // the next one instead of each starting their own.
+  struct FlushState {
+    uint64_t requested = 0;  // tickets handed out
+    uint64_t completed = 0;  // tickets covered by a finished fdatasync
+    bool running = false;
+    uint64_t failed_from = 0, failed_to = 0;  // tickets whose fdatasync failed
+    Error error;
+    std::vector<std::coroutine_handle<>> waiters;
+  };
+  std::unique_ptr<FlushState[]> flush_state_{new FlushState[kMaxQueues]};
   Result<Extents> seek_extents(uint64_t offset, uint64_t length) const;
 
   std::string path_;

@@ -128,7 +128,12 @@ void TlsSession::feed(const std::byte* data, std::size_t n) {
 Result<bool> TlsSession::handshake() {
   int r = gnutls_handshake(s_);
   if (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED) return false;
-  if (r < 0) return tls_error("TLS handshake", r);
+  if (r < 0) {
+    // GnuTLS sends no alert on its own: queue one (push never blocks) so the
+    // client learns why, instead of seeing the connection just drop.
+    (void)gnutls_alert_send_appropriate(s_, r);
+    return tls_error("TLS handshake", r);
+  }
   if (verify_peer_) {
     unsigned status = 0;
     r = gnutls_certificate_verify_peers2(s_, &status);
@@ -140,6 +145,7 @@ Result<bool> TlsSession::handshake() {
         why = std::string(reinterpret_cast<const char*>(txt.data), txt.size);
         gnutls_free(txt.data);
       }
+      (void)gnutls_alert_send(s_, GNUTLS_AL_FATAL, GNUTLS_A_BAD_CERTIFICATE);
       return fail(EACCES, "client certificate: " + why);
     }
   }

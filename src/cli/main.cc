@@ -6,6 +6,9 @@
 #include "cli/serve.h"
 #include "control/client.h"
 #include "targets/registry.h"
+#include "targets/track.h"
+
+#include <unistd.h>
 
 namespace {
 
@@ -91,6 +94,8 @@ int main(int argc, char** argv) {
       ->default_val(10);
   serve->add_option("--pidfile", so.pidfile, "Write the server's pid here once it is ready");
   serve->add_flag("--verbose,-v", so.verbose, "Debug logging");
+  serve->add_option("--state-dir", so.state_dir,
+                    "Where dirty maps persist (default: $STRATA_STATE_DIR, else /var/lib/strata as root)");
   serve->add_option("--tls", so.tls, "TLS: off, on (offered), require (plaintext refused)")
       ->check(CLI::IsMember({"off", "on", "require"}))
       ->default_val("off");
@@ -117,7 +122,55 @@ int main(int argc, char** argv) {
   table->add_option("device", name, "Device name");
   status->add_option("device", name, "Device name");
 
+  // Dirty maps (write tracking) and incremental sync.
+  auto* dirty = app.add_subcommand("dirty", "Dirty maps: the blocks written since a checkpoint");
+  dirty->require_subcommand(1);
+  std::string device, map;
+  uint64_t granularity = 4096;
+  bool offline = false;
+  std::string state_dir;
+  auto add_dm = [&](CLI::App* c, bool need_map) {
+    c->add_option("--control", ctl, "Control socket of the server");
+    c->add_flag("--json", as_json, "Print the raw JSON reply");
+    c->add_option("device", device, "Device name")->required(need_map);
+    if (need_map) c->add_option("name", map, "Map name")->required();
+  };
+  auto* d_start = dirty->add_subcommand("start", "Start a map (blocks of --granularity bytes)");
+  add_dm(d_start, true);
+  d_start->add_option("--granularity", granularity, "Block size of the map, a power of two >= 512")
+      ->default_val(4096);
+  auto* d_stop = dirty->add_subcommand("stop", "Stop a map and delete it");
+  add_dm(d_stop, true);
+  auto* d_status = dirty->add_subcommand("status", "Maps of a device (or all): dirty blocks, consistency");
+  add_dm(d_status, false);
+  auto* d_list = dirty->add_subcommand("list", "Dirty extents of a map (offset length per line)");
+  add_dm(d_list, true);
+  d_list->add_flag("--offline", offline, "Read the persisted map; no server needed");
+  d_list->add_option("--state-dir", state_dir, "With --offline: the server's --state-dir");
+  auto* d_clear = dirty->add_subcommand("clear", "Forget every dirty block of a map");
+  add_dm(d_clear, true);
+  auto* d_ckpt = dirty->add_subcommand("checkpoint", "Hand back the map and start a fresh one, atomically");
+  add_dm(d_ckpt, true);
+
+  auto* sync = app.add_subcommand("sync", "Copy the dirty blocks of a device to a replica, then forget them");
+  std::string to;
+  bool final_pass = false;
+  int max_rounds = 8;
+  sync->add_option("device", device, "Device name")->required();
+  sync->add_option("--map", map, "Dirty map to follow")->required();
+  sync->add_option("--to", to, "Replica: a file path or an NBD URI")->required();
+  sync->add_flag("--final", final_pass, "Hold writes for the last pass: the replica is then an exact copy");
+  sync->add_option("--max-rounds", max_rounds, "Passes before giving up on converging")->default_val(8);
+  sync->add_option("--control", ctl, "Control socket of the server");
+  sync->add_flag("--json", as_json, "Print the raw JSON reply");
+
   CLI11_PARSE(app, argc, argv);
+  if (so.state_dir.empty()) {
+    if (const char* e = std::getenv("STRATA_STATE_DIR"); e && *e)
+      so.state_dir = e;
+    else if (::getuid() == 0)
+      so.state_dir = "/var/lib/strata";
+  }
 
   json params = json::object();
   if (!name.empty()) params["name"] = name;
@@ -131,6 +184,90 @@ int main(int argc, char** argv) {
   if (list->parsed()) return client(ctl, "device_list", params, as_json, print_list);
   if (table->parsed()) return client(ctl, "device_table", params, as_json, print_table);
   if (status->parsed()) return client(ctl, "device_status", params, as_json, print_status);
+  if (dirty->parsed()) {
+    json p = {{"device", device}, {"name", map}};
+    auto print_map = [](const json& r) {
+      if (!r.value("consistent", true))
+        fmt::print(stderr, "strata: warning: the map is INCONSISTENT (see `strata dirty status`): copy everything\n");
+      for (const auto& e : r["extents"]) fmt::print("{} {}\n", e[0].get<uint64_t>(), e[1].get<uint64_t>());
+    };
+    if (d_list->parsed() && offline) {
+      std::string dir = state_dir.empty() ? (std::getenv("STRATA_STATE_DIR") ? std::getenv("STRATA_STATE_DIR")
+                                                                               : std::string("/var/lib/strata"))
+                                          : state_dir;
+      std::string path = dir + "/" + (device.empty() ? "_default" : device) + "/" + map + ".dmap";
+      std::unique_ptr<strata::DirtyMap> bits;
+      bool consistent = false;
+      std::string why;
+      auto f = strata::MapFile::open(path, bits, consistent, why);
+      if (!f) {
+        fmt::print(stderr, "strata: {}\n", f.error().message);
+        return 1;
+      }
+      // Offline, a map still marked in use from this boot is either held by a
+      // running server or left by one that was killed: both are complete.
+      json r = {{"granularity", bits->granularity()}, {"consistent", consistent}, {"extents", json::array()}};
+      uint64_t bytes = 0;
+      for (const auto& [o, l] : bits->ranges()) {
+        r["extents"].push_back({o, l});
+        bytes += l;
+      }
+      r["dirty_bytes"] = bytes;
+      if (!why.empty()) r["note"] = why;
+      if (as_json)
+        fmt::print("{}\n", r.dump(2));
+      else
+        print_map(r);
+      return 0;
+    }
+    if (d_start->parsed()) {
+      p["granularity"] = granularity;
+      return client(ctl, "dirty_start", p, as_json, [](const json& r) {
+        fmt::print("started map '{}' on '{}' ({} byte blocks)\n", r["name"].get<std::string>(),
+                   r["device"].get<std::string>(), r["granularity"].get<uint64_t>());
+      });
+    }
+    if (d_stop->parsed()) return client(ctl, "dirty_stop", p, as_json, [](const json&) {});
+    if (d_clear->parsed()) return client(ctl, "dirty_clear", p, as_json, [](const json&) {});
+    if (d_list->parsed()) return client(ctl, "dirty_list", p, as_json, print_map);
+    if (d_ckpt->parsed()) return client(ctl, "dirty_checkpoint", p, as_json, print_map);
+    json sp = json::object();
+    if (!device.empty()) sp["device"] = device;
+    return client(ctl, "dirty_status", sp, as_json, [](const json& r) {
+      for (const auto& m : r)
+        fmt::print("{:<16} {:<16} {:>8} B blocks {:>12} dirty  {}\n", m["device"].get<std::string>(),
+                   m["name"].get<std::string>(), m["granularity"].get<uint64_t>(),
+                   human_size(m["dirty_bytes"].get<uint64_t>()),
+                   m["consistent"].get<bool>() ? "consistent" : "INCONSISTENT");
+    });
+  }
+  if (sync->parsed()) {
+    json p = {{"device", device}, {"map", map}, {"to", to}, {"final", final_pass}, {"max_rounds", max_rounds}};
+    bool tty = ::isatty(STDERR_FILENO);
+    auto r = strata::control::call(ctl.empty() ? strata::control::default_control_path() : ctl, "device_sync", p,
+                                   [&](const json& pr) {
+                                     uint64_t done = pr.value("copied_bytes", uint64_t{0});
+                                     uint64_t total = std::max<uint64_t>(1, pr.value("total_bytes", uint64_t{1}));
+                                     int width = 40, fill = static_cast<int>(width * done / total);
+                                     fmt::print(stderr, "{}round {} [{}{}] {:>3}% {}/{}{}", tty ? "\r" : "",
+                                                pr.value("round", 0), std::string(fill, '#'),
+                                                std::string(width - fill, '.'), 100 * done / total,
+                                                human_size(done), human_size(total), tty ? "" : "\n");
+                                   });
+    if (tty) fmt::print(stderr, "\n");
+    if (!r) {
+      fmt::print(stderr, "strata: {}\n", r.error().message);
+      return 1;
+    }
+    if (as_json)
+      fmt::print("{}\n", r->dump(2));
+    else
+      fmt::print("synced {} in {} round(s), {} ms{}; {} still dirty\n", human_size((*r)["copied_bytes"].get<uint64_t>()),
+                 (*r)["rounds"].get<int>(), (*r)["milliseconds"].get<int64_t>(),
+                 (*r)["converged"].get<bool>() ? ", converged" : ", NOT converged",
+                 human_size((*r)["dirty_bytes_left"].get<uint64_t>()));
+    return 0;
+  }
   if (server->parsed())
     return client(ctl, "server_status", params, as_json, [](const json& r) { fmt::print("{}\n", r.dump(2)); });
   return 1;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <map>
 #include <future>
 #include <sstream>
 #include <thread>
@@ -19,6 +20,7 @@
 #include "exports/nbd/server.h"
 #include "targets/file.h"
 #include "targets/table.h"
+#include "targets/track.h"
 
 namespace strata::cli {
 namespace {
@@ -135,9 +137,34 @@ int serve(const ServeOptions& o) {
     qptrs.push_back(q.get());
     queues.push_back(std::move(q));
   }
+  // Every device can carry dirty maps: it is served through a TrackTarget,
+  // which costs one branch per write while it has none.
+  std::map<std::string, std::shared_ptr<TrackTarget>> tracks;
+  if (!o.state_dir.empty()) {
+    std::string made;
+    for (std::size_t i = 0; i <= o.state_dir.size(); ++i) {  // mkdir -p
+      if (i == o.state_dir.size() || (o.state_dir[i] == '/' && i > 0)) {
+        made = o.state_dir.substr(0, i);
+        if (::mkdir(made.c_str(), 0700) < 0 && errno != EEXIST) {
+          LOG_ERROR("--state-dir {}: {}", made, std::strerror(errno));
+          return 1;
+        }
+      }
+    }
+  }
+  for (const auto& d : (*devices)->devices()) {
+    std::string dir = o.state_dir.empty() ? "" : o.state_dir + "/" + (d.name.empty() ? "_default" : d.name);
+    auto t = TrackTarget::create(d.table, d.name, dir);
+    if (!t) {
+      LOG_ERROR("device '{}': {}", d.name, t.error().message);
+      return 1;
+    }
+    tracks[d.name] = std::move(*t);
+  }
   for (Queue* q : qptrs) {
     for (const auto& d : (*devices)->devices()) {
-      auto r = run_on(*q, [&]() -> Task<Result<>> { co_return d.table->attach_queue(*q); });
+      auto& t = tracks[d.name];
+      auto r = run_on(*q, [&]() -> Task<Result<>> { co_return t->attach_queue(*q); });
       if (!r) {
         LOG_ERROR("device '{}': {}", d.name, r.error().message);
         return 1;
@@ -162,7 +189,7 @@ int serve(const ServeOptions& o) {
   so.max_connections = o.max_connections;
   so.handshake_timeout = std::chrono::milliseconds(static_cast<int64_t>(o.handshake_timeout * 1000));
   nbd::Server server(qptrs, so);
-  for (const auto& d : (*devices)->devices()) server.add_export({d.name, "", d.table, d.read_only});
+  for (const auto& d : (*devices)->devices()) server.add_export({d.name, "", tracks[d.name], d.read_only});
 
   for (const auto& p : o.unix_paths) {
     if (auto r = server.listen_unix(p); !r) {
@@ -191,7 +218,7 @@ int serve(const ServeOptions& o) {
                t);
   }
 
-  control::Daemon daemon{devices->get(), &server, std::chrono::steady_clock::now()};
+  control::Daemon daemon{devices->get(), &server, std::chrono::steady_clock::now(), tracks, qptrs[0]};
   control::Server ctl(daemon);
   std::string ctl_path = o.control.empty() ? control::default_control_path() : o.control;
   if (o.control.empty() && ctl_path == "/run/strata/control.sock") ::mkdir("/run/strata", 0700);
@@ -236,6 +263,7 @@ int serve(const ServeOptions& o) {
       rc = 1;
     }
   }
+  for (auto& [name, t] : tracks) t->close_clean();
   for (auto& q : queues) q->stop();
   if (!o.pidfile.empty()) ::unlink(o.pidfile.c_str());
   LOG_INFO("stopped");

@@ -22,6 +22,7 @@ struct ServeOptions {
   double handshake_timeout = 10;
   std::string pidfile;
   bool verbose = false;
+  std::string state_dir;  // dirty maps live here ("" = in memory only)
   std::string tls = "off";  // off | on | require
   std::string tls_certificates;
   std::string tls_psk;

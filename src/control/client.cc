@@ -17,7 +17,8 @@ std::string default_control_path() {
   return fmt::format("/tmp/strata-{}.sock", ::getuid());
 }
 
-Result<nlohmann::json> call(const std::string& path, const std::string& method, const nlohmann::json& params) {
+Result<nlohmann::json> call(const std::string& path, const std::string& method, const nlohmann::json& params,
+                            const std::function<void(const nlohmann::json&)>& progress) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof addr.sun_path) return fail(ENAMETOOLONG, "control socket path too long: " + path);
@@ -41,16 +42,27 @@ Result<nlohmann::json> call(const std::string& path, const std::string& method, 
   }
   std::string buf;
   char chunk[4096];
-  while (buf.find('\n') == std::string::npos) {
-    ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
-    if (n <= 0) {
-      ::close(fd);
-      return fail(EIO, "control: the server closed the connection without a reply");
+  nlohmann::json reply;
+  for (;;) {
+    auto nl = buf.find('\n');
+    if (nl == std::string::npos) {
+      ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
+      if (n <= 0) {
+        ::close(fd);
+        return fail(EIO, "control: the server closed the connection without a reply");
+      }
+      buf.append(chunk, n);
+      continue;
     }
-    buf.append(chunk, n);
+    reply = nlohmann::json::parse(buf.substr(0, nl), nullptr, false);
+    buf.erase(0, nl + 1);
+    if (reply.is_object() && reply.contains("progress")) {
+      if (progress) progress(reply["progress"]);
+      continue;
+    }
+    break;
   }
   ::close(fd);
-  auto reply = nlohmann::json::parse(buf.substr(0, buf.find('\n')), nullptr, false);
   if (reply.is_discarded() || !reply.is_object()) return fail(EIO, "control: the reply is not JSON");
   if (!reply.value("ok", false)) return fail(EINVAL, reply.value("error", std::string("unknown error")));
   return reply["result"];

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <functional>
 #include <string>
 
 #include "core/result.h"
@@ -13,7 +14,9 @@ namespace strata::control {
 std::string default_control_path();
 
 // Sends one request and returns the "result" of a successful reply.
+// Progress lines of a long request go to `progress`.
 Result<nlohmann::json> call(const std::string& path, const std::string& method,
-                            const nlohmann::json& params = nlohmann::json::object());
+                            const nlohmann::json& params = nlohmann::json::object(),
+                            const std::function<void(const nlohmann::json&)>& progress = nullptr);
 
 }  // namespace strata::control

@@ -2,6 +2,8 @@
 
 #include <fmt/core.h>
 
+#include "control/sync.h"
+
 namespace strata::control {
 namespace {
 
@@ -43,7 +45,87 @@ json device_status(const DeviceSet::Device& dev) {
 json ok(json result) { return {{"ok", true}, {"result", std::move(result)}}; }
 json err(std::string msg) { return {{"ok", false}, {"error", std::move(msg)}}; }
 
-json run(Daemon& d, const json& req) {
+json map_json(const DirtyMap& bits, bool consistent) {
+  json ext = json::array();
+  uint64_t bytes = 0;
+  for (const auto& [off, len] : bits.ranges()) {
+    ext.push_back({off, len});
+    bytes += len;
+  }
+  return {{"granularity", bits.granularity()}, {"consistent", consistent}, {"dirty_bytes", bytes}, {"extents", ext}};
+}
+
+json run_dirty(Daemon& d, const std::string& method, const json& params, const ProgressFn& progress) {
+  auto str = [&](const char* k) -> std::string {
+    return params.contains(k) && params[k].is_string() ? params[k].get<std::string>() : std::string();
+  };
+  if (method == "dirty_status" && !params.contains("device")) {
+    json out = json::array();
+    for (const auto& [dev, t] : d.tracks)
+      for (const auto& m : t->maps())
+        out.push_back({{"device", dev},
+                       {"name", m.name},
+                       {"granularity", m.granularity},
+                       {"dirty_blocks", m.dirty_blocks},
+                       {"dirty_bytes", m.dirty_blocks * m.granularity},
+                       {"consistent", m.consistent},
+                       {"path", m.path}});
+    return ok(out);
+  }
+  std::string dev = str("device");
+  auto it = d.tracks.find(dev);
+  if (it == d.tracks.end()) return err(fmt::format("no device named '{}'", dev));
+  auto& t = it->second;
+  std::string name = str("name");
+  if (method == "dirty_status") {
+    json out = json::array();
+    for (const auto& m : t->maps())
+      out.push_back({{"device", dev},
+                     {"name", m.name},
+                     {"granularity", m.granularity},
+                     {"dirty_blocks", m.dirty_blocks},
+                     {"dirty_bytes", m.dirty_blocks * m.granularity},
+                     {"consistent", m.consistent},
+                     {"path", m.path}});
+    return ok(out);
+  }
+  if (method == "dirty_start") {
+    uint64_t g = params.value("granularity", uint64_t{4096});
+    auto r = t->start_map(name, g);
+    if (!r) return err(r.error().message);
+    return ok({{"device", dev}, {"name", name}, {"granularity", g}});
+  }
+  if (method == "dirty_stop") {
+    auto r = t->stop_map(name);
+    if (!r) return err(r.error().message);
+    return ok(json::object());
+  }
+  if (method == "dirty_list") {
+    bool consistent = false;
+    auto bits = t->map_bits(name, &consistent);
+    if (!bits) return err(bits.error().message);
+    return ok(map_json(**bits, consistent));
+  }
+  if (method == "dirty_checkpoint" || method == "dirty_clear") {
+    bool consistent = false;
+    auto bits = t->checkpoint(name, &consistent);
+    if (!bits) return err(bits.error().message);
+    return ok(method == "dirty_clear" ? json::object() : map_json(**bits, consistent));
+  }
+  if (method == "device_sync") {
+    SyncOptions so;
+    so.map = str("map");
+    so.to = str("to");
+    so.final = params.value("final", false);
+    so.max_rounds = params.value("max_rounds", 8);
+    auto r = sync_device(*t, *d.queue, so, progress);
+    if (!r) return err(r.error().message);
+    return ok(*r);
+  }
+  return err(fmt::format("unknown method '{}'", method));
+}
+
+json run(Daemon& d, const json& req, const ProgressFn& progress) {
   if (!req.is_object() || !req.contains("method") || !req["method"].is_string())
     return err("request must be a JSON object with a string \"method\"");
   const std::string method = req["method"];
@@ -87,18 +169,21 @@ json run(Daemon& d, const json& req) {
                {"exports", exports},
                {"uptime_seconds", up.count()}});
   }
-  return err(fmt::format("unknown method '{}' (known: device_list, device_table, device_status, server_status)",
+  if (method.starts_with("dirty_") || method == "device_sync") return run_dirty(d, method, params, progress);
+  return err(fmt::format("unknown method '{}' (known: device_list, device_table, device_status, server_status, "
+                         "dirty_start, dirty_stop, dirty_status, dirty_list, dirty_clear, dirty_checkpoint, "
+                         "device_sync)",
                          method));
 }
 
 }  // namespace
 
-json dispatch(Daemon& d, const std::string& line) {
+json dispatch(Daemon& d, const std::string& line, const ProgressFn& progress) {
   json req = json::parse(line, nullptr, /*allow_exceptions=*/false);
   if (req.is_discarded()) return err("request is not valid JSON");
   // nlohmann-json throws on type errors; keep that at this boundary.
   try {
-    return run(d, req);
+    return run(d, req, progress);
   } catch (const std::exception& e) {
     return err(fmt::format("bad request: {}", e.what()));
   }

@@ -6,7 +6,10 @@
 #include <nlohmann/json.hpp>
 
 #include "exports/nbd/server.h"
+#include <map>
+
 #include "targets/table.h"
+#include "targets/track.h"
 
 namespace strata::control {
 
@@ -14,9 +17,14 @@ struct Daemon {
   DeviceSet* devices = nullptr;
   nbd::Server* nbd = nullptr;
   std::chrono::steady_clock::time_point started;
+  std::map<std::string, std::shared_ptr<TrackTarget>> tracks;  // by device name
+  Queue* queue = nullptr;  // where the control side runs device I/O (sync)
 };
 
+// Streams intermediate replies (progress) of a long request.
+using ProgressFn = std::function<void(const nlohmann::json&)>;
+
 // Never throws: a malformed request is answered with an error.
-nlohmann::json dispatch(Daemon& d, const std::string& line);
+nlohmann::json dispatch(Daemon& d, const std::string& line, const ProgressFn& progress = nullptr);
 
 }  // namespace strata::control

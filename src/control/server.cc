@@ -8,6 +8,8 @@
 
 #include <fmt/core.h>
 
+#include <chrono>
+
 #include "core/log.h"
 
 namespace strata::control {
@@ -105,13 +107,24 @@ void Server::serve_client(int fd) {
     }
     std::string line = buf.substr(0, nl);
     buf.erase(0, nl + 1);
-    std::string reply = dispatch(d_, line).dump() + "\n";
-    std::size_t off = 0;
-    while (off < reply.size()) {
-      ssize_t n = ::send(fd, reply.data() + off, reply.size() - off, MSG_NOSIGNAL);
-      if (n <= 0) return;
-      off += n;
-    }
+    auto send_line = [fd](const std::string& text) {
+      std::size_t off = 0;
+      while (off < text.size()) {
+        ssize_t n = ::send(fd, text.data() + off, text.size() - off, MSG_NOSIGNAL);
+        if (n <= 0) return false;
+        off += n;
+      }
+      return true;
+    };
+    // Long requests (a sync) stream progress lines, at most ten a second.
+    auto last = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+    auto progress = [&](const nlohmann::json& p) {
+      auto now = std::chrono::steady_clock::now();
+      if (now - last < std::chrono::milliseconds(100)) return;
+      last = now;
+      send_line(nlohmann::json{{"progress", p}}.dump() + "\n");
+    };
+    if (!send_line(dispatch(d_, line, progress).dump() + "\n")) return;
   }
 }
 

@@ -79,3 +79,13 @@ Task<Result<>> Target::cache(Queue& q, uint64_t offset, uint64_t length) {
 }
 
 }  // namespace strata
+
+namespace strata {
+
+Task<Result<Extents>> Target::context_extents(Queue& q, std::string_view context, uint64_t offset,
+                                              uint64_t length) {
+  (void)q, (void)offset, (void)length;
+  co_return fail(EINVAL, "no metadata context " + std::string(context));
+}
+
+}  // namespace strata

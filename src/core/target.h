@@ -133,6 +133,13 @@ class Target {
   virtual Task<Result<Extents>> extents(Queue& q, uint64_t offset, uint64_t length);
   // Prefetch hint. Default: nothing to do.
   virtual Task<Result<>> cache(Queue& q, uint64_t offset, uint64_t length);
+
+  // NBD metadata contexts this target answers besides base:allocation (e.g.
+  // "strata:dirty:backup"), and their extents. Flags are the context's own
+  // (for dirty maps: 1 = dirty). Default: none.
+  virtual std::vector<std::string> contexts() const { return {}; }
+  virtual Task<Result<Extents>> context_extents(Queue& q, std::string_view context, uint64_t offset,
+                                                uint64_t length);
 };
 
 // Forwards everything to a lower target; a layer overrides what it changes.
@@ -162,6 +169,11 @@ class ForwardingTarget : public Target {
   }
   Task<Result<>> cache(Queue& q, uint64_t offset, uint64_t length) override {
     return lower_->cache(q, offset, length);
+  }
+  std::vector<std::string> contexts() const override { return lower_->contexts(); }
+  Task<Result<Extents>> context_extents(Queue& q, std::string_view context, uint64_t offset,
+                                        uint64_t length) override {
+    return lower_->context_extents(q, context, offset, length);
   }
 
  protected:

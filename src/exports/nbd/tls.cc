@@ -40,6 +40,9 @@ Result<std::shared_ptr<TlsConfig>> TlsConfig::load(TlsMode mode, const std::stri
     if (::stat(ca.c_str(), &st) == 0) {
       r = gnutls_certificate_set_x509_trust_file(c->x509_, ca.c_str(), GNUTLS_X509_FMT_PEM);
       if (r < 0) return tls_error(fmt::format("--tls-certificates: {}", ca), r);
+      // GnuTLS returns how many certificates it loaded: 0 for an empty or
+      // unparsable file, which would otherwise refuse every client cert.
+      if (r == 0) return fail(EINVAL, fmt::format("--tls-certificates: {}: no PEM certificate in it", ca));
     } else if (verify_peer) {
       return fail(EINVAL, fmt::format("--tls-verify-peer needs {}", ca));
     }

@@ -1,0 +1,181 @@
+#include "control/sync.h"
+
+#include <fcntl.h>
+#include <libnbd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <future>
+
+#include <fmt/core.h>
+
+#include "core/buffer.h"
+#include "core/log.h"
+
+namespace strata::control {
+namespace {
+
+constexpr uint64_t kChunk = 4 << 20;
+
+// The replica: a local file or an NBD export (libnbd, synchronous: this runs
+// on the control thread, not a queue).
+class Replica {
+ public:
+  static Result<std::unique_ptr<Replica>> open(const std::string& to, uint64_t size) {
+    std::unique_ptr<Replica> r(new Replica());
+    r->name_ = to;
+    if (to.starts_with("nbd://") || to.starts_with("nbd+unix://") || to.starts_with("nbds://") ||
+        to.starts_with("nbds+unix://")) {
+      r->nbd_ = nbd_create();
+      if (!r->nbd_) return fail(ENOMEM, "nbd_create failed");
+      nbd_set_uri_allow_local_file(r->nbd_, true);
+      if (nbd_connect_uri(r->nbd_, to.c_str()) == -1)
+        return fail(nbd_get_errno() ? nbd_get_errno() : EIO, fmt::format("replica {}: {}", to, nbd_get_error()));
+      int64_t s = nbd_get_size(r->nbd_);
+      if (s < 0 || static_cast<uint64_t>(s) < size)
+        return fail(ENOSPC, fmt::format("replica {} holds {} bytes, the device {}", to, s, size));
+      if (nbd_is_read_only(r->nbd_) == 1) return fail(EROFS, fmt::format("replica {} is read-only", to));
+      return r;
+    }
+    r->fd_ = ::open(to.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (r->fd_ < 0) return posix_error(fmt::format("replica {}", to), errno);
+    struct stat st;
+    if (::fstat(r->fd_, &st) == 0 && S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < size &&
+        ::ftruncate(r->fd_, size) < 0)
+      return posix_error(fmt::format("replica {}: resize", to), errno);
+    return r;
+  }
+  ~Replica() {
+    if (nbd_) nbd_close(nbd_);
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Result<> write(const std::byte* p, uint64_t n, uint64_t off) {
+    if (nbd_) {
+      if (nbd_pwrite(nbd_, p, n, off, 0) == -1)
+        return fail(nbd_get_errno() ? nbd_get_errno() : EIO, fmt::format("replica {}: {}", name_, nbd_get_error()));
+      return {};
+    }
+    while (n > 0) {
+      ssize_t w = ::pwrite(fd_, p, n, off);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) return posix_error(fmt::format("replica {}: write at {}", name_, off), w < 0 ? errno : EIO);
+      p += w;
+      n -= w;
+      off += w;
+    }
+    return {};
+  }
+  Result<> flush() {
+    if (nbd_) {
+      if (nbd_can_flush(nbd_) == 1 && nbd_flush(nbd_, 0) == -1)
+        return fail(nbd_get_errno() ? nbd_get_errno() : EIO, fmt::format("replica {}: {}", name_, nbd_get_error()));
+      return {};
+    }
+    if (::fdatasync(fd_) < 0) return posix_error(fmt::format("replica {}: fdatasync", name_), errno);
+    return {};
+  }
+
+ private:
+  Replica() = default;
+  std::string name_;
+  nbd_handle* nbd_ = nullptr;
+  int fd_ = -1;
+};
+
+// Reads [off, off+n) of the device on queue q.
+Result<> read_device(Target& t, Queue& q, std::byte* p, uint64_t n, uint64_t off) {
+  std::promise<Result<>> done;
+  q.post([&] {
+    spawn([](Target& t, Queue& q, std::byte* p, uint64_t n, uint64_t off, std::promise<Result<>>& done) -> Task<void> {
+      done.set_value(co_await t.read(q, {p, n}, off));
+    }(t, q, p, n, off, done));
+  });
+  return done.get_future().get();
+}
+
+}  // namespace
+
+Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& o,
+                                   const std::function<void(const nlohmann::json&)>& progress) {
+  if (o.map.empty()) return fail(EINVAL, "sync: --map NAME is required");
+  if (o.to.empty()) return fail(EINVAL, "sync: --to FILE|URI is required");
+  TRY(t.map_bits(o.map));  // the map exists
+  auto replica = TRY(Replica::open(o.to, t.size()));
+  Buffer buf = Buffer::get(kChunk);
+  auto t0 = std::chrono::steady_clock::now();
+  uint64_t copied_total = 0;
+  int rounds = 0;
+  bool converged = false, frozen = false;
+  for (;;) {
+    bool last = false;
+    if (o.final && !frozen) {
+      auto cur = TRY(t.map_bits(o.map));
+      // Freeze for the last pass once little is left or rounds run out.
+      uint64_t left = cur->dirty_blocks() * cur->granularity();
+      if (left <= 64 * kChunk || rounds + 1 >= o.max_rounds) {
+        t.freeze();
+        frozen = true;
+      }
+    }
+    last = frozen;
+    bool consistent = true;
+    auto bits_r = t.checkpoint(o.map, &consistent, /*for_sync=*/true);
+    if (!bits_r) {
+      if (frozen) t.thaw();
+      return fail(bits_r.error());
+    }
+    auto bits = *bits_r;
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;
+    if (consistent) {
+      ranges = bits->ranges();
+    } else {
+      ranges.push_back({0, t.size()});  // an inconsistent map: copy everything
+    }
+    uint64_t total = 0, copied = 0;
+    for (const auto& r : ranges) total += r.second;
+    Result<> res;
+    for (const auto& [off, len] : ranges) {
+      for (uint64_t pos = 0; pos < len && res; pos += kChunk) {
+        uint64_t n = std::min(kChunk, len - pos);
+        res = read_device(t, q, buf.data(), n, off + pos);
+        if (res) res = replica->write(buf.data(), n, off + pos);
+        copied += n;
+        if (progress && res) progress({{"round", rounds + 1}, {"copied_bytes", copied}, {"total_bytes", total}});
+      }
+      if (!res) break;
+    }
+    if (res) res = replica->flush();
+    if (!res) {
+      // Nothing is forgotten that the replica may not hold.
+      auto r2 = t.restore(o.map, *bits);
+      if (!r2) LOG_ERROR("sync: restoring map {}: {}", o.map, r2.error().message);
+      if (frozen) t.thaw();
+      return fail(res.error().code, "sync: " + res.error().message + " (the map is unchanged)");
+    }
+    TRY(t.finish_sync(o.map));
+    copied_total += copied;
+    ++rounds;
+    if (last) {
+      converged = true;
+      t.thaw();
+      break;
+    }
+    auto cur = TRY(t.map_bits(o.map));
+    if (cur->dirty_blocks() == 0) {
+      converged = true;
+      break;
+    }
+    if (rounds >= o.max_rounds && !o.final) break;
+  }
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  auto left = TRY(t.map_bits(o.map));
+  return nlohmann::json{{"rounds", rounds},
+                        {"copied_bytes", copied_total},
+                        {"milliseconds", ms},
+                        {"converged", converged},
+                        {"final", o.final},
+                        {"dirty_bytes_left", left->dirty_blocks() * left->granularity()}};
+}
+
+}  // namespace strata::control

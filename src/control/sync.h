@@ -1,0 +1,29 @@
+// Incremental sync: copies the dirty blocks of a device to a replica (a file
+// or an NBD URI), flushes the replica, and only then forgets the blocks it
+// copied. Blocks written during a copy land in the fresh map the copy started
+// and stay dirty. Runs on the control thread; device reads go through a queue.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <string>
+
+#include "core/queue.h"
+#include "core/result.h"
+#include "targets/track.h"
+
+namespace strata::control {
+
+struct SyncOptions {
+  std::string map;
+  std::string to;      // a file path, or an nbd:// / nbd+unix:// URI
+  bool final = false;  // hold writes for the last pass: the replica is then an exact copy
+  int max_rounds = 8;
+};
+
+// Calls progress({"round", "copied_bytes", "total_bytes"}) as it goes.
+Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& o,
+                                   const std::function<void(const nlohmann::json&)>& progress);
+
+}  // namespace strata::control

@@ -1,0 +1,615 @@
+// Design notes: see track.h. The file format is documented in
+// docs/dirty-maps.md; this is its only reader and writer.
+#include "targets/track.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <future>
+
+#include <fmt/core.h>
+
+#include "core/log.h"
+
+namespace strata {
+
+// ------------------------------------------------------------------ DirtyMap
+
+DirtyMap::DirtyMap(uint64_t granularity, uint64_t size)
+    : granularity_(granularity),
+      size_(size),
+      nbits_((size + granularity - 1) / granularity),
+      nwords_((nbits_ + 63) / 64),
+      words_(new std::atomic<uint64_t>[std::max<uint64_t>(nwords_, 1)]) {
+  for (uint64_t i = 0; i < std::max<uint64_t>(nwords_, 1); ++i) words_[i].store(0, std::memory_order_relaxed);
+}
+
+bool DirtyMap::mark(uint64_t offset, uint64_t length, uint64_t& first_word, uint64_t& last_word) {
+  if (length == 0 || offset >= size_) return false;
+  uint64_t b0 = offset / granularity_;
+  uint64_t b1 = std::min(nbits_ - 1, (offset + length - 1) / granularity_);
+  bool changed = false;
+  for (uint64_t w = b0 / 64; w <= b1 / 64; ++w) {
+    uint64_t lo = w == b0 / 64 ? b0 % 64 : 0;
+    uint64_t hi = w == b1 / 64 ? b1 % 64 : 63;
+    uint64_t mask = (hi == 63 ? ~uint64_t{0} : ((uint64_t{1} << (hi + 1)) - 1)) & ~((uint64_t{1} << lo) - 1);
+    if ((words_[w].load(std::memory_order_relaxed) & mask) == mask) continue;
+    uint64_t old = words_[w].fetch_or(mask, std::memory_order_acq_rel);
+    if ((old & mask) != mask) {
+      if (!changed) first_word = w;
+      last_word = w;
+      changed = true;
+    }
+  }
+  return changed;
+}
+
+void DirtyMap::merge(const DirtyMap& o) {
+  for (uint64_t i = 0; i < std::min(nwords_, o.nwords_); ++i) words_[i].fetch_or(o.word(i));
+}
+
+bool DirtyMap::dirty(uint64_t block) const { return (word(block / 64) >> (block % 64)) & 1; }
+
+uint64_t DirtyMap::dirty_blocks() const {
+  uint64_t n = 0;
+  for (uint64_t i = 0; i < nwords_; ++i) n += __builtin_popcountll(word(i));
+  return n;
+}
+
+std::vector<std::pair<uint64_t, uint64_t>> DirtyMap::ranges(uint64_t offset, uint64_t length) const {
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  uint64_t end = length == UINT64_MAX ? size_ : std::min(size_, offset + length);
+  if (offset >= end) return out;
+  uint64_t b = offset / granularity_;
+  const uint64_t bend = (end + granularity_ - 1) / granularity_;
+  while (b < bend) {
+    uint64_t w = word(b / 64) >> (b % 64);
+    if (w == 0) {  // skip the rest of a clean word
+      b = (b / 64 + 1) * 64;
+      continue;
+    }
+    b += __builtin_ctzll(w);
+    if (b >= bend) break;
+    uint64_t start = b;
+    while (b < bend && dirty(b)) ++b;
+    uint64_t s = std::max(offset, start * granularity_), e = std::min(end, b * granularity_);
+    if (!out.empty() && out.back().first + out.back().second == s)
+      out.back().second += e - s;
+    else
+      out.push_back({s, e - s});
+  }
+  return out;
+}
+
+Extents DirtyMap::extents(uint64_t offset, uint64_t length) const {
+  Extents e;
+  uint64_t pos = offset, end = offset + length;
+  for (const auto& [s, n] : ranges(offset, length)) {
+    append_extent(e, s - pos, 0);
+    append_extent(e, n, 1);
+    pos = s + n;
+  }
+  append_extent(e, end - pos, 0);
+  return e;
+}
+
+// ------------------------------------------------------------------- MapFile
+
+namespace {
+
+constexpr char kMagic[8] = {'S', 'T', 'R', 'D', 'M', 'A', 'P', '1'};
+constexpr uint32_t kVersion = 1;
+constexpr uint64_t kHeaderSize = 4096;
+constexpr uint32_t kFlagInUse = 1, kFlagInconsistent = 2, kFlagPendingSync = 4;
+
+uint32_t fnv1a(const std::byte* p, std::size_t n) {
+  uint32_t h = 2166136261u;
+  for (std::size_t i = 0; i < n; ++i) h = (h ^ static_cast<uint8_t>(p[i])) * 16777619u;
+  return h;
+}
+
+template <typename T>
+void put(std::byte* p, std::size_t off, T v) {
+  std::memcpy(p + off, &v, sizeof v);
+}
+template <typename T>
+T get(const std::byte* p, std::size_t off) {
+  T v;
+  std::memcpy(&v, p + off, sizeof v);
+  return v;
+}
+
+}  // namespace
+
+std::string current_boot_id() {
+  char buf[64] = {};
+  int fd = ::open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "unknown";
+  ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  std::string s(buf, n > 0 ? n : 0);
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+MapFile::~MapFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+uint64_t MapFile::slot_offset(uint32_t slot) const {
+  uint64_t nwords = ((h_.size + h_.granularity - 1) / h_.granularity + 63) / 64;
+  uint64_t slot_bytes = (nwords * 8 + 4095) / 4096 * 4096;
+  return kHeaderSize + slot * slot_bytes;
+}
+
+Result<> MapFile::write_header() {
+  std::byte b[kHeaderSize] = {};
+  std::memcpy(b, kMagic, 8);
+  put<uint32_t>(b, 8, kVersion);
+  put<uint32_t>(b, 12, (h_.in_use ? kFlagInUse : 0) | (h_.inconsistent ? kFlagInconsistent : 0) |
+                           (h_.pending_sync ? kFlagPendingSync : 0));
+  put<uint64_t>(b, 16, h_.granularity);
+  put<uint64_t>(b, 24, h_.size);
+  put<uint32_t>(b, 32, h_.active_slot);
+  put<uint64_t>(b, 40, h_.generation);
+  std::memcpy(b + 48, h_.boot_id.data(), std::min<std::size_t>(h_.boot_id.size(), 63));
+  std::memcpy(b + 112, h_.name.data(), std::min<std::size_t>(h_.name.size(), 255));
+  put<uint32_t>(b, kHeaderSize - 4, fnv1a(b, kHeaderSize - 4));
+  if (::pwrite(fd_, b, kHeaderSize, 0) != static_cast<ssize_t>(kHeaderSize))
+    return posix_error(fmt::format("dirty map {}: write header", path_), errno ? errno : EIO);
+  return {};
+}
+
+Result<> MapFile::sync() {
+  if (::fdatasync(fd_) < 0) return posix_error(fmt::format("dirty map {}: fdatasync", path_), errno);
+  return {};
+}
+
+Result<> MapFile::zero_slot(uint32_t slot) {
+  uint64_t n = slot_offset(1) - slot_offset(0);
+  std::vector<std::byte> z(std::min<uint64_t>(n, 1 << 20));
+  for (uint64_t off = 0; off < n; off += z.size()) {
+    uint64_t k = std::min<uint64_t>(z.size(), n - off);
+    if (::pwrite(fd_, z.data(), k, slot_offset(slot) + off) != static_cast<ssize_t>(k))
+      return posix_error(fmt::format("dirty map {}: clear slot", path_), errno ? errno : EIO);
+  }
+  return {};
+}
+
+Result<> MapFile::write_words(const DirtyMap& m, uint32_t slot, uint64_t first, uint64_t last, bool nowait) {
+  std::lock_guard<std::mutex> l(mu_);
+  std::vector<uint64_t> v(last - first + 1);
+  for (uint64_t i = first; i <= last; ++i) v[i - first] = m.word(i);
+  iovec iov{v.data(), v.size() * 8};
+  ssize_t r = ::pwritev2(fd_, &iov, 1, slot_offset(slot) + first * 8, nowait ? RWF_NOWAIT : 0);
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EOPNOTSUPP) return fail(EAGAIN, "would block");
+    return posix_error(fmt::format("dirty map {}: write bits", path_), errno);
+  }
+  if (r != static_cast<ssize_t>(iov.iov_len)) return fail(EIO, fmt::format("dirty map {}: short write", path_));
+  return {};
+}
+
+Result<> MapFile::write_all(const DirtyMap& m, uint32_t slot) {
+  if (m.nwords() == 0) return {};
+  return write_words(m, slot, 0, m.nwords() - 1, false);
+}
+
+Result<std::unique_ptr<MapFile>> MapFile::create(const std::string& path, const std::string& name,
+                                                 uint64_t granularity, uint64_t size) {
+  std::unique_ptr<MapFile> f(new MapFile());
+  f->path_ = path;
+  f->fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (f->fd_ < 0) return posix_error(fmt::format("dirty map {}", path), errno);
+  f->h_.granularity = granularity;
+  f->h_.size = size;
+  f->h_.name = name;
+  f->h_.in_use = true;
+  f->h_.boot_id = current_boot_id();
+  f->h_.generation = 1;
+  if (::ftruncate(f->fd_, f->slot_offset(2)) < 0) return posix_error(fmt::format("dirty map {}", path), errno);
+  TRY(f->write_header());
+  TRY(f->sync());
+  return f;
+}
+
+Result<std::unique_ptr<MapFile>> MapFile::open(const std::string& path, std::unique_ptr<DirtyMap>& bits,
+                                               bool& consistent, std::string& why) {
+  std::unique_ptr<MapFile> f(new MapFile());
+  f->path_ = path;
+  f->fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (f->fd_ < 0) return posix_error(fmt::format("dirty map {}", path), errno);
+  std::byte b[kHeaderSize];
+  if (::pread(f->fd_, b, kHeaderSize, 0) != static_cast<ssize_t>(kHeaderSize))
+    return fail(EINVAL, fmt::format("dirty map {}: header is truncated", path));
+  if (std::memcmp(b, kMagic, 8) != 0) return fail(EINVAL, fmt::format("dirty map {}: bad magic", path));
+  if (get<uint32_t>(b, kHeaderSize - 4) != fnv1a(b, kHeaderSize - 4))
+    return fail(EINVAL, fmt::format("dirty map {}: header checksum mismatch", path));
+  if (get<uint32_t>(b, 8) != kVersion)
+    return fail(EINVAL, fmt::format("dirty map {}: unsupported version {}", path, get<uint32_t>(b, 8)));
+  uint32_t flags = get<uint32_t>(b, 12);
+  auto& h = f->h_;
+  h.in_use = flags & kFlagInUse;
+  h.inconsistent = flags & kFlagInconsistent;
+  h.pending_sync = flags & kFlagPendingSync;
+  h.granularity = get<uint64_t>(b, 16);
+  h.size = get<uint64_t>(b, 24);
+  h.active_slot = get<uint32_t>(b, 32);
+  h.generation = get<uint64_t>(b, 40);
+  h.boot_id = std::string(reinterpret_cast<const char*>(b + 48), strnlen(reinterpret_cast<const char*>(b + 48), 63));
+  h.name = std::string(reinterpret_cast<const char*>(b + 112), strnlen(reinterpret_cast<const char*>(b + 112), 255));
+  if (h.granularity < 512 || (h.granularity & (h.granularity - 1)) || h.active_slot > 1)
+    return fail(EINVAL, fmt::format("dirty map {}: bad granularity or slot in header", path));
+  struct stat st;
+  if (::fstat(f->fd_, &st) < 0 || static_cast<uint64_t>(st.st_size) < f->slot_offset(2))
+    return fail(EINVAL, fmt::format("dirty map {}: file is shorter than its bitmaps", path));
+  bits = std::make_unique<DirtyMap>(h.granularity, h.size);
+  std::vector<uint64_t> v(bits->nwords());
+  if (!v.empty() && ::pread(f->fd_, v.data(), v.size() * 8, f->slot_offset(h.active_slot)) !=
+                        static_cast<ssize_t>(v.size() * 8))
+    return fail(EIO, fmt::format("dirty map {}: cannot read the bitmap", path));
+  for (uint64_t i = 0; i < v.size(); ++i) bits->set_word(i, v[i]);
+  if (h.pending_sync) {
+    // A sync was interrupted: what it took is dirty again.
+    if (!v.empty() && ::pread(f->fd_, v.data(), v.size() * 8, f->slot_offset(1 - h.active_slot)) !=
+                          static_cast<ssize_t>(v.size() * 8))
+      return fail(EIO, fmt::format("dirty map {}: cannot read the pending bitmap", path));
+    for (uint64_t i = 0; i < v.size(); ++i) bits->set_word(i, bits->word(i) | v[i]);
+    TRY(f->write_all(*bits, h.active_slot));
+    h.pending_sync = false;
+    why = "a sync was interrupted; its blocks are dirty again";
+  }
+  consistent = true;
+  if (h.inconsistent) {
+    consistent = false;
+    why = "marked inconsistent earlier";
+  } else if (h.in_use && h.boot_id != current_boot_id()) {
+    consistent = false;
+    why = "the machine restarted while the map was in use (bits not yet on disk may be lost)";
+  } else if (h.in_use && why.empty()) {
+    why = "strata stopped without closing it; complete (same boot: every bit reached the page cache)";
+  }
+  return f;
+}
+
+// --------------------------------------------------------------- TrackTarget
+
+Result<std::shared_ptr<TrackTarget>> TrackTarget::create(std::shared_ptr<Target> lower, std::string device,
+                                                         std::string state_dir) {
+  std::shared_ptr<TrackTarget> t(new TrackTarget(std::move(lower), std::move(device), std::move(state_dir)));
+  if (t->dir_.empty()) return t;
+  DIR* d = ::opendir(t->dir_.c_str());
+  if (!d) {
+    if (errno == ENOENT) return t;
+    return posix_error(fmt::format("state dir {}", t->dir_), errno);
+  }
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(d)) {
+    std::string n = e->d_name;
+    if (n.size() > 5 && n.ends_with(".dmap")) names.push_back(n);
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  for (const auto& n : names) {
+    std::string path = t->dir_ + "/" + n;
+    std::unique_ptr<DirtyMap> bits;
+    bool consistent = false;
+    std::string why;
+    auto f = MapFile::open(path, bits, consistent, why);
+    if (!f) return fail(f.error());
+    if ((*f)->header().size != t->size())
+      return fail(EINVAL, fmt::format("dirty map {}: made for a device of {} bytes, this one has {}", path,
+                                      (*f)->header().size, t->size()));
+    auto m = std::make_shared<Map>();
+    m->name = n.substr(0, n.size() - 5);
+    m->bits = std::move(bits);
+    m->slot = (*f)->header().active_slot;
+    m->consistent = consistent;
+    auto& h = (*f)->mutable_header();
+    h.in_use = true;
+    h.inconsistent = !consistent;
+    h.boot_id = current_boot_id();
+    TRY((*f)->write_header());
+    TRY((*f)->sync());
+    m->file = std::move(*f);
+    if (!why.empty()) LOG_INFO("dirty map {}/{}: {}", t->device_, m->name, why);
+    t->maps_.push_back(std::move(m));
+  }
+  return t;
+}
+
+TrackTarget::~TrackTarget() = default;
+
+Result<> TrackTarget::attach_queue(Queue& q) {
+  TRY(lower_->attach_queue(q));
+  std::lock_guard<std::mutex> l(mu_);
+  queues_.push_back(&q);
+  per_queue_[q.id()].maps = std::make_shared<const MapList>(maps_);
+  return {};
+}
+
+std::shared_ptr<TrackTarget::Map> TrackTarget::find(const std::string& name) const {
+  for (const auto& m : maps_)
+    if (m->name == name) return m;
+  return nullptr;
+}
+
+void TrackTarget::on_every_queue(const std::function<void(PerQueue&)>& fn) {
+  std::vector<Queue*> qs;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    qs = queues_;
+  }
+  std::vector<std::promise<void>> done(qs.size());
+  for (std::size_t i = 0; i < qs.size(); ++i) {
+    Queue* q = qs[i];
+    q->post([this, q, &fn, &done, i] {
+      fn(per_queue_[q->id()]);
+      done[i].set_value();
+    });
+  }
+  for (auto& d : done) d.get_future().get();
+}
+
+void TrackTarget::publish() {
+  std::shared_ptr<const MapList> list;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    list = std::make_shared<const MapList>(maps_);
+  }
+  on_every_queue([&](PerQueue& pq) { pq.maps = list; });
+}
+
+// ---- data path
+
+namespace {
+struct ParkAwaiter {
+  std::vector<std::coroutine_handle<>>& parked;
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(std::coroutine_handle<> h) { parked.push_back(h); }
+  void await_resume() const noexcept {}
+};
+}  // namespace
+
+Task<Result<>> TrackTarget::enter(Queue& q) {
+  PerQueue& pq = per_queue_[q.id()];
+  while (pq.frozen) co_await ParkAwaiter{pq.parked};
+  ++pq.in_flight;
+  co_return Result<>{};
+}
+
+void TrackTarget::leave(Queue& q) {
+  PerQueue& pq = per_queue_[q.id()];
+  if (--pq.in_flight == 0 && pq.on_drained) std::exchange(pq.on_drained, nullptr)();
+}
+
+Task<Result<>> TrackTarget::mark(Queue& q, uint64_t offset, uint64_t length) {
+  auto list = per_queue_[q.id()].maps;  // keep this snapshot alive
+  for (const auto& m : *list) {
+    uint64_t first = 0, last = 0;
+    if (!m->bits->mark(offset, length, first, last) || !m->file) continue;
+    // The bits reach the map file before the data reaches the device.
+    auto r = m->file->write_words(*m->bits, m->slot, first, last, /*nowait=*/true);
+    if (!r && r.error().code == EAGAIN) {
+      auto file = m->file;
+      auto bits = m->bits;
+      uint32_t slot = m->slot;
+      r = co_await q.blocking([=] { return file->write_words(*bits, slot, first, last, false); });
+    }
+    if (!r) co_return fail(r.error());
+  }
+  co_return Result<>{};
+}
+
+Task<Result<>> TrackTarget::write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {
+  CO_TRY(co_await enter(q));
+  auto r = co_await mark(q, offset, buf.size());
+  if (r) r = co_await lower_->write(q, buf, offset, f);
+  leave(q);
+  co_return r;
+}
+
+Task<Result<>> TrackTarget::trim(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
+  CO_TRY(co_await enter(q));
+  auto r = co_await mark(q, offset, length);
+  if (r) r = co_await lower_->trim(q, offset, length, f);
+  leave(q);
+  co_return r;
+}
+
+Task<Result<>> TrackTarget::zero(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
+  CO_TRY(co_await enter(q));
+  auto r = co_await mark(q, offset, length);
+  if (r) r = co_await lower_->zero(q, offset, length, f);
+  leave(q);
+  co_return r;
+}
+
+std::vector<std::string> TrackTarget::contexts() const {
+  std::vector<std::string> out = lower_->contexts();
+  std::lock_guard<std::mutex> l(mu_);
+  for (const auto& m : maps_) out.push_back(std::string(kContextPrefix) + m->name);
+  return out;
+}
+
+Task<Result<Extents>> TrackTarget::context_extents(Queue& q, std::string_view context, uint64_t offset,
+                                                   uint64_t length) {
+  if (context.starts_with(kContextPrefix)) {
+    auto list = per_queue_[q.id()].maps;
+    for (const auto& m : *list)
+      if (m->name == context.substr(kContextPrefix.size())) co_return m->bits->extents(offset, length);
+    co_return fail(EINVAL, fmt::format("no dirty map '{}'", context.substr(kContextPrefix.size())));
+  }
+  co_return co_await lower_->context_extents(q, context, offset, length);
+}
+
+// ---- control
+
+Result<> TrackTarget::start_map(const std::string& name, uint64_t granularity) {
+  if (granularity < 512 || (granularity & (granularity - 1)))
+    return fail(EINVAL, fmt::format("granularity {} must be a power of two of at least 512", granularity));
+  if (name.empty() || name.size() > 200 || name.find_first_of("/:. \t\n") != std::string::npos)
+    return fail(EINVAL, fmt::format("map name '{}' may not be empty or hold '/', ':', '.' or spaces", name));
+  auto m = std::make_shared<Map>();
+  m->name = name;
+  m->bits = std::make_shared<DirtyMap>(granularity, size());
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (find(name)) return fail(EEXIST, fmt::format("device '{}' already has a dirty map '{}'", device_, name));
+  }
+  if (!dir_.empty()) {
+    if (::mkdir(dir_.c_str(), 0700) < 0 && errno != EEXIST) return posix_error(fmt::format("state dir {}", dir_), errno);
+    auto f = MapFile::create(dir_ + "/" + name + ".dmap", name, granularity, size());
+    if (!f) return fail(f.error());
+    m->file = std::move(*f);
+  }
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    maps_.push_back(m);
+  }
+  publish();
+  return {};
+}
+
+Result<> TrackTarget::stop_map(const std::string& name) {
+  std::shared_ptr<Map> m;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    m = find(name);
+    if (!m) return fail(ENOENT, fmt::format("device '{}' has no dirty map '{}'", device_, name));
+    maps_.erase(std::remove(maps_.begin(), maps_.end(), m), maps_.end());
+  }
+  publish();
+  if (m->file) ::unlink(m->file->path().c_str());
+  return {};
+}
+
+std::vector<TrackTarget::MapInfo> TrackTarget::maps() const {
+  std::lock_guard<std::mutex> l(mu_);
+  std::vector<MapInfo> out;
+  for (const auto& m : maps_)
+    out.push_back({m->name, m->bits->granularity(), m->bits->dirty_blocks(), m->consistent,
+                   m->file ? m->file->path() : ""});
+  return out;
+}
+
+Result<std::shared_ptr<DirtyMap>> TrackTarget::map_bits(const std::string& name, bool* consistent) const {
+  std::lock_guard<std::mutex> l(mu_);
+  auto m = find(name);
+  if (!m) return fail(ENOENT, fmt::format("device '{}' has no dirty map '{}'", device_, name));
+  if (consistent) *consistent = m->consistent;
+  return m->bits;
+}
+
+Result<std::shared_ptr<DirtyMap>> TrackTarget::checkpoint(const std::string& name, bool* consistent,
+                                                         bool for_sync) {
+  std::shared_ptr<Map> old;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    old = find(name);
+  }
+  if (!old) return fail(ENOENT, fmt::format("device '{}' has no dirty map '{}'", device_, name));
+  if (old->syncing) return fail(EBUSY, fmt::format("dirty map '{}' is being synced", name));
+  auto fresh = std::make_shared<Map>(*old);
+  fresh->syncing = for_sync;
+  fresh->bits = std::make_shared<DirtyMap>(old->bits->granularity(), size());
+  fresh->consistent = true;
+  if (fresh->file) {
+    // The fresh slot is cleared and made the active one on disk before any
+    // write can land in it.
+    fresh->slot = 1 - old->slot;
+    TRY(fresh->file->zero_slot(fresh->slot));
+    auto& h = fresh->file->mutable_header();
+    h.active_slot = fresh->slot;
+    h.generation++;
+    h.inconsistent = false;
+    h.pending_sync = for_sync;
+    TRY(fresh->file->write_header());
+    TRY(fresh->file->sync());
+  }
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    std::replace(maps_.begin(), maps_.end(), old, fresh);
+  }
+  // After every queue has switched, nothing writes to the old bits any more.
+  publish();
+  if (consistent) *consistent = old->consistent;
+  return old->bits;
+}
+
+Result<> TrackTarget::restore(const std::string& name, const DirtyMap& bits) {
+  std::shared_ptr<Map> m;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    m = find(name);
+  }
+  if (!m) return fail(ENOENT, fmt::format("device '{}' has no dirty map '{}'", device_, name));
+  m->bits->merge(bits);
+  if (m->file) TRY(m->file->write_all(*m->bits, m->slot));
+  return finish_sync(name);
+}
+
+Result<> TrackTarget::finish_sync(const std::string& name) {
+  std::shared_ptr<Map> m;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    m = find(name);
+  }
+  if (!m) return fail(ENOENT, fmt::format("device '{}' has no dirty map '{}'", device_, name));
+  m->syncing = false;
+  if (m->file && m->file->header().pending_sync) {
+    m->file->mutable_header().pending_sync = false;
+    TRY(m->file->write_header());
+    TRY(m->file->sync());
+  }
+  return {};
+}
+
+void TrackTarget::freeze() {
+  std::vector<std::future<void>> drained;
+  std::mutex dm;
+  std::vector<std::shared_ptr<std::promise<void>>> ps;
+  on_every_queue([&](PerQueue& pq) {
+    pq.frozen = true;
+    auto p = std::make_shared<std::promise<void>>();
+    {
+      std::lock_guard<std::mutex> l(dm);
+      drained.push_back(p->get_future());
+    }
+    if (pq.in_flight == 0)
+      p->set_value();
+    else
+      pq.on_drained = [p] { p->set_value(); };
+  });
+  for (auto& f : drained) f.get();
+}
+
+void TrackTarget::thaw() {
+  on_every_queue([](PerQueue& pq) {
+    pq.frozen = false;
+    auto parked = std::move(pq.parked);
+    pq.parked.clear();
+    for (auto h : parked) h.resume();
+  });
+}
+
+void TrackTarget::close_clean() {
+  std::lock_guard<std::mutex> l(mu_);
+  for (const auto& m : maps_) {
+    if (!m->file) continue;
+    auto r = m->file->write_all(*m->bits, m->slot);
+    if (r) {
+      m->file->mutable_header().in_use = false;
+      r = m->file->write_header();
+    }
+    if (r) r = m->file->sync();
+    if (!r) LOG_ERROR("dirty map {}/{}: {}", device_, m->name, r.error().message);
+  }
+}
+
+}  // namespace strata

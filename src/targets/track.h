@@ -1,0 +1,190 @@
+// TrackTarget: write tracking over any device (seed 004, loop write tracking,
+// done better). It wraps a device and keeps named dirty maps, each a bitmap
+// of the blocks (of its own granularity) written, trimmed or zeroed since the
+// map's last checkpoint.
+//
+// Threads. The set of maps is published to every queue by post(): each queue
+// reads only its own copy (lists_[q.id()]), so the write path takes no lock.
+// Bits are std::atomic words (several queues may dirty the same word). The
+// control thread creates, checkpoints, stops and freezes maps.
+//
+// Persistence (docs/dirty-maps.md). A map lives in STATE_DIR/DEVICE/NAME.dmap:
+// a header and two bitmap slots. A write that dirties a clean block writes the
+// changed bitmap word to the active slot *before* the data is written, so
+// after `kill -9` of strata (the page cache survives) every block that was
+// written - even one never acknowledged - is marked. The header records the
+// machine's boot id while the map is in use; a map found in use from another
+// boot (a machine crash: unsynced bitmap pages may be lost while data pages
+// reached the disk) is reported inconsistent, never silently incomplete.
+// Checkpoint starts a fresh map in the other slot, switches the header to it,
+// then switches the queues, and hands the old bits back: no write falls
+// between a get and a clear.
+#pragma once
+
+#include <atomic>
+#include <coroutine>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/queue.h"
+#include "core/target.h"
+
+namespace strata {
+
+// A bitmap of dirty blocks; bits only go from 0 to 1 (clearing makes a new map).
+class DirtyMap {
+ public:
+  DirtyMap(uint64_t granularity, uint64_t size);
+  uint64_t granularity() const { return granularity_; }
+  uint64_t size() const { return size_; }
+  uint64_t nwords() const { return nwords_; }
+  // Marks [offset, offset+length); returns true if a bit changed, with the
+  // range of words that did.
+  bool mark(uint64_t offset, uint64_t length, uint64_t& first_word, uint64_t& last_word);
+  uint64_t word(uint64_t i) const { return words_[i].load(std::memory_order_acquire); }
+  void set_word(uint64_t i, uint64_t v) { words_[i].store(v, std::memory_order_release); }
+  void merge(const DirtyMap& o);
+  bool dirty(uint64_t block) const;
+  uint64_t dirty_blocks() const;
+  // Dirty byte ranges, merged, clipped to the device.
+  std::vector<std::pair<uint64_t, uint64_t>> ranges(uint64_t offset = 0, uint64_t length = UINT64_MAX) const;
+  // NBD-style extents over [offset, offset+length): flags 1 = dirty.
+  Extents extents(uint64_t offset, uint64_t length) const;
+
+ private:
+  uint64_t granularity_, size_, nbits_, nwords_;
+  std::unique_ptr<std::atomic<uint64_t>[]> words_;
+};
+
+// The on-disk file of one map (header + two slots).
+class MapFile {
+ public:
+  struct Header {
+    uint64_t granularity = 0, size = 0, generation = 0;
+    uint32_t active_slot = 0;
+    bool in_use = false, inconsistent = false;
+    // The inactive slot holds bits handed to a sync that has not finished:
+    // they are merged back when the map is opened.
+    bool pending_sync = false;
+    std::string boot_id, name;
+  };
+  static Result<std::unique_ptr<MapFile>> create(const std::string& path, const std::string& name,
+                                                 uint64_t granularity, uint64_t size);
+  // Opens a map file; `bits` gets the active slot, `consistent` whether it
+  // can be trusted (see the design notes).
+  static Result<std::unique_ptr<MapFile>> open(const std::string& path, std::unique_ptr<DirtyMap>& bits,
+                                               bool& consistent, std::string& why);
+  ~MapFile();
+  MapFile(const MapFile&) = delete;
+  MapFile& operator=(const MapFile&) = delete;
+
+  const Header& header() const { return h_; }
+  const std::string& path() const { return path_; }
+  // Writes words [first, last] of `m` into `slot`. Serialized by a mutex so
+  // the file always holds a superset of what any finished call saw. Fails
+  // with EAGAIN (nothing written) when nowait and the write would block.
+  Result<> write_words(const DirtyMap& m, uint32_t slot, uint64_t first, uint64_t last, bool nowait);
+  Result<> write_all(const DirtyMap& m, uint32_t slot);
+  Result<> zero_slot(uint32_t slot);
+  Result<> write_header();
+  Result<> sync();
+  Header& mutable_header() { return h_; }
+
+ private:
+  MapFile() = default;
+  uint64_t slot_offset(uint32_t slot) const;
+  std::string path_;
+  int fd_ = -1;
+  Header h_;
+  std::mutex mu_;
+};
+
+// Reads the machine's boot id (/proc/sys/kernel/random/boot_id).
+std::string current_boot_id();
+
+class TrackTarget final : public ForwardingTarget {
+ public:
+  // `state_dir` is where this device's maps live (created if needed);
+  // existing maps there are loaded.
+  static Result<std::shared_ptr<TrackTarget>> create(std::shared_ptr<Target> lower, std::string device,
+                                                     std::string state_dir);
+  ~TrackTarget() override;
+
+  std::string table_line() const override { return lower_->table_line(); }
+  Result<> attach_queue(Queue& q) override;
+
+  Task<Result<>> write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) override;
+  Task<Result<>> trim(Queue& q, uint64_t offset, uint64_t length, IoFlags f) override;
+  Task<Result<>> zero(Queue& q, uint64_t offset, uint64_t length, IoFlags f) override;
+  std::vector<std::string> contexts() const override;
+  Task<Result<Extents>> context_extents(Queue& q, std::string_view context, uint64_t offset,
+                                        uint64_t length) override;
+
+  // ---- control (any thread but the queues') ----
+  struct MapInfo {
+    std::string name;
+    uint64_t granularity;
+    uint64_t dirty_blocks;
+    bool consistent;
+    std::string path;
+  };
+  Result<> start_map(const std::string& name, uint64_t granularity);
+  Result<> stop_map(const std::string& name);
+  std::vector<MapInfo> maps() const;
+  // The current bits (a copy) and whether they are consistent.
+  Result<std::shared_ptr<DirtyMap>> map_bits(const std::string& name, bool* consistent = nullptr) const;
+  // Atomically hands back the current bits and starts a fresh map. With
+  // for_sync, the handed-back bits stay on disk (pending) until
+  // finish_sync() or restore(), so a crash during a sync loses nothing.
+  Result<std::shared_ptr<DirtyMap>> checkpoint(const std::string& name, bool* consistent = nullptr,
+                                               bool for_sync = false);
+  // The sync that took the bits succeeded: the replica holds them.
+  Result<> finish_sync(const std::string& name);
+  // The sync failed: the bits are dirty again.
+  Result<> restore(const std::string& name, const DirtyMap& bits);
+  // Holds every new write until thaw(); returns once writes in flight are done.
+  void freeze();
+  void thaw();
+  // Clean shutdown: full bitmaps written, in-use cleared, synced.
+  void close_clean();
+
+  static constexpr std::string_view kContextPrefix = "strata:dirty:";
+
+ private:
+  struct Map {
+    std::string name;
+    std::shared_ptr<DirtyMap> bits;
+    std::shared_ptr<MapFile> file;
+    uint32_t slot = 0;
+    bool consistent = true;
+    bool syncing = false;  // a sync holds bits in the other slot
+  };
+  using MapList = std::vector<std::shared_ptr<Map>>;
+  struct PerQueue {
+    std::shared_ptr<const MapList> maps;
+    bool frozen = false;
+    uint64_t in_flight = 0;
+    std::vector<std::coroutine_handle<>> parked;
+    std::function<void()> on_drained;
+  };
+
+  TrackTarget(std::shared_ptr<Target> lower, std::string device, std::string dir)
+      : ForwardingTarget(std::move(lower)), device_(std::move(device)), dir_(std::move(dir)) {}
+  Task<Result<>> mark(Queue& q, uint64_t offset, uint64_t length);
+  Task<Result<>> enter(Queue& q);
+  void leave(Queue& q);
+  // Publishes maps_ to every queue and waits.
+  void publish();
+  void on_every_queue(const std::function<void(PerQueue&)>& fn);
+  std::shared_ptr<Map> find(const std::string& name) const;
+
+  std::string device_, dir_;
+  mutable std::mutex mu_;                   // guards maps_ and queues_
+  MapList maps_;
+  std::vector<Queue*> queues_;
+  std::unique_ptr<PerQueue[]> per_queue_{new PerQueue[kMaxQueues]};
+};
+
+}  // namespace strata

@@ -196,14 +196,14 @@ int main(int argc, char** argv) {
                                                                                : std::string("/var/lib/strata"))
                                           : state_dir;
       std::string path = dir + "/" + (device.empty() ? "_default" : device) + "/" + map + ".dmap";
-      std::unique_ptr<strata::DirtyMap> bits;
       bool consistent = false;
       std::string why;
-      auto f = strata::MapFile::open(path, bits, consistent, why);
+      auto f = strata::MapFile::open(path, /*read_only=*/true, consistent, why);
       if (!f) {
         fmt::print(stderr, "strata: {}\n", f.error().message);
         return 1;
       }
+      auto bits = (*f)->slot((*f)->header().active_slot);
       // Offline, a map still marked in use from this boot is either held by a
       // running server or left by one that was killed: both are complete.
       json r = {{"granularity", bits->granularity()}, {"consistent", consistent}, {"extents", json::array()}};

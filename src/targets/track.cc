@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -20,13 +21,32 @@ namespace strata {
 
 // ------------------------------------------------------------------ DirtyMap
 
+uint64_t DirtyMap::words_for(uint64_t granularity, uint64_t size) {
+  return ((size + granularity - 1) / granularity + 63) / 64;
+}
+
 DirtyMap::DirtyMap(uint64_t granularity, uint64_t size)
     : granularity_(granularity),
       size_(size),
       nbits_((size + granularity - 1) / granularity),
-      nwords_((nbits_ + 63) / 64),
-      words_(new std::atomic<uint64_t>[std::max<uint64_t>(nwords_, 1)]) {
+      nwords_(words_for(granularity, size)),
+      own_(new std::atomic<uint64_t>[std::max<uint64_t>(nwords_, 1)]) {
+  words_ = own_.get();
   for (uint64_t i = 0; i < std::max<uint64_t>(nwords_, 1); ++i) words_[i].store(0, std::memory_order_relaxed);
+}
+
+DirtyMap::DirtyMap(uint64_t granularity, uint64_t size, std::atomic<uint64_t>* words, std::shared_ptr<void> owner)
+    : granularity_(granularity),
+      size_(size),
+      nbits_((size + granularity - 1) / granularity),
+      nwords_(words_for(granularity, size)),
+      owner_(std::move(owner)),
+      words_(words) {}
+
+std::shared_ptr<DirtyMap> DirtyMap::copy() const {
+  auto c = std::make_shared<DirtyMap>(granularity_, size_);
+  for (uint64_t i = 0; i < nwords_; ++i) c->set_word(i, word(i));
+  return c;
 }
 
 bool DirtyMap::mark(uint64_t offset, uint64_t length, uint64_t& first_word, uint64_t& last_word) {
@@ -138,14 +158,21 @@ std::string current_boot_id() {
 }
 
 MapFile::~MapFile() {
+  if (map_) ::munmap(map_, map_len_);
   if (fd_ >= 0) ::close(fd_);
 }
 
 uint64_t MapFile::slot_offset(uint32_t slot) const {
-  uint64_t nwords = ((h_.size + h_.granularity - 1) / h_.granularity + 63) / 64;
-  uint64_t slot_bytes = (nwords * 8 + 4095) / 4096 * 4096;
+  uint64_t slot_bytes = (DirtyMap::words_for(h_.granularity, h_.size) * 8 + 4095) / 4096 * 4096;
   return kHeaderSize + slot * slot_bytes;
 }
+
+std::shared_ptr<DirtyMap> MapFile::slot(uint32_t s) {
+  auto* w = reinterpret_cast<std::atomic<uint64_t>*>(map_ + slot_offset(s));
+  return std::make_shared<DirtyMap>(h_.granularity, h_.size, w, shared_from_this());
+}
+
+void MapFile::zero_slot(uint32_t s) { std::memset(map_ + slot_offset(s), 0, slot_offset(1) - slot_offset(0)); }
 
 Result<> MapFile::write_header() {
   std::byte b[kHeaderSize] = {};
@@ -166,43 +193,26 @@ Result<> MapFile::write_header() {
 }
 
 Result<> MapFile::sync() {
+  if (map_ && ::msync(map_, map_len_, MS_SYNC) < 0) return posix_error(fmt::format("dirty map {}: msync", path_), errno);
   if (::fdatasync(fd_) < 0) return posix_error(fmt::format("dirty map {}: fdatasync", path_), errno);
   return {};
 }
 
-Result<> MapFile::zero_slot(uint32_t slot) {
-  uint64_t n = slot_offset(1) - slot_offset(0);
-  std::vector<std::byte> z(std::min<uint64_t>(n, 1 << 20));
-  for (uint64_t off = 0; off < n; off += z.size()) {
-    uint64_t k = std::min<uint64_t>(z.size(), n - off);
-    if (::pwrite(fd_, z.data(), k, slot_offset(slot) + off) != static_cast<ssize_t>(k))
-      return posix_error(fmt::format("dirty map {}: clear slot", path_), errno ? errno : EIO);
-  }
+namespace {
+Result<> map_file(int fd, bool shared, uint64_t len, std::byte*& out, const std::string& path) {
+  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, shared ? MAP_SHARED : MAP_PRIVATE, fd, 0);
+  if (p == MAP_FAILED) return posix_error(fmt::format("dirty map {}: mmap", path), errno);
+  // Keep the bitmap resident so marking a block never waits for a page-in
+  // on a queue thread (best effort: RLIMIT_MEMLOCK may refuse).
+  if (shared) (void)::mlock(p, len);
+  out = static_cast<std::byte*>(p);
   return {};
 }
+}  // namespace
 
-Result<> MapFile::write_words(const DirtyMap& m, uint32_t slot, uint64_t first, uint64_t last, bool nowait) {
-  std::lock_guard<std::mutex> l(mu_);
-  std::vector<uint64_t> v(last - first + 1);
-  for (uint64_t i = first; i <= last; ++i) v[i - first] = m.word(i);
-  iovec iov{v.data(), v.size() * 8};
-  ssize_t r = ::pwritev2(fd_, &iov, 1, slot_offset(slot) + first * 8, nowait ? RWF_NOWAIT : 0);
-  if (r < 0) {
-    if (errno == EAGAIN || errno == EOPNOTSUPP) return fail(EAGAIN, "would block");
-    return posix_error(fmt::format("dirty map {}: write bits", path_), errno);
-  }
-  if (r != static_cast<ssize_t>(iov.iov_len)) return fail(EIO, fmt::format("dirty map {}: short write", path_));
-  return {};
-}
-
-Result<> MapFile::write_all(const DirtyMap& m, uint32_t slot) {
-  if (m.nwords() == 0) return {};
-  return write_words(m, slot, 0, m.nwords() - 1, false);
-}
-
-Result<std::unique_ptr<MapFile>> MapFile::create(const std::string& path, const std::string& name,
+Result<std::shared_ptr<MapFile>> MapFile::create(const std::string& path, const std::string& name,
                                                  uint64_t granularity, uint64_t size) {
-  std::unique_ptr<MapFile> f(new MapFile());
+  std::shared_ptr<MapFile> f(new MapFile());
   f->path_ = path;
   f->fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (f->fd_ < 0) return posix_error(fmt::format("dirty map {}", path), errno);
@@ -212,17 +222,19 @@ Result<std::unique_ptr<MapFile>> MapFile::create(const std::string& path, const 
   f->h_.in_use = true;
   f->h_.boot_id = current_boot_id();
   f->h_.generation = 1;
-  if (::ftruncate(f->fd_, f->slot_offset(2)) < 0) return posix_error(fmt::format("dirty map {}", path), errno);
+  f->map_len_ = f->slot_offset(2);
+  if (::ftruncate(f->fd_, f->map_len_) < 0) return posix_error(fmt::format("dirty map {}", path), errno);
   TRY(f->write_header());
+  TRY(map_file(f->fd_, true, f->map_len_, f->map_, path));
   TRY(f->sync());
   return f;
 }
 
-Result<std::unique_ptr<MapFile>> MapFile::open(const std::string& path, std::unique_ptr<DirtyMap>& bits,
-                                               bool& consistent, std::string& why) {
-  std::unique_ptr<MapFile> f(new MapFile());
+Result<std::shared_ptr<MapFile>> MapFile::open(const std::string& path, bool read_only, bool& consistent,
+                                               std::string& why) {
+  std::shared_ptr<MapFile> f(new MapFile());
   f->path_ = path;
-  f->fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  f->fd_ = ::open(path.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
   if (f->fd_ < 0) return posix_error(fmt::format("dirty map {}", path), errno);
   std::byte b[kHeaderSize];
   if (::pread(f->fd_, b, kHeaderSize, 0) != static_cast<ssize_t>(kHeaderSize))
@@ -243,24 +255,17 @@ Result<std::unique_ptr<MapFile>> MapFile::open(const std::string& path, std::uni
   h.generation = get<uint64_t>(b, 40);
   h.boot_id = std::string(reinterpret_cast<const char*>(b + 48), strnlen(reinterpret_cast<const char*>(b + 48), 63));
   h.name = std::string(reinterpret_cast<const char*>(b + 112), strnlen(reinterpret_cast<const char*>(b + 112), 255));
-  if (h.granularity < 512 || (h.granularity & (h.granularity - 1)) || h.active_slot > 1)
-    return fail(EINVAL, fmt::format("dirty map {}: bad granularity or slot in header", path));
+  if (h.granularity < 512 || (h.granularity & (h.granularity - 1)) || h.active_slot > 1 || h.size == 0)
+    return fail(EINVAL, fmt::format("dirty map {}: bad granularity, size or slot in the header", path));
+  f->map_len_ = f->slot_offset(2);
   struct stat st;
-  if (::fstat(f->fd_, &st) < 0 || static_cast<uint64_t>(st.st_size) < f->slot_offset(2))
+  if (::fstat(f->fd_, &st) < 0 || static_cast<uint64_t>(st.st_size) < f->map_len_)
     return fail(EINVAL, fmt::format("dirty map {}: file is shorter than its bitmaps", path));
-  bits = std::make_unique<DirtyMap>(h.granularity, h.size);
-  std::vector<uint64_t> v(bits->nwords());
-  if (!v.empty() && ::pread(f->fd_, v.data(), v.size() * 8, f->slot_offset(h.active_slot)) !=
-                        static_cast<ssize_t>(v.size() * 8))
-    return fail(EIO, fmt::format("dirty map {}: cannot read the bitmap", path));
-  for (uint64_t i = 0; i < v.size(); ++i) bits->set_word(i, v[i]);
+  TRY(map_file(f->fd_, !read_only, f->map_len_, f->map_, path));
   if (h.pending_sync) {
     // A sync was interrupted: what it took is dirty again.
-    if (!v.empty() && ::pread(f->fd_, v.data(), v.size() * 8, f->slot_offset(1 - h.active_slot)) !=
-                          static_cast<ssize_t>(v.size() * 8))
-      return fail(EIO, fmt::format("dirty map {}: cannot read the pending bitmap", path));
-    for (uint64_t i = 0; i < v.size(); ++i) bits->set_word(i, bits->word(i) | v[i]);
-    TRY(f->write_all(*bits, h.active_slot));
+    auto active = f->slot(h.active_slot);
+    active->merge(*f->slot(1 - h.active_slot));
     h.pending_sync = false;
     why = "a sync was interrupted; its blocks are dirty again";
   }
@@ -297,18 +302,17 @@ Result<std::shared_ptr<TrackTarget>> TrackTarget::create(std::shared_ptr<Target>
   std::sort(names.begin(), names.end());
   for (const auto& n : names) {
     std::string path = t->dir_ + "/" + n;
-    std::unique_ptr<DirtyMap> bits;
     bool consistent = false;
     std::string why;
-    auto f = MapFile::open(path, bits, consistent, why);
+    auto f = MapFile::open(path, false, consistent, why);
     if (!f) return fail(f.error());
     if ((*f)->header().size != t->size())
       return fail(EINVAL, fmt::format("dirty map {}: made for a device of {} bytes, this one has {}", path,
                                       (*f)->header().size, t->size()));
     auto m = std::make_shared<Map>();
     m->name = n.substr(0, n.size() - 5);
-    m->bits = std::move(bits);
     m->slot = (*f)->header().active_slot;
+    m->bits = (*f)->slot(m->slot);
     m->consistent = consistent;
     auto& h = (*f)->mutable_header();
     h.in_use = true;
@@ -388,44 +392,34 @@ void TrackTarget::leave(Queue& q) {
   if (--pq.in_flight == 0 && pq.on_drained) std::exchange(pq.on_drained, nullptr)();
 }
 
-Task<Result<>> TrackTarget::mark(Queue& q, uint64_t offset, uint64_t length) {
-  auto list = per_queue_[q.id()].maps;  // keep this snapshot alive
-  for (const auto& m : *list) {
+void TrackTarget::mark(Queue& q, uint64_t offset, uint64_t length) {
+  // The bits live in the mapped map file: setting them is the persisting.
+  for (const auto& m : *per_queue_[q.id()].maps) {
     uint64_t first = 0, last = 0;
-    if (!m->bits->mark(offset, length, first, last) || !m->file) continue;
-    // The bits reach the map file before the data reaches the device.
-    auto r = m->file->write_words(*m->bits, m->slot, first, last, /*nowait=*/true);
-    if (!r && r.error().code == EAGAIN) {
-      auto file = m->file;
-      auto bits = m->bits;
-      uint32_t slot = m->slot;
-      r = co_await q.blocking([=] { return file->write_words(*bits, slot, first, last, false); });
-    }
-    if (!r) co_return fail(r.error());
+    m->bits->mark(offset, length, first, last);
   }
-  co_return Result<>{};
 }
 
 Task<Result<>> TrackTarget::write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {
   CO_TRY(co_await enter(q));
-  auto r = co_await mark(q, offset, buf.size());
-  if (r) r = co_await lower_->write(q, buf, offset, f);
+  mark(q, offset, buf.size());
+  auto r = co_await lower_->write(q, buf, offset, f);
   leave(q);
   co_return r;
 }
 
 Task<Result<>> TrackTarget::trim(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
   CO_TRY(co_await enter(q));
-  auto r = co_await mark(q, offset, length);
-  if (r) r = co_await lower_->trim(q, offset, length, f);
+  mark(q, offset, length);
+  auto r = co_await lower_->trim(q, offset, length, f);
   leave(q);
   co_return r;
 }
 
 Task<Result<>> TrackTarget::zero(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
   CO_TRY(co_await enter(q));
-  auto r = co_await mark(q, offset, length);
-  if (r) r = co_await lower_->zero(q, offset, length, f);
+  mark(q, offset, length);
+  auto r = co_await lower_->zero(q, offset, length, f);
   leave(q);
   co_return r;
 }
@@ -457,7 +451,6 @@ Result<> TrackTarget::start_map(const std::string& name, uint64_t granularity) {
     return fail(EINVAL, fmt::format("map name '{}' may not be empty or hold '/', ':', '.' or spaces", name));
   auto m = std::make_shared<Map>();
   m->name = name;
-  m->bits = std::make_shared<DirtyMap>(granularity, size());
   {
     std::lock_guard<std::mutex> l(mu_);
     if (find(name)) return fail(EEXIST, fmt::format("device '{}' already has a dirty map '{}'", device_, name));
@@ -467,6 +460,9 @@ Result<> TrackTarget::start_map(const std::string& name, uint64_t granularity) {
     auto f = MapFile::create(dir_ + "/" + name + ".dmap", name, granularity, size());
     if (!f) return fail(f.error());
     m->file = std::move(*f);
+    m->bits = m->file->slot(0);
+  } else {
+    m->bits = std::make_shared<DirtyMap>(granularity, size());
   }
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -517,29 +513,33 @@ Result<std::shared_ptr<DirtyMap>> TrackTarget::checkpoint(const std::string& nam
   if (old->syncing) return fail(EBUSY, fmt::format("dirty map '{}' is being synced", name));
   auto fresh = std::make_shared<Map>(*old);
   fresh->syncing = for_sync;
-  fresh->bits = std::make_shared<DirtyMap>(old->bits->granularity(), size());
   fresh->consistent = true;
   if (fresh->file) {
     // The fresh slot is cleared and made the active one on disk before any
     // write can land in it.
     fresh->slot = 1 - old->slot;
-    TRY(fresh->file->zero_slot(fresh->slot));
+    fresh->file->zero_slot(fresh->slot);
+    fresh->bits = fresh->file->slot(fresh->slot);
     auto& h = fresh->file->mutable_header();
     h.active_slot = fresh->slot;
     h.generation++;
     h.inconsistent = false;
     h.pending_sync = for_sync;
+    TRY(fresh->file->sync());
     TRY(fresh->file->write_header());
     TRY(fresh->file->sync());
+  } else {
+    fresh->bits = std::make_shared<DirtyMap>(old->bits->granularity(), size());
   }
   {
     std::lock_guard<std::mutex> l(mu_);
     std::replace(maps_.begin(), maps_.end(), old, fresh);
   }
-  // After every queue has switched, nothing writes to the old bits any more.
+  // After every queue has switched, nothing writes to the old bits any more;
+  // hand back a copy (the old slot is reused by the next checkpoint).
   publish();
   if (consistent) *consistent = old->consistent;
-  return old->bits;
+  return old->bits->copy();
 }
 
 Result<> TrackTarget::restore(const std::string& name, const DirtyMap& bits) {
@@ -549,8 +549,7 @@ Result<> TrackTarget::restore(const std::string& name, const DirtyMap& bits) {
     m = find(name);
   }
   if (!m) return fail(ENOENT, fmt::format("device '{}' has no dirty map '{}'", device_, name));
-  m->bits->merge(bits);
-  if (m->file) TRY(m->file->write_all(*m->bits, m->slot));
+  m->bits->merge(bits);  // in the mapping: persisted with the page cache
   return finish_sync(name);
 }
 
@@ -602,7 +601,7 @@ void TrackTarget::close_clean() {
   std::lock_guard<std::mutex> l(mu_);
   for (const auto& m : maps_) {
     if (!m->file) continue;
-    auto r = m->file->write_all(*m->bits, m->slot);
+    auto r = m->file->sync();
     if (r) {
       m->file->mutable_header().in_use = false;
       r = m->file->write_header();

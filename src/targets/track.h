@@ -9,10 +9,11 @@
 // control thread creates, checkpoints, stops and freezes maps.
 //
 // Persistence (docs/dirty-maps.md). A map lives in STATE_DIR/DEVICE/NAME.dmap:
-// a header and two bitmap slots. A write that dirties a clean block writes the
-// changed bitmap word to the active slot *before* the data is written, so
-// after `kill -9` of strata (the page cache survives) every block that was
-// written - even one never acknowledged - is marked. The header records the
+// a header and two bitmap slots. The file is mapped shared and the bitmap *is*
+// the mapping of the active slot: a write sets its bits in the page cache
+// before its data is written, with no system call, so after `kill -9` of
+// strata (the page cache survives) every block that was written - even one
+// never acknowledged - is marked. The header records the
 // machine's boot id while the map is in use; a map found in use from another
 // boot (a machine crash: unsynced bitmap pages may be lost while data pages
 // reached the disk) is reported inconsistent, never silently incomplete.
@@ -36,7 +37,13 @@ namespace strata {
 // A bitmap of dirty blocks; bits only go from 0 to 1 (clearing makes a new map).
 class DirtyMap {
  public:
+  // Bits in memory of its own.
   DirtyMap(uint64_t granularity, uint64_t size);
+  // Bits in `words` (a mapped slot), kept alive by `owner`.
+  DirtyMap(uint64_t granularity, uint64_t size, std::atomic<uint64_t>* words, std::shared_ptr<void> owner);
+  // A private copy.
+  std::shared_ptr<DirtyMap> copy() const;
+  static uint64_t words_for(uint64_t granularity, uint64_t size);
   uint64_t granularity() const { return granularity_; }
   uint64_t size() const { return size_; }
   uint64_t nwords() const { return nwords_; }
@@ -55,11 +62,13 @@ class DirtyMap {
 
  private:
   uint64_t granularity_, size_, nbits_, nwords_;
-  std::unique_ptr<std::atomic<uint64_t>[]> words_;
+  std::unique_ptr<std::atomic<uint64_t>[]> own_;
+  std::shared_ptr<void> owner_;
+  std::atomic<uint64_t>* words_ = nullptr;
 };
 
-// The on-disk file of one map (header + two slots).
-class MapFile {
+// The on-disk file of one map (header + two slots), mapped shared.
+class MapFile : public std::enable_shared_from_this<MapFile> {
  public:
   struct Header {
     uint64_t granularity = 0, size = 0, generation = 0;
@@ -70,35 +79,34 @@ class MapFile {
     bool pending_sync = false;
     std::string boot_id, name;
   };
-  static Result<std::unique_ptr<MapFile>> create(const std::string& path, const std::string& name,
+  static Result<std::shared_ptr<MapFile>> create(const std::string& path, const std::string& name,
                                                  uint64_t granularity, uint64_t size);
-  // Opens a map file; `bits` gets the active slot, `consistent` whether it
-  // can be trusted (see the design notes).
-  static Result<std::unique_ptr<MapFile>> open(const std::string& path, std::unique_ptr<DirtyMap>& bits,
-                                               bool& consistent, std::string& why);
+  // Opens a map file; `consistent` says whether it can be trusted (see the
+  // design notes). read_only maps it privately: nothing reaches the file.
+  static Result<std::shared_ptr<MapFile>> open(const std::string& path, bool read_only, bool& consistent,
+                                               std::string& why);
   ~MapFile();
   MapFile(const MapFile&) = delete;
   MapFile& operator=(const MapFile&) = delete;
 
   const Header& header() const { return h_; }
-  const std::string& path() const { return path_; }
-  // Writes words [first, last] of `m` into `slot`. Serialized by a mutex so
-  // the file always holds a superset of what any finished call saw. Fails
-  // with EAGAIN (nothing written) when nowait and the write would block.
-  Result<> write_words(const DirtyMap& m, uint32_t slot, uint64_t first, uint64_t last, bool nowait);
-  Result<> write_all(const DirtyMap& m, uint32_t slot);
-  Result<> zero_slot(uint32_t slot);
-  Result<> write_header();
-  Result<> sync();
   Header& mutable_header() { return h_; }
+  const std::string& path() const { return path_; }
+  // The bits of a slot, living in the mapping.
+  std::shared_ptr<DirtyMap> slot(uint32_t s);
+  void zero_slot(uint32_t s);
+  Result<> write_header();
+  // Writes the mapping and the header to disk.
+  Result<> sync();
 
  private:
   MapFile() = default;
   uint64_t slot_offset(uint32_t slot) const;
   std::string path_;
   int fd_ = -1;
+  std::byte* map_ = nullptr;
+  uint64_t map_len_ = 0;
   Header h_;
-  std::mutex mu_;
 };
 
 // Reads the machine's boot id (/proc/sys/kernel/random/boot_id).
@@ -172,7 +180,7 @@ class TrackTarget final : public ForwardingTarget {
 
   TrackTarget(std::shared_ptr<Target> lower, std::string device, std::string dir)
       : ForwardingTarget(std::move(lower)), device_(std::move(device)), dir_(std::move(dir)) {}
-  Task<Result<>> mark(Queue& q, uint64_t offset, uint64_t length);
+  void mark(Queue& q, uint64_t offset, uint64_t length);
   Task<Result<>> enter(Queue& q);
   void leave(Queue& q);
   // Publishes maps_ to every queue and waits.

@@ -313,7 +313,7 @@ Task<Result<>> Connection::handle_meta_context(uint32_t opt, std::span<const std
   // SET replaces the previous selection even when it fails (proto.md).
   if (opt == kOptSetMetaContext) {
     meta_export_.clear();
-    base_allocation_id_ = 0;
+    contexts_.clear();
   }
   if (opt == kOptSetMetaContext && !structured_) {
     co_return co_await send_option_reply(opt, kRepErrInvalid);
@@ -338,22 +338,28 @@ Task<Result<>> Connection::handle_meta_context(uint32_t opt, std::span<const std
   if (!e) co_return co_await send_option_reply(opt, kRepErrUnknown);
 
   bool list = opt == kOptListMetaContext;
-  bool select = false;
-  if (list && queries.empty()) {
-    select = true;
-  } else {
-    for (const auto& q : queries) {
-      if (q == kBaseAllocation || (list && q == "base:")) select = true;
-    }
+  std::vector<std::string> available{std::string(kBaseAllocation)};
+  for (auto& c : e->target->contexts()) available.push_back(std::move(c));
+  // LIST answers a namespace ("base:", "strata:") or a prefix ending in ':'
+  // ("strata:dirty:") with every context under it; SET takes exact names.
+  auto matches = [&](const std::string& ctx, const std::string& q) {
+    if (ctx == q) return true;
+    return list && !q.empty() && q.back() == ':' && ctx.starts_with(q);
+  };
+  std::vector<std::string> chosen;
+  for (const auto& ctx : available) {
+    bool pick = list && queries.empty();
+    for (const auto& q : queries) pick = pick || matches(ctx, q);
+    if (pick) chosen.push_back(ctx);
   }
-  if (!list) {
-    meta_export_ = name;
-    base_allocation_id_ = select ? 1 : 0;
-  }
-  if (select) {
-    std::vector<std::byte> r(4 + kBaseAllocation.size());
-    put32(r.data(), list ? 0 : 1);
-    std::memcpy(r.data() + 4, kBaseAllocation.data(), kBaseAllocation.size());
+  if (!list) meta_export_ = name;
+  uint32_t next_id = 1;
+  for (const auto& ctx : chosen) {
+    uint32_t id = list ? 0 : next_id++;
+    if (!list) contexts_.push_back({id, ctx});
+    std::vector<std::byte> r(4 + ctx.size());
+    put32(r.data(), id);
+    std::memcpy(r.data() + 4, ctx.data(), ctx.size());
     CO_TRY(co_await send_option_reply(opt, kRepMetaContext, r));
   }
   co_return co_await send_option_reply(opt, kRepAck);
@@ -380,7 +386,7 @@ Task<Result<>> Connection::start_tls() {
   // The spec: everything negotiated before STARTTLS is forgotten.
   structured_ = false;
   meta_export_.clear();
-  base_allocation_id_ = 0;
+  contexts_.clear();
   export_.reset();
   LOG_INFO("conn {} ({}): TLS established: {}", id_, peer_, tls_->describe());
   co_return Result<>{};
@@ -486,7 +492,7 @@ Task<Result<Connection::OptionResult>> Connection::handle_option(uint32_t opt, s
       LOG_INFO("conn {} ({}): unknown export '{}'", id_, peer_, name);
       co_return OptionResult::kClose;
     }
-    if (meta_export_ != name) base_allocation_id_ = 0;
+    if (meta_export_ != name) contexts_.clear();
     std::byte r[10 + 124] = {};
     put64(r, export_->target->size());
     put16(r + 8, transmission_flags());
@@ -533,7 +539,7 @@ Task<Result<Connection::OptionResult>> Connection::handle_option(uint32_t opt, s
     CO_TRY(co_await send_info_replies(opt, *e, reqs));
     CO_TRY(co_await send_option_reply(opt, kRepAck));
     if (opt == kOptGo) {
-      if (meta_export_ != name) base_allocation_id_ = 0;
+      if (meta_export_ != name) contexts_.clear();
       co_return OptionResult::kTransmission;
     }
     export_.reset();
@@ -591,7 +597,7 @@ uint32_t Connection::check_request(const Request& r) const {
       break;
     case kCmdBlockStatus:
       allowed |= kCmdFlagReqOne;
-      if (!base_allocation_id_) return kEINVAL;
+      if (contexts_.empty()) return kEINVAL;
       if (r.length == 0) return kEINVAL;
       break;
     default:
@@ -704,12 +710,24 @@ Detached Connection::serve(Request r, Buffer payload) {
   } else if (r.type == kCmdCache) {
     res = co_await t->cache(q_, r.offset, r.length);
   } else if (r.type == kCmdBlockStatus) {
-    auto e = co_await t->extents(q_, r.offset, r.length);
-    if (e) {
-      reply_block_status(r, std::move(*e));
-    } else {
-      res = fail(std::move(e.error()));
+    // One chunk per chosen context; all are computed first, so an error
+    // is the only reply when any context fails.
+    std::vector<Extents> all;
+    for (const auto& [id, name] : contexts_) {
+      Result<Extents> e;
+      if (name == kBaseAllocation)
+        e = co_await t->extents(q_, r.offset, r.length);
+      else
+        e = co_await t->context_extents(q_, name, r.offset, r.length);
+      if (!e) {
+        res = fail(std::move(e.error()));
+        break;
+      }
+      all.push_back(std::move(*e));
     }
+    if (res)
+      for (std::size_t i = 0; i < all.size(); ++i)
+        reply_block_status(r, contexts_[i].first, all[i], i + 1 == all.size());
   }
   --in_flight_;
   if (r.type == kCmdRead || r.type == kCmdWrite) in_flight_bytes_ -= r.length;
@@ -726,7 +744,7 @@ Detached Connection::serve(Request r, Buffer payload) {
   maybe_wake();
 }
 
-void Connection::reply_block_status(const Request& r, Extents e) {
+void Connection::reply_block_status(const Request& r, uint32_t context_id, const Extents& e, bool done) {
   // Clip to the request (REQ_ONE: the first extent only).
   Extents out;
   uint64_t left = r.length;
@@ -741,11 +759,11 @@ void Connection::reply_block_status(const Request& r, Extents e) {
   Reply reply;
   uint32_t len = 4 + 8 * static_cast<uint32_t>(out.size());
   put32(reply.hdr.data(), kStructuredReplyMagic);
-  put16(reply.hdr.data() + 4, kReplyFlagDone);
+  put16(reply.hdr.data() + 4, done ? kReplyFlagDone : 0);
   put16(reply.hdr.data() + 6, kReplyBlockStatus);
   put64(reply.hdr.data() + 8, r.cookie);
   put32(reply.hdr.data() + 16, len);
-  put32(reply.hdr.data() + 20, base_allocation_id_);
+  put32(reply.hdr.data() + 20, context_id);
   reply.hdr_len = 24;
   reply.data = Buffer::get(8 * out.size());
   for (std::size_t i = 0; i < out.size(); ++i) {

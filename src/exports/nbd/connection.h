@@ -80,7 +80,7 @@ class Connection {
   Task<void> drain_send_queue();
   void reply_error(const Request& r, uint32_t nbd_err, std::string_view msg);
   void reply_ok(const Request& r);
-  void reply_block_status(const Request& r, Extents e);
+  void reply_block_status(const Request& r, uint32_t context_id, const Extents& e, bool done);
 
   uint16_t transmission_flags() const;
   uint32_t check_request(const Request& r) const;
@@ -110,7 +110,8 @@ class Connection {
   bool structured_ = false;
   bool no_zeroes_ = false;
   std::string meta_export_;       // export name SET_META_CONTEXT was for
-  uint32_t base_allocation_id_ = 0;  // 0: not selected
+  // Metadata contexts chosen by SET_META_CONTEXT: (id, name); ids from 1.
+  std::vector<std::pair<uint32_t, std::string>> contexts_;
 
   // Transmission state (queue thread only).
   uint32_t in_flight_ = 0;

@@ -23,4 +23,4 @@ Try, from another terminal:
 
 Ctrl-C stops the server (in-flight requests finish, the image is flushed).
 TXT
-exec build/strata serve --file "$IMG" --export demo --tcp 127.0.0.1:10809 --unix "$SOCK" --control "$CTL"
+exec build/strata serve --file "$IMG" --export demo --tcp 127.0.0.1:10809 --unix "$SOCK" --control "$CTL" --state-dir "$PWD/var/state"

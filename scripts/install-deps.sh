@@ -9,7 +9,7 @@ PKGS=(
   build-essential make cmake pkg-config
   liburing-dev libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgnutls28-dev
   # test clients and peers
-  libnbd-bin libnbd-dev python3-libnbd nbdkit qemu-utils fio jq xxd util-linux procps gnutls-bin
+  fuse3 e2fsprogs xfsprogs libnbd-bin libnbd-dev python3-libnbd nbdkit qemu-utils fio jq xxd util-linux procps gnutls-bin
 )
 
 missing=()

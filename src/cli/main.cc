@@ -94,6 +94,7 @@ int main(int argc, char** argv) {
       ->default_val(10);
   serve->add_option("--pidfile", so.pidfile, "Write the server's pid here once it is ready");
   serve->add_flag("--verbose,-v", so.verbose, "Debug logging");
+  serve->add_option("--fuse", so.fuse, "Also show every device as a file in a FUSE mount here (repeatable)");
   serve->add_option("--state-dir", so.state_dir,
                     "Where dirty maps persist (default: $STRATA_STATE_DIR, else /var/lib/strata as root)");
   serve->add_option("--tls", so.tls, "TLS: off, on (offered), require (plaintext refused)")
@@ -163,6 +164,19 @@ int main(int argc, char** argv) {
   sync->add_option("--max-rounds", max_rounds, "Passes before giving up on converging")->default_val(8);
   sync->add_option("--control", ctl, "Control socket of the server");
   sync->add_flag("--json", as_json, "Print the raw JSON reply");
+
+  auto* fusecmd = app.add_subcommand("fuse", "FUSE exports of a running server");
+  fusecmd->require_subcommand(1);
+  std::string mountpoint;
+  auto* f_start = fusecmd->add_subcommand("start", "Show every device as a file in a FUSE mount at MOUNTPOINT");
+  auto* f_stop = fusecmd->add_subcommand("stop", "Unmount a FUSE export");
+  auto* f_list = fusecmd->add_subcommand("list", "List the FUSE exports");
+  for (auto* c : {f_start, f_stop, f_list}) {
+    c->add_option("--control", ctl, "Control socket of the server");
+    c->add_flag("--json", as_json, "Print the raw JSON reply");
+  }
+  f_start->add_option("mountpoint", mountpoint, "Directory to mount on")->required();
+  f_stop->add_option("mountpoint", mountpoint, "The mountpoint")->required();
 
   CLI11_PARSE(app, argc, argv);
   if (so.state_dir.empty()) {
@@ -267,6 +281,16 @@ int main(int argc, char** argv) {
                  (*r)["converged"].get<bool>() ? ", converged" : ", NOT converged",
                  human_size((*r)["dirty_bytes_left"].get<uint64_t>()));
     return 0;
+  }
+  if (fusecmd->parsed()) {
+    json p = {{"mountpoint", mountpoint}};
+    if (f_start->parsed())
+      return client(ctl, "export_fuse_start", p, as_json,
+                    [](const json& r) { fmt::print("{}\n", r["mountpoint"].get<std::string>()); });
+    if (f_stop->parsed()) return client(ctl, "export_fuse_stop", p, as_json, [](const json&) {});
+    return client(ctl, "export_fuse_list", p, as_json, [](const json& r) {
+      for (const auto& e : r) fmt::print("{}\n", e["mountpoint"].get<std::string>());
+    });
   }
   if (server->parsed())
     return client(ctl, "server_status", params, as_json, [](const json& r) { fmt::print("{}\n", r.dump(2)); });

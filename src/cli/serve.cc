@@ -219,6 +219,18 @@ int serve(const ServeOptions& o) {
   }
 
   control::Daemon daemon{devices->get(), &server, std::chrono::steady_clock::now(), tracks, qptrs[0]};
+  daemon.queues = qptrs;
+  for (const auto& d : (*devices)->devices())
+    daemon.fuse_devices.push_back({d.name, tracks[d.name], d.read_only || !d.table->caps().can_write});
+  for (const auto& mp : o.fuse) {
+    auto e = std::make_unique<fuse::FuseExport>(qptrs, daemon.fuse_devices);
+    if (auto r = e->start(mp); !r) {
+      LOG_ERROR("{}", r.error().message);
+      return 1;
+    }
+    fmt::print("strata: FUSE export at {}\n", e->mountpoint());
+    daemon.fuse_exports[e->mountpoint()] = std::move(e);
+  }
   control::Server ctl(daemon);
   std::string ctl_path = o.control.empty() ? control::default_control_path() : o.control;
   if (o.control.empty() && ctl_path == "/run/strata/control.sock") ::mkdir("/run/strata", 0700);
@@ -254,6 +266,7 @@ int serve(const ServeOptions& o) {
   LOG_INFO("signal {}: finishing requests in flight", sig);
   server.shutdown();
   ctl.stop();
+  for (auto& [mp, e] : daemon.fuse_exports) e->stop();
   int rc = 0;
   for (const auto& d : (*devices)->devices()) {
     if (!d.table->caps().can_flush || d.read_only) continue;

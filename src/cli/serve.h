@@ -22,7 +22,8 @@ struct ServeOptions {
   double handshake_timeout = 10;
   std::string pidfile;
   bool verbose = false;
-  std::string state_dir;  // dirty maps live here ("" = in memory only)
+  std::string state_dir;
+  std::vector<std::string> fuse;  // FUSE mountpoints  // dirty maps live here ("" = in memory only)
   std::string tls = "off";  // off | on | require
   std::string tls_certificates;
   std::string tls_psk;

@@ -1,6 +1,8 @@
 #include "control/commands.h"
 
 #include <fmt/core.h>
+#include <climits>
+#include <cstdlib>
 
 #include "control/sync.h"
 
@@ -170,9 +172,35 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
                {"uptime_seconds", up.count()}});
   }
   if (method.starts_with("dirty_") || method == "device_sync") return run_dirty(d, method, params, progress);
+  if (method == "export_fuse_start") {
+    std::string mp = params.value("mountpoint", std::string());
+    if (mp.empty()) return err("export_fuse_start: \"mountpoint\" is required");
+    auto e = std::make_unique<fuse::FuseExport>(d.queues, d.fuse_devices);
+    auto r = e->start(mp);
+    if (!r) return err(r.error().message);
+    std::string real = e->mountpoint();
+    if (d.fuse_exports.count(real)) return err(fmt::format("{} is already exported", real));
+    d.fuse_exports[real] = std::move(e);
+    return ok({{"mountpoint", real}});
+  }
+  if (method == "export_fuse_stop") {
+    std::string mp = params.value("mountpoint", std::string());
+    char real[PATH_MAX];
+    if (::realpath(mp.c_str(), real)) mp = real;
+    auto it = d.fuse_exports.find(mp);
+    if (it == d.fuse_exports.end()) return err(fmt::format("no FUSE export at '{}'", mp));
+    it->second->stop();
+    d.fuse_exports.erase(it);
+    return ok(json::object());
+  }
+  if (method == "export_fuse_list") {
+    json out = json::array();
+    for (const auto& [mp, e] : d.fuse_exports) out.push_back({{"mountpoint", mp}});
+    return ok(out);
+  }
   return err(fmt::format("unknown method '{}' (known: device_list, device_table, device_status, server_status, "
                          "dirty_start, dirty_stop, dirty_status, dirty_list, dirty_clear, dirty_checkpoint, "
-                         "device_sync)",
+                         "device_sync, export_fuse_start, export_fuse_stop, export_fuse_list)",
                          method));
 }
 

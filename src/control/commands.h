@@ -10,6 +10,7 @@
 
 #include "targets/table.h"
 #include "targets/track.h"
+#include "exports/fuse/fuse_export.h"
 
 namespace strata::control {
 
@@ -19,6 +20,9 @@ struct Daemon {
   std::chrono::steady_clock::time_point started;
   std::map<std::string, std::shared_ptr<TrackTarget>> tracks;  // by device name
   Queue* queue = nullptr;  // where the control side runs device I/O (sync)
+  std::vector<Queue*> queues;
+  std::vector<fuse::Device> fuse_devices;  // what a FUSE export shows
+  std::map<std::string, std::unique_ptr<fuse::FuseExport>> fuse_exports;  // by mountpoint
 };
 
 // Streams intermediate replies (progress) of a long request.

@@ -61,17 +61,19 @@ json run_dirty(Daemon& d, const std::string& method, const json& params, const P
   auto str = [&](const char* k) -> std::string {
     return params.contains(k) && params[k].is_string() ? params[k].get<std::string>() : std::string();
   };
+  auto status_of = [](const std::string& dev, const TrackTarget& t, json& out) {
+    for (const auto& m : t.maps())
+      out.push_back({{"device", dev},
+                     {"name", m.name},
+                     {"granularity", m.granularity},
+                     {"dirty_blocks", m.dirty_blocks},
+                     {"dirty_bytes", m.dirty_blocks * m.granularity},
+                     {"consistent", m.consistent},
+                     {"path", m.path}});
+  };
   if (method == "dirty_status" && !params.contains("device")) {
     json out = json::array();
-    for (const auto& [dev, t] : d.tracks)
-      for (const auto& m : t->maps())
-        out.push_back({{"device", dev},
-                       {"name", m.name},
-                       {"granularity", m.granularity},
-                       {"dirty_blocks", m.dirty_blocks},
-                       {"dirty_bytes", m.dirty_blocks * m.granularity},
-                       {"consistent", m.consistent},
-                       {"path", m.path}});
+    for (const auto& [dev, t] : d.tracks) status_of(dev, *t, out);
     return ok(out);
   }
   std::string dev = str("device");
@@ -81,14 +83,7 @@ json run_dirty(Daemon& d, const std::string& method, const json& params, const P
   std::string name = str("name");
   if (method == "dirty_status") {
     json out = json::array();
-    for (const auto& m : t->maps())
-      out.push_back({{"device", dev},
-                     {"name", m.name},
-                     {"granularity", m.granularity},
-                     {"dirty_blocks", m.dirty_blocks},
-                     {"dirty_bytes", m.dirty_blocks * m.granularity},
-                     {"consistent", m.consistent},
-                     {"path", m.path}});
+    status_of(dev, *t, out);
     return ok(out);
   }
   if (method == "dirty_start") {

@@ -11,38 +11,16 @@
 #include <chrono>
 
 #include "core/log.h"
+#include "core/socket.h"
 
 namespace strata::control {
 
 Server::~Server() { stop(); }
 
 Result<> Server::start(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof addr.sun_path) return fail(ENAMETOOLONG, "control socket path too long: " + path);
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return posix_error("socket", errno);
-  struct stat st;
-  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
-    int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    bool live = ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-    ::close(probe);
-    if (live) {
-      ::close(fd);
-      return fail(EADDRINUSE, fmt::format("control socket {}: another server is running", path));
-    }
-    ::unlink(path.c_str());
-  }
-  mode_t old = ::umask(0177);  // created 0600
-  int r = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  int e = errno;
-  ::umask(old);
-  if (r < 0 || ::listen(fd, 16) < 0) {
-    if (r >= 0) e = errno;
-    ::close(fd);
-    return posix_error(fmt::format("control socket {}", path), e);
-  }
+  auto l = listen_unix(path, 16, 0600);
+  if (!l) return fail(l.error().code, "control socket " + l.error().message);
+  int fd = *l;
   if (::pipe2(stop_pipe_, O_CLOEXEC) < 0) {
     ::close(fd);
     return posix_error("pipe", errno);

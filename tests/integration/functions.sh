@@ -24,6 +24,8 @@ SOCK=$WORK/nbd.sock
 CTL=$WORK/control.sock
 STRATA_PID=
 STRATA_LOG=$WORK/strata.log
+# Dirty maps of this test stay in its own directory (never /var/lib/strata).
+export STRATA_STATE_DIR=$WORK/state
 
 cleanup() {
   local rc=$?

@@ -15,6 +15,7 @@
 #include <fmt/core.h>
 
 #include "core/log.h"
+#include "core/socket.h"
 #include "exports/nbd/connection.h"
 
 namespace strata::nbd {
@@ -54,34 +55,10 @@ std::vector<std::shared_ptr<const Export>> Server::exports() const {
 }
 
 Result<> Server::listen_unix(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof addr.sun_path) return fail(ENAMETOOLONG, fmt::format("unix socket path too long: {}", path));
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return posix_error("socket", errno);
-  // A socket file left by a crashed server is replaced; a live one is not.
-  struct stat st;
-  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
-    int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    bool live = ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-    ::close(probe);
-    if (live) {
-      ::close(fd);
-      return fail(EADDRINUSE, fmt::format("{}: another server is listening there", path));
-    }
-    ::unlink(path.c_str());
-  }
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
-    int e = errno;
-    ::close(fd);
-    return posix_error(fmt::format("bind {}", path), e);
-  }
-  if (::listen(fd, 128) < 0) {
-    int e = errno;
-    ::close(fd);
-    return posix_error(fmt::format("listen {}", path), e);
-  }
+  // The process umask decides who may connect (as for nbdkit and qemu-nbd).
+  mode_t um = ::umask(0);
+  ::umask(um);
+  int fd = TRY(strata::listen_unix(path, 128, 0777 & ~um));
   auto l = std::make_unique<Listener>();
   l->fd = fd;
   l->unlink_path = path;

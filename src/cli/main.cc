@@ -7,6 +7,8 @@
 #include "control/client.h"
 #include "targets/registry.h"
 #include "targets/track.h"
+#include "targets/layer.h"
+#include "core/params.h"
 
 #include <unistd.h>
 
@@ -123,6 +125,7 @@ int main(int argc, char** argv) {
   table->add_option("device", name, "Device name");
   status->add_option("device", name, "Device name");
 
+  std::string to;
   // Dirty maps (write tracking) and incremental sync.
   auto* dirty = app.add_subcommand("dirty", "Dirty maps: the blocks written since a checkpoint");
   dirty->require_subcommand(1);
@@ -154,7 +157,6 @@ int main(int argc, char** argv) {
   add_dm(d_ckpt, true);
 
   auto* sync = app.add_subcommand("sync", "Copy the dirty blocks of a device to a replica, then forget them");
-  std::string to;
   bool final_pass = false;
   int max_rounds = 8;
   sync->add_option("device", device, "Device name")->required();
@@ -177,6 +179,33 @@ int main(int argc, char** argv) {
   }
   f_start->add_option("mountpoint", mountpoint, "Directory to mount on")->required();
   f_stop->add_option("mountpoint", mountpoint, "The mountpoint")->required();
+
+  // cow layers: offline tools, and online snapshot / flatten.
+  auto* layer = app.add_subcommand("layer", "cow layer files (offline)");
+  layer->require_subcommand(1);
+  std::string lpath, lsize, lchunk = "4096", lparent;
+  bool repair = false;
+  auto* l_create = layer->add_subcommand("create", "Create an empty layer (over a parent layer or the base)");
+  l_create->add_option("path", lpath, "Layer file")->required();
+  l_create->add_option("--size", lsize, "Virtual size (e.g. 1G); defaults to the parent's");
+  l_create->add_option("--chunk-size", lchunk, "Chunk size, a power of two from 512 to 1M (default 4096)");
+  l_create->add_option("--parent", lparent, "Parent layer (stored relative to the new layer)");
+  auto* l_info = layer->add_subcommand("info", "Show a layer's header and chunk counts");
+  l_info->add_option("path", lpath, "Layer file")->required();
+  l_info->add_flag("--json", as_json, "JSON");
+  auto* l_check = layer->add_subcommand("check", "Check a layer; change nothing unless --repair");
+  l_check->add_option("path", lpath, "Layer file")->required();
+  l_check->add_flag("--repair", repair, "Fix what can be fixed (bits past the end, checksum)");
+
+  auto* snap = app.add_subcommand("snapshot", "Online: make the top layer of a cow device read-only, put a new one on it");
+  snap->add_option("device", device, "Device name")->required();
+  snap->add_option("--control", ctl, "Control socket of the server");
+  snap->add_flag("--json", as_json, "Print the raw JSON reply");
+  auto* flat = app.add_subcommand("flatten", "Online: the whole device as it reads now into one raw file");
+  flat->add_option("device", device, "Device name")->required();
+  flat->add_option("--to", to, "Raw file to write")->required();
+  flat->add_option("--control", ctl, "Control socket of the server");
+  flat->add_flag("--json", as_json, "Print the raw JSON reply");
 
   CLI11_PARSE(app, argc, argv);
   if (so.state_dir.empty()) {
@@ -280,6 +309,88 @@ int main(int argc, char** argv) {
                  (*r)["rounds"].get<int>(), (*r)["milliseconds"].get<int64_t>(),
                  (*r)["converged"].get<bool>() ? ", converged" : ", NOT converged",
                  human_size((*r)["dirty_bytes_left"].get<uint64_t>()));
+    return 0;
+  }
+  if (layer->parsed()) {
+    if (l_create->parsed()) {
+      std::unique_ptr<strata::LayerFile> parent;
+      if (!lparent.empty()) {
+        auto p = strata::LayerFile::open(lparent, false, false);
+        if (!p) {
+          fmt::print(stderr, "strata: {}\n", p.error().message);
+          return 1;
+        }
+        parent = std::move(*p);
+      }
+      auto size = lsize.empty() ? strata::Result<uint64_t>(parent ? parent->header().size : 0)
+                                : strata::parse_size(lsize);
+      auto chunk = strata::parse_size(lchunk);
+      if (!size || !chunk || *size == 0) {
+        fmt::print(stderr, "strata: layer create: give --size (or --parent); bad size or chunk size\n");
+        return 1;
+      }
+      auto l = strata::LayerFile::create(lpath, *size, static_cast<uint32_t>(*chunk), parent.get());
+      if (!l) {
+        fmt::print(stderr, "strata: {}\n", l.error().message);
+        return 1;
+      }
+      fmt::print("{}: layer {} ({} bytes, {} byte chunks{})\n", lpath, strata::uuid_string((*l)->header().uuid),
+                 *size, *chunk, parent ? ", parent " + (*l)->header().parent_path : std::string(", over the base"));
+      return 0;
+    }
+    if (l_info->parsed()) {
+      auto l = strata::LayerFile::open(lpath, false, false);
+      if (!l) {
+        fmt::print(stderr, "strata: {}\n", l.error().message);
+        return 1;
+      }
+      const auto& h = (*l)->header();
+      auto bits = (*l)->read_bitmap();
+      uint64_t present = 0, zero = 0;
+      if (bits)
+        for (uint8_t s : *bits) {
+          present += s == strata::kPresent;
+          zero += s == strata::kZero;
+        }
+      json j = {{"path", lpath}, {"uuid", strata::uuid_string(h.uuid)}, {"size", h.size},
+                {"chunk_size", h.chunk_size}, {"chunks", (*l)->chunks()}, {"present_chunks", present},
+                {"zero_chunks", zero}, {"read_only", (h.flags & strata::LayerFile::kFlagReadOnly) != 0},
+                {"in_use", (h.flags & strata::LayerFile::kFlagInUse) != 0}, {"version", h.version},
+                {"parent_path", h.parent_path}, {"parent_uuid", h.parent_path.empty() ? "" : strata::uuid_string(h.parent_uuid)}};
+      if (as_json)
+        fmt::print("{}\n", j.dump(2));
+      else
+        for (const auto& [k, v] : j.items()) fmt::print("{:<15} {}\n", k, v.is_string() ? v.get<std::string>() : v.dump());
+      return 0;
+    }
+    auto problems = strata::LayerFile::check(lpath);
+    for (const auto& p : problems) fmt::print("{}\n", p);
+    if (problems.empty()) {
+      fmt::print("{}: ok\n", lpath);
+      return 0;
+    }
+    if (!repair) return 1;
+    fmt::print(stderr, "strata: --repair can only rewrite what the header and bitmap allow; see the problems above\n");
+    return 1;
+  }
+  if (snap->parsed())
+    return client(ctl, "device_snapshot", json{{"device", device}}, as_json, [](const json& r) {
+      for (const auto& s : r)
+        fmt::print("snapshot {} (writes held {} us)\n", s["snapshot"].get<std::string>(), s["pause_us"].get<int64_t>());
+    });
+  if (flat->parsed()) {
+    auto r = strata::control::call(ctl.empty() ? strata::control::default_control_path() : ctl, "device_flatten",
+                                   json{{"device", device}, {"to", to}}, [](const json& pr) {
+                                     uint64_t done = pr.value("copied_bytes", uint64_t{0});
+                                     uint64_t total = std::max<uint64_t>(1, pr.value("total_bytes", uint64_t{1}));
+                                     fmt::print(stderr, "flatten {:>3}% {}/{}\n", 100 * done / total, human_size(done),
+                                                human_size(total));
+                                   });
+    if (!r) {
+      fmt::print(stderr, "strata: {}\n", r.error().message);
+      return 1;
+    }
+    fmt::print("{}\n", as_json ? r->dump(2) : fmt::format("flattened {} bytes into {}", (*r)["bytes"].get<uint64_t>(), to));
     return 0;
   }
   if (fusecmd->parsed()) {

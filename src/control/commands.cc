@@ -1,10 +1,18 @@
 #include "control/commands.h"
 
 #include <fmt/core.h>
+#include <algorithm>
+#include <chrono>
 #include <climits>
+#include <future>
 #include <cstdlib>
 
 #include "control/sync.h"
+#include "core/buffer.h"
+#include "targets/cow.h"
+
+#include <fcntl.h>
+#include <unistd.h>
 
 namespace strata::control {
 namespace {
@@ -167,6 +175,62 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
                {"uptime_seconds", up.count()}});
   }
   if (method.starts_with("dirty_") || method == "device_sync") return run_dirty(d, method, params, progress);
+  if (method == "device_snapshot") {
+    std::string dev = params.value("device", std::string());
+    const DeviceSet::Device* found = nullptr;
+    for (const auto& x : d.devices->devices())
+      if (x.name == dev) found = &x;
+    if (!found) return err(fmt::format("no device named '{}'", dev));
+    std::vector<CowTarget*> cows;
+    for (const auto& seg : found->table->segments())
+      if (auto* c = dynamic_cast<CowTarget*>(seg.target.get())) cows.push_back(c);
+    if (cows.empty()) return err(fmt::format("device '{}' has no cow segment to snapshot", dev));
+    json out = json::array();
+    for (auto* c : cows) {
+      auto t0 = std::chrono::steady_clock::now();
+      auto r = c->snapshot(*d.queue);
+      auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
+      if (!r) return err(r.error().message);
+      out.push_back({{"snapshot", *r}, {"pause_us", us}, {"layers", c->layer_paths()}});
+    }
+    return ok(out);
+  }
+  if (method == "device_flatten") {
+    // The whole device, as it reads now, into one raw file.
+    std::string dev = params.value("device", std::string());
+    std::string to = params.value("to", std::string());
+    auto it = d.tracks.find(dev);
+    if (it == d.tracks.end()) return err(fmt::format("no device named '{}'", dev));
+    if (to.empty()) return err("device_flatten: \"to\" is required");
+    int fd = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return err(fmt::format("{}: {}", to, std::strerror(errno)));
+    auto& t = *it->second;
+    uint64_t size = t.size(), chunk = 4 << 20;
+    Buffer buf = Buffer::get(chunk);
+    std::string error;
+    for (uint64_t off = 0; off < size && error.empty(); off += chunk) {
+      uint64_t n = std::min(chunk, size - off);
+      std::promise<Result<>> done;
+      d.queue->post([&] {
+        spawn([](Target& t, Queue& q, std::byte* p, uint64_t n, uint64_t off, std::promise<Result<>>& done)
+                  -> Task<void> { done.set_value(co_await t.read(q, {p, n}, off)); }(t, *d.queue, buf.data(), n, off,
+                                                                                         done));
+      });
+      auto r = done.get_future().get();
+      if (!r) {
+        error = r.error().message;
+        break;
+      }
+      // Zero runs stay holes: the raw file is as sparse as the data allows.
+      bool all_zero = std::all_of(buf.data(), buf.data() + n, [](std::byte b) { return b == std::byte{0}; });
+      if (!all_zero && ::pwrite(fd, buf.data(), n, off) != static_cast<ssize_t>(n)) error = std::strerror(errno);
+      if (progress) progress({{"round", 1}, {"copied_bytes", off + n}, {"total_bytes", size}});
+    }
+    if (error.empty() && (::ftruncate(fd, size) < 0 || ::fdatasync(fd) < 0)) error = std::strerror(errno);
+    ::close(fd);
+    if (!error.empty()) return err(fmt::format("flatten to {}: {}", to, error));
+    return ok({{"to", to}, {"bytes", size}});
+  }
   if (method == "export_fuse_start") {
     std::string mp = params.value("mountpoint", std::string());
     if (mp.empty()) return err("export_fuse_start: \"mountpoint\" is required");
@@ -195,7 +259,8 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
   }
   return err(fmt::format("unknown method '{}' (known: device_list, device_table, device_status, server_status, "
                          "dirty_start, dirty_stop, dirty_status, dirty_list, dirty_clear, dirty_checkpoint, "
-                         "device_sync, export_fuse_start, export_fuse_stop, export_fuse_list)",
+                         "device_sync, device_snapshot, device_flatten, export_fuse_start, export_fuse_stop, "
+                         "export_fuse_list)",
                          method));
 }
 

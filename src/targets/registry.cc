@@ -1,5 +1,6 @@
 #include "targets/registry.h"
 
+#include "targets/cow.h"
 #include "targets/error.h"
 #include "targets/file.h"
 #include "targets/linear.h"
@@ -17,6 +18,7 @@ const TargetType kTargetTypes[] = {
     {"error", ErrorTarget::kHelp, &ErrorTarget::create},
     {"memory", MemoryTarget::kHelp, &MemoryTarget::create},
     {"pattern", PatternTarget::kHelp, &PatternTarget::create},
+    {"cow", CowTarget::kHelp, &CowTarget::create},
 };
 
 }  // namespace

@@ -282,6 +282,36 @@ Task<Result<Extents>> TableTarget::extents(Queue& q, uint64_t offset, uint64_t l
   return split_extents(q, offset, length);
 }
 
+std::vector<std::string> TableTarget::contexts() const {
+  std::vector<std::string> out;
+  for (const auto& seg : segments_)
+    for (auto& c : seg.target->contexts())
+      if (std::find(out.begin(), out.end(), c) == out.end()) out.push_back(std::move(c));
+  return out;
+}
+
+Task<Result<Extents>> TableTarget::context_extents(Queue& q, std::string_view context, uint64_t offset,
+                                                   uint64_t length) {
+  Extents out;
+  std::size_t i = find(offset);
+  while (length > 0) {
+    const Segment& s = segments_[i];
+    uint64_t in = offset - s.start;
+    uint64_t n = std::min(length, s.length - in);
+    auto ctxs = s.target->contexts();
+    if (std::find(ctxs.begin(), ctxs.end(), context) != ctxs.end()) {
+      CO_TRY_ASSIGN(Extents e, co_await s.target->context_extents(q, context, in, n));
+      for (const auto& x : e) append_extent(out, x.length, x.flags);
+    } else {
+      append_extent(out, n, 0);
+    }
+    offset += n;
+    length -= n;
+    ++i;
+  }
+  co_return out;
+}
+
 Task<Result<Extents>> TableTarget::split_extents(Queue& q, uint64_t offset, uint64_t length) {
   Extents out;
   std::size_t i = find(offset);

@@ -72,6 +72,10 @@ class TableTarget final : public Target {
   Task<Result<>> zero(Queue& q, uint64_t offset, uint64_t length, IoFlags f) override;
   Task<Result<Extents>> extents(Queue& q, uint64_t offset, uint64_t length) override;
   Task<Result<>> cache(Queue& q, uint64_t offset, uint64_t length) override;
+  // The union of the segments' contexts; a segment without one reports 0.
+  std::vector<std::string> contexts() const override;
+  Task<Result<Extents>> context_extents(Queue& q, std::string_view context, uint64_t offset,
+                                        uint64_t length) override;
 
  private:
   std::size_t find(uint64_t offset) const;

@@ -1,0 +1,125 @@
+// CowTarget: a stack of layers over a base device (seed 002, dm-cow): the
+// base (any strata device, never written), read-only layers, and one
+// writable layer on top. Each layer holds some chunks, recorded in its own
+// persistent bitmap (docs/format.md).
+//
+// Design notes
+// - Lookup does not grow with depth: an in-memory index keeps, per chunk, the
+//   topmost layer holding it (bit 7: that layer says "zeros here"). Reads walk
+//   the index and read each run of chunks held by the same layer in one I/O.
+// - Writes go to the top. A write that covers a chunk partly, where the top
+//   does not hold it, copies the rest of the chunk up from below first. The
+//   default chunk is 4 KiB: the page size most clients write in, so aligned
+//   4 KiB writes never copy up.
+// - TRIM and WRITE_ZEROES mark whole chunks "zero" in the top (read back as
+//   zeros even where a lower layer has data) and punch their data out;
+//   partial chunks are written with zeros.
+// - Crash consistency: a chunk's state changes in memory only after its data
+//   write completed. FLUSH takes a copy of the changed bitmap pages, makes
+//   the data durable (fdatasync), then writes that copy and syncs again: a
+//   bit never reaches the disk before its data. FUA writes end with a FLUSH.
+//   The header's in-use flag tells an unclean shutdown: the bitmap then holds
+//   exactly the flushed chunks.
+// - Writes to chunks the top does not hold yet take a per-chunk lock, so two
+//   partial writes to one chunk cannot undo each other's copy-up.
+// - Locking: the writable top is flock()ed exclusively, lower layers shared.
+// - Snapshot (control thread): holds writes, flushes, marks the top
+//   read-only, renames it to PATH.snapN, creates a new empty top at PATH whose
+//   parent is the snapshot, and lets writes go on. The table keeps naming PATH.
+#pragma once
+
+#include <atomic>
+#include <coroutine>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/queue.h"
+#include "core/target.h"
+#include "targets/layer.h"
+#include "targets/registry.h"
+
+namespace strata {
+
+class CowTarget final : public Target {
+ public:
+  static constexpr std::string_view kHelp =
+      "cow <top-layer> [base=DEVICE] [ro]\n"
+      "  A stack of layers (strata layer create) over an optional base device\n"
+      "  defined earlier in the table; the top layer is written, the others and\n"
+      "  the base never are. Parents are found from each layer's header.";
+  static Result<std::shared_ptr<Target>> create(Params& p, Resolver& r);
+  ~CowTarget() override;
+
+  uint64_t size() const override { return size_; }
+  Caps caps() const override;
+  BlockSizes block_sizes() const override;
+  std::string table_line() const override;
+  void info(InfoSink& out) const override;
+  Result<> attach_queue(Queue& q) override;
+
+  Task<Result<>> read(Queue& q, std::span<std::byte> buf, uint64_t offset) override;
+  Task<Result<>> write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) override;
+  Task<Result<>> flush(Queue& q) override;
+  Task<Result<>> trim(Queue& q, uint64_t offset, uint64_t length, IoFlags f) override;
+  Task<Result<>> zero(Queue& q, uint64_t offset, uint64_t length, IoFlags f) override;
+  Task<Result<Extents>> extents(Queue& q, uint64_t offset, uint64_t length) override;
+  std::vector<std::string> contexts() const override { return {"strata:allocation-depth"}; }
+  Task<Result<Extents>> context_extents(Queue& q, std::string_view context, uint64_t offset,
+                                        uint64_t length) override;
+
+  // Control thread: snapshot the top; returns the snapshot layer's path.
+  // `q` runs the flush.
+  Result<std::string> snapshot(Queue& q);
+  // Layers bottom to top, for status.
+  std::vector<std::string> layer_paths() const;
+
+ private:
+  CowTarget() = default;
+  static constexpr uint8_t kZeroBit = 0x80;
+  static constexpr std::size_t kMaxLayers = 127;
+
+  uint8_t holder(uint64_t chunk) const { return index_[chunk].load(std::memory_order_acquire); }
+  Task<Result<>> read_run(Queue& q, uint8_t h, std::byte* buf, uint64_t offset, uint64_t length);
+  Task<Result<>> write_top(Queue& q, const std::byte* buf, uint64_t offset, uint64_t length, bool fua);
+  Task<Result<>> modify(Queue& q, const std::byte* buf, uint64_t offset, uint64_t length, bool zero, IoFlags f);
+  void set_states(uint64_t c0, uint64_t c1, uint8_t state);
+  Task<Result<>> lock_chunks(Queue& q, uint64_t c0, uint64_t c1);
+  void unlock_chunks(uint64_t c0, uint64_t c1);
+  Task<Result<>> enter(Queue& q);
+  void leave(Queue& q);
+  Result<> persist(const std::vector<std::pair<uint64_t, std::vector<uint8_t>>>& pages);
+
+  std::string top_path_;
+  std::shared_ptr<Target> base_;
+  std::string base_name_;
+  bool read_only_ = false;
+  uint64_t size_ = 0;
+  uint32_t chunk_ = 4096;
+  uint64_t chunks_ = 0;
+  std::vector<std::unique_ptr<LayerFile>> layers_;  // reserved: never reallocates
+  std::atomic<std::size_t> nlayers_{0};
+  std::unique_ptr<std::atomic<uint8_t>[]> index_;
+
+  mutable std::mutex mu_;                 // guards top_state_, dirty_pages_, busy_
+  std::vector<uint8_t> top_state_;        // ChunkState of the top, per chunk
+  std::set<uint64_t> dirty_pages_;        // bitmap pages changed since the last flush
+  std::map<uint64_t, std::vector<std::pair<Queue*, std::coroutine_handle<>>>> busy_;
+
+  struct PerQueue {
+    bool frozen = false;
+    uint64_t in_flight = 0;
+    std::vector<std::coroutine_handle<>> parked;
+    std::function<void()> on_drained;
+  };
+  std::unique_ptr<PerQueue[]> per_queue_{new PerQueue[kMaxQueues]};
+  std::vector<Queue*> queues_;
+  mutable IoStats stats_;
+  std::atomic<uint64_t> copy_ups_{0};
+};
+
+}  // namespace strata

@@ -1,0 +1,272 @@
+#include "targets/layer.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include <fmt/core.h>
+
+namespace strata {
+namespace {
+
+constexpr char kMagic[8] = {'S', 'T', 'R', 'A', 'T', 'C', 'O', 'W'};
+constexpr std::size_t kMaxParentPath = 1024;
+
+uint32_t fnv1a(const uint8_t* p, std::size_t n) {
+  uint32_t h = 2166136261u;
+  for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 16777619u;
+  return h;
+}
+template <typename T>
+void put(uint8_t* p, std::size_t off, T v) {
+  std::memcpy(p + off, &v, sizeof v);
+}
+template <typename T>
+T get(const uint8_t* p, std::size_t off) {
+  T v;
+  std::memcpy(&v, p + off, sizeof v);
+  return v;
+}
+
+Uuid new_uuid() {
+  Uuid u;
+  std::random_device rd;
+  for (auto& b : u) b = static_cast<uint8_t>(rd());
+  u[6] = (u[6] & 0x0f) | 0x40;  // version 4
+  u[8] = (u[8] & 0x3f) | 0x80;
+  return u;
+}
+
+uint64_t bitmap_bytes_for(uint64_t size, uint32_t chunk) {
+  uint64_t chunks = (size + chunk - 1) / chunk;
+  return ((chunks * 2 + 7) / 8 + 4095) / 4096 * 4096;
+}
+
+void encode(const LayerFile::Header& h, uint8_t* b) {
+  std::memset(b, 0, LayerFile::kHeaderSize);
+  std::memcpy(b, kMagic, 8);
+  put<uint32_t>(b, 8, h.version);
+  put<uint32_t>(b, 12, h.incompat);
+  put<uint32_t>(b, 16, h.compat);
+  put<uint32_t>(b, 20, h.chunk_size);
+  put<uint64_t>(b, 24, h.size);
+  std::memcpy(b + 32, h.uuid.data(), 16);
+  std::memcpy(b + 48, h.parent_uuid.data(), 16);
+  put<uint32_t>(b, 64, h.flags);
+  put<uint64_t>(b, 72, h.bitmap_offset);
+  put<uint64_t>(b, 80, h.bitmap_bytes);
+  put<uint64_t>(b, 88, h.data_offset);
+  put<uint16_t>(b, 96, static_cast<uint16_t>(h.parent_path.size()));
+  std::memcpy(b + 98, h.parent_path.data(), h.parent_path.size());
+  put<uint32_t>(b, LayerFile::kHeaderSize - 4, fnv1a(b, LayerFile::kHeaderSize - 4));
+}
+
+// Decodes and validates; `problems` gets every problem found (check wants
+// them all), the Result the first fatal one.
+Result<LayerFile::Header> decode(const uint8_t* b, const std::string& path, std::vector<std::string>* problems) {
+  std::vector<std::string> local;
+  auto& ps = problems ? *problems : local;
+  LayerFile::Header h;
+  if (std::memcmp(b, kMagic, 8) != 0) {
+    ps.push_back(fmt::format("{}: wrong magic: not a strata layer", path));
+    return fail(EINVAL, ps.back());
+  }
+  if (get<uint32_t>(b, LayerFile::kHeaderSize - 4) != fnv1a(b, LayerFile::kHeaderSize - 4))
+    ps.push_back(fmt::format("{}: bad header checksum", path));
+  h.version = get<uint32_t>(b, 8);
+  h.incompat = get<uint32_t>(b, 12);
+  h.compat = get<uint32_t>(b, 16);
+  h.chunk_size = get<uint32_t>(b, 20);
+  h.size = get<uint64_t>(b, 24);
+  std::memcpy(h.uuid.data(), b + 32, 16);
+  std::memcpy(h.parent_uuid.data(), b + 48, 16);
+  h.flags = get<uint32_t>(b, 64);
+  h.bitmap_offset = get<uint64_t>(b, 72);
+  h.bitmap_bytes = get<uint64_t>(b, 80);
+  h.data_offset = get<uint64_t>(b, 88);
+  uint16_t plen = get<uint16_t>(b, 96);
+  if (h.version != LayerFile::kVersion) ps.push_back(fmt::format("{}: unsupported format version {}", path, h.version));
+  if (h.incompat & ~LayerFile::kKnownIncompat)
+    ps.push_back(fmt::format("{}: unknown incompatible feature bits {:#x}: refusing to open", path,
+                             h.incompat & ~LayerFile::kKnownIncompat));
+  if (h.chunk_size < 512 || h.chunk_size > (1u << 20) || (h.chunk_size & (h.chunk_size - 1)))
+    ps.push_back(fmt::format("{}: chunk size {} is not a power of two between 512 and 1 MiB", path, h.chunk_size));
+  else if (h.size == 0)
+    ps.push_back(fmt::format("{}: virtual size is 0", path));
+  else if (h.bitmap_offset != LayerFile::kHeaderSize || h.bitmap_bytes != bitmap_bytes_for(h.size, h.chunk_size))
+    ps.push_back(fmt::format("{}: bitmap size mismatch: header says {} bytes at {}, {} chunks need {}", path,
+                             h.bitmap_bytes, h.bitmap_offset, (h.size + h.chunk_size - 1) / h.chunk_size,
+                             bitmap_bytes_for(h.size, h.chunk_size)));
+  else if (h.data_offset < h.bitmap_offset + h.bitmap_bytes || h.data_offset % 4096)
+    ps.push_back(fmt::format("{}: data offset {} overlaps the bitmap", path, h.data_offset));
+  if (plen > kMaxParentPath) ps.push_back(fmt::format("{}: parent path too long", path));
+  else h.parent_path.assign(reinterpret_cast<const char*>(b + 98), plen);
+  if (!ps.empty()) return fail(EINVAL, ps.front());
+  return h;
+}
+
+}  // namespace
+
+std::string uuid_string(const Uuid& u) {
+  return fmt::format("{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+                     u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
+                     u[15]);
+}
+
+LayerFile::~LayerFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+std::string LayerFile::parent_full_path() const {
+  if (h_.parent_path.empty()) return "";
+  std::filesystem::path p(h_.parent_path);
+  if (p.is_absolute()) return p.string();
+  return (std::filesystem::path(path_).parent_path() / p).lexically_normal().string();
+}
+
+Result<std::unique_ptr<LayerFile>> LayerFile::create(const std::string& path, uint64_t size, uint32_t chunk_size,
+                                                     const LayerFile* parent) {
+  if (chunk_size < 512 || chunk_size > (1u << 20) || (chunk_size & (chunk_size - 1)))
+    return fail(EINVAL, fmt::format("chunk size {} must be a power of two between 512 and 1 MiB", chunk_size));
+  if (size == 0) return fail(EINVAL, "layer size must be > 0");
+  std::unique_ptr<LayerFile> l(new LayerFile());
+  l->path_ = path;
+  auto& h = l->h_;
+  h.chunk_size = chunk_size;
+  h.size = size;
+  h.uuid = new_uuid();
+  h.bitmap_bytes = bitmap_bytes_for(size, chunk_size);
+  h.data_offset = (kHeaderSize + h.bitmap_bytes + (1 << 20) - 1) / (1 << 20) * (1 << 20);
+  if (parent) {
+    if (parent->header().size != size || parent->header().chunk_size != chunk_size)
+      return fail(EINVAL, fmt::format("parent {} has size {} and chunk size {}: a child must match", parent->path(),
+                                      parent->header().size, parent->header().chunk_size));
+    h.parent_uuid = parent->header().uuid;
+    std::filesystem::path dir = std::filesystem::absolute(path).parent_path();
+    h.parent_path = std::filesystem::absolute(parent->path()).lexically_relative(dir).string();
+    if (h.parent_path.size() > kMaxParentPath) return fail(ENAMETOOLONG, "parent path too long");
+  }
+  l->fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (l->fd_ < 0) return posix_error(fmt::format("layer {}", path), errno);
+  if (::ftruncate(l->fd_, h.data_offset + size) < 0) return posix_error(fmt::format("layer {}", path), errno);
+  TRY(l->write_header());
+  TRY(l->sync());
+  return l;
+}
+
+Result<std::unique_ptr<LayerFile>> LayerFile::open(const std::string& path, bool writable, bool lock) {
+  std::unique_ptr<LayerFile> l(new LayerFile());
+  l->path_ = path;
+  l->fd_ = ::open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+  if (l->fd_ < 0) return posix_error(fmt::format("layer {}", path), errno);
+  if (lock && ::flock(l->fd_, (writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0) {
+    int e = errno;
+    if (e == EWOULDBLOCK)
+      return fail(EBUSY, fmt::format("layer {} is in use by another process{}", path,
+                                     writable ? " (a writable layer is opened by one process only)"
+                                              : " that has it open for writing"));
+    return posix_error(fmt::format("layer {}: lock", path), e);
+  }
+  uint8_t b[kHeaderSize];
+  if (::pread(l->fd_, b, kHeaderSize, 0) != static_cast<ssize_t>(kHeaderSize))
+    return fail(EINVAL, fmt::format("layer {}: header is truncated", path));
+  l->h_ = TRY(decode(b, path, nullptr));
+  struct stat st;
+  if (::fstat(l->fd_, &st) == 0 && static_cast<uint64_t>(st.st_size) < l->h_.data_offset)
+    return fail(EINVAL, fmt::format("layer {}: file is shorter than its header and bitmap", path));
+  return l;
+}
+
+Result<> LayerFile::write_header() {
+  uint8_t b[kHeaderSize];
+  encode(h_, b);
+  if (::pwrite(fd_, b, kHeaderSize, 0) != static_cast<ssize_t>(kHeaderSize))
+    return posix_error(fmt::format("layer {}: write header", path_), errno ? errno : EIO);
+  return {};
+}
+
+Result<> LayerFile::sync() {
+  if (::fdatasync(fd_) < 0) return posix_error(fmt::format("layer {}: fdatasync", path_), errno);
+  return {};
+}
+
+Result<std::vector<uint8_t>> LayerFile::read_bitmap() const {
+  std::vector<uint8_t> raw(h_.bitmap_bytes);
+  if (::pread(fd_, raw.data(), raw.size(), h_.bitmap_offset) != static_cast<ssize_t>(raw.size()))
+    return fail(EIO, fmt::format("layer {}: cannot read the bitmap", path_));
+  std::vector<uint8_t> states(chunks());
+  for (uint64_t c = 0; c < chunks(); ++c) states[c] = (raw[c / 4] >> (2 * (c % 4))) & 3;
+  return states;
+}
+
+Result<> LayerFile::write_bitmap_pages(const std::vector<uint8_t>& states, uint64_t first, uint64_t last) {
+  std::vector<uint8_t> page(4096);
+  for (uint64_t p = first; p <= last; ++p) {
+    std::fill(page.begin(), page.end(), 0);
+    uint64_t c0 = p * 4096 * 4;
+    for (uint64_t i = 0; i < 4096 * 4 && c0 + i < states.size(); ++i)
+      page[i / 4] |= static_cast<uint8_t>((states[c0 + i] & 3) << (2 * (i % 4)));
+    if (::pwrite(fd_, page.data(), 4096, h_.bitmap_offset + p * 4096) != 4096)
+      return posix_error(fmt::format("layer {}: write bitmap", path_), errno ? errno : EIO);
+  }
+  return {};
+}
+
+std::vector<std::string> LayerFile::check(const std::string& path) {
+  std::vector<std::string> ps;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    ps.push_back(fmt::format("{}: {}", path, std::strerror(errno)));
+    return ps;
+  }
+  uint8_t b[kHeaderSize];
+  ssize_t n = ::pread(fd, b, kHeaderSize, 0);
+  ::close(fd);
+  if (n != static_cast<ssize_t>(kHeaderSize)) {
+    ps.push_back(fmt::format("{}: header is truncated", path));
+    return ps;
+  }
+  auto h = decode(b, path, &ps);
+  if (!h) return ps;
+  auto l = open(path, false, false);
+  if (!l) {
+    ps.push_back(l.error().message);
+    return ps;
+  }
+  auto bits = (*l)->read_bitmap();
+  if (!bits) {
+    ps.push_back(bits.error().message);
+    return ps;
+  }
+  // Bits past the end: states of chunks beyond the last one, or state 3.
+  std::vector<uint8_t> raw(h->bitmap_bytes);
+  int rfd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (rfd >= 0 && ::pread(rfd, raw.data(), raw.size(), h->bitmap_offset) == static_cast<ssize_t>(raw.size())) {
+    uint64_t chunks = (*l)->chunks(), past = 0, bad = 0;
+    for (uint64_t c = 0; c < raw.size() * 4; ++c) {
+      uint8_t s = (raw[c / 4] >> (2 * (c % 4))) & 3;
+      if (c >= chunks && s) ++past;
+      if (c < chunks && s == 3) ++bad;
+    }
+    if (past) ps.push_back(fmt::format("{}: {} bits set past the end of the layer ({} chunks)", path, past, chunks));
+    if (bad) ps.push_back(fmt::format("{}: {} chunks have an invalid state (3)", path, bad));
+  }
+  if (rfd >= 0) ::close(rfd);
+  if (!h->parent_path.empty()) {
+    std::string pp = (*l)->parent_full_path();
+    auto parent = open(pp, false, false);
+    if (!parent)
+      ps.push_back(fmt::format("{}: broken parent link: {}", path, parent.error().message));
+    else if ((*parent)->header().uuid != h->parent_uuid)
+      ps.push_back(fmt::format("{}: broken parent link: {} has UUID {}, expected {}", path, pp,
+                               uuid_string((*parent)->header().uuid), uuid_string(h->parent_uuid)));
+  }
+  return ps;
+}
+
+}  // namespace strata

@@ -1,0 +1,87 @@
+// LayerFile: one layer of a cow stack on disk (docs/format.md): a 4 KiB
+// header, a bitmap of two bits per chunk, and the data region, where chunk c
+// lives at data_offset + c * chunk_size (sparse: absent chunks take no space).
+//
+// The header carries the layer's UUID, its parent's UUID and a parent path
+// stored relative to the layer's own directory, so a whole stack can move to
+// another directory, and a wrong parent is detected (UUID mismatch).
+//
+// Thread-safety: the header and open/close are the control thread's; the
+// bitmap is read once at open and written by CowTarget under its own lock.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/result.h"
+
+namespace strata {
+
+using Uuid = std::array<uint8_t, 16>;
+std::string uuid_string(const Uuid& u);
+
+enum ChunkState : uint8_t { kAbsent = 0, kPresent = 1, kZero = 2 };
+
+class LayerFile {
+ public:
+  static constexpr uint32_t kVersion = 1;
+  static constexpr uint64_t kHeaderSize = 4096;
+  static constexpr uint32_t kDefaultChunk = 4096;
+  // Header flags.
+  static constexpr uint32_t kFlagReadOnly = 1;
+  static constexpr uint32_t kFlagInUse = 2;
+  // Incompatible features this version understands (none yet): any other
+  // bit set makes open() refuse the layer.
+  static constexpr uint32_t kKnownIncompat = 0;
+
+  struct Header {
+    uint32_t version = kVersion;
+    uint32_t incompat = 0, compat = 0;
+    uint32_t chunk_size = kDefaultChunk;
+    uint64_t size = 0;
+    Uuid uuid{}, parent_uuid{};
+    uint32_t flags = 0;
+    uint64_t bitmap_offset = kHeaderSize, bitmap_bytes = 0, data_offset = 0;
+    std::string parent_path;  // relative to this layer's directory; "" = over the base
+  };
+
+  // Creates a new empty layer; parent may be null (a layer over the base).
+  static Result<std::unique_ptr<LayerFile>> create(const std::string& path, uint64_t size, uint32_t chunk_size,
+                                                   const LayerFile* parent);
+  // Opens and validates a layer. writable: opened O_RDWR with an exclusive
+  // lock (else O_RDONLY, shared lock). lock=false for offline inspection.
+  static Result<std::unique_ptr<LayerFile>> open(const std::string& path, bool writable, bool lock = true);
+  ~LayerFile();
+  LayerFile(const LayerFile&) = delete;
+  LayerFile& operator=(const LayerFile&) = delete;
+
+  const Header& header() const { return h_; }
+  Header& mutable_header() { return h_; }
+  const std::string& path() const { return path_; }
+  int fd() const { return fd_; }
+  uint64_t chunks() const { return (h_.size + h_.chunk_size - 1) / h_.chunk_size; }
+  // The parent's path resolved against this layer's directory.
+  std::string parent_full_path() const;
+
+  // The on-disk bitmap, one ChunkState per chunk.
+  Result<std::vector<uint8_t>> read_bitmap() const;
+  // Writes the 4 KiB bitmap pages [first_page, last_page] from `states`.
+  Result<> write_bitmap_pages(const std::vector<uint8_t>& states, uint64_t first_page, uint64_t last_page);
+  Result<> write_header();
+  Result<> sync();
+  void rename_to(std::string path) { path_ = std::move(path); }
+
+  // Header problems for `strata layer check`: one message per problem.
+  static std::vector<std::string> check(const std::string& path);
+
+ private:
+  LayerFile() = default;
+  std::string path_;
+  int fd_ = -1;
+  Header h_;
+};
+
+}  // namespace strata

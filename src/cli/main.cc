@@ -201,6 +201,10 @@ int main(int argc, char** argv) {
   snap->add_option("device", device, "Device name")->required();
   snap->add_option("--control", ctl, "Control socket of the server");
   snap->add_flag("--json", as_json, "Print the raw JSON reply");
+  auto* merge = app.add_subcommand("merge", "Online: fold the top layer of a cow device into its parent");
+  merge->add_option("device", device, "Device name")->required();
+  merge->add_option("--control", ctl, "Control socket of the server");
+  merge->add_flag("--json", as_json, "Print the raw JSON reply");
   auto* flat = app.add_subcommand("flatten", "Online: the whole device as it reads now into one raw file");
   flat->add_option("device", device, "Device name")->required();
   flat->add_option("--to", to, "Raw file to write")->required();
@@ -378,6 +382,29 @@ int main(int argc, char** argv) {
       for (const auto& s : r)
         fmt::print("snapshot {} (writes held {} us)\n", s["snapshot"].get<std::string>(), s["pause_us"].get<int64_t>());
     });
+  if (merge->parsed()) {
+    bool tty = ::isatty(STDERR_FILENO);
+    auto r = strata::control::call(ctl.empty() ? strata::control::default_control_path() : ctl, "device_merge",
+                                   json{{"device", device}}, [&](const json& pr) {
+                                     uint64_t done = pr.value("copied_bytes", uint64_t{0});
+                                     uint64_t total = std::max<uint64_t>(1, pr.value("total_bytes", uint64_t{1}));
+                                     int fill = static_cast<int>(40 * done / total);
+                                     fmt::print(stderr, "{}merge [{}{}] {:>3}% {}/{} chunks{}", tty ? "\r" : "",
+                                                std::string(fill, '#'), std::string(40 - fill, '.'),
+                                                100 * done / total, done, total, tty ? "" : "\n");
+                                   });
+    if (tty) fmt::print(stderr, "\n");
+    if (!r) {
+      fmt::print(stderr, "strata: {}\n", r.error().message);
+      return 1;
+    }
+    if (as_json)
+      fmt::print("{}\n", r->dump(2));
+    else
+      fmt::print("merged {} chunks in {} ms; {} layer(s) now\n", (*r)["chunks_copied"].get<uint64_t>(),
+                 (*r)["milliseconds"].get<int64_t>(), (*r)["layers"].size());
+    return 0;
+  }
   if (flat->parsed()) {
     auto r = strata::control::call(ctl.empty() ? strata::control::default_control_path() : ctl, "device_flatten",
                                    json{{"device", device}, {"to", to}}, [](const json& pr) {

@@ -195,6 +195,24 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
     }
     return ok(out);
   }
+  if (method == "device_merge") {
+    std::string dev = params.value("device", std::string());
+    const DeviceSet::Device* found = nullptr;
+    for (const auto& x : d.devices->devices())
+      if (x.name == dev) found = &x;
+    if (!found) return err(fmt::format("no device named '{}'", dev));
+    CowTarget* cow = nullptr;
+    for (const auto& seg : found->table->segments())
+      if (auto* c = dynamic_cast<CowTarget*>(seg.target.get())) cow = c;
+    if (!cow) return err(fmt::format("device '{}' has no cow segment to merge", dev));
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = cow->merge(*d.queue, [&](uint64_t done, uint64_t total) {
+      if (progress) progress({{"round", 1}, {"copied_bytes", done}, {"total_bytes", total}, {"unit", "chunks"}});
+    });
+    if (!r) return err(r.error().message);
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+    return ok({{"chunks_copied", *r}, {"milliseconds", ms}, {"layers", cow->layer_paths()}});
+  }
   if (method == "device_flatten") {
     // The whole device, as it reads now, into one raw file.
     std::string dev = params.value("device", std::string());
@@ -259,7 +277,7 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
   }
   return err(fmt::format("unknown method '{}' (known: device_list, device_table, device_status, server_status, "
                          "dirty_start, dirty_stop, dirty_status, dirty_list, dirty_clear, dirty_checkpoint, "
-                         "device_sync, device_snapshot, device_flatten, export_fuse_start, export_fuse_stop, "
+                         "device_sync, device_snapshot, device_merge, device_flatten, export_fuse_start, export_fuse_stop, "
                          "export_fuse_list)",
                          method));
 }

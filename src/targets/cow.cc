@@ -82,6 +82,7 @@ Result<std::shared_ptr<Target>> CowTarget::create(Params& p, Resolver& r) {
     t->layers_.push_back(std::move(*it));
   }
   t->nlayers_ = t->layers_.size();
+  t->write_layer_ = t->layers_.size() - 1;
   if (!t->read_only_) {
     auto& top = *t->layers_.back();
     if (top.header().flags & LayerFile::kFlagInUse)
@@ -98,8 +99,7 @@ Result<std::shared_ptr<Target>> CowTarget::create(Params& p, Resolver& r) {
 CowTarget::~CowTarget() {
   if (read_only_ || layers_.empty()) return;
   // Clean close: the bitmap as it is, then the in-use flag cleared.
-  auto& top = *layers_.back();
-  std::vector<std::pair<uint64_t, std::vector<uint8_t>>> none;
+  auto& top = *layers_[write_layer_.load()];
   if (::fdatasync(top.fd()) == 0) {
     std::lock_guard<std::mutex> l(mu_);
     uint64_t pages = (top_state_.size() + 4 * 4096 - 1) / (4 * 4096);
@@ -183,7 +183,27 @@ Task<Result<>> CowTarget::read_run(Queue& q, uint8_t h, std::byte* buf, uint64_t
   co_return Result<>{};
 }
 
+namespace {
+struct ParkRead {
+  std::vector<std::coroutine_handle<>>& parked;
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(std::coroutine_handle<> h) { parked.push_back(h); }
+  void await_resume() const noexcept {}
+};
+}  // namespace
+
 Task<Result<>> CowTarget::read(Queue& q, std::span<std::byte> buf, uint64_t offset) {
+  // Reads pass the same gate as writes (inline: no extra frame), so a merge
+  // can swap layers with no I/O in flight.
+  PerQueue& pq = per_queue_[q.id()];
+  while (pq.frozen_all) co_await ParkRead{pq.parked};
+  ++pq.in_flight;
+  auto r = co_await read_stack(q, buf, offset);
+  leave(q);
+  co_return r;
+}
+
+Task<Result<>> CowTarget::read_stack(Queue& q, std::span<std::byte> buf, uint64_t offset) {
   IoStats::Scope scope(stats_);
   IoStats::bump(stats_.reads);
   IoStats::bump(stats_.read_bytes, buf.size());
@@ -276,7 +296,7 @@ void CowTarget::unlock_chunks(uint64_t c0, uint64_t c1) {
 }
 
 Task<Result<>> CowTarget::write_top(Queue& q, const std::byte* buf, uint64_t offset, uint64_t length, bool fua) {
-  const LayerFile& l = *layers_[nlayers_.load() - 1];
+  const LayerFile& l = *layers_[write_layer_.load()];
   uint64_t off = l.header().data_offset + offset;
   int flags = fua ? RWF_DSYNC : 0;
   while (length > 0) {
@@ -292,7 +312,7 @@ Task<Result<>> CowTarget::write_top(Queue& q, const std::byte* buf, uint64_t off
 }
 
 void CowTarget::set_states(uint64_t c0, uint64_t c1, uint8_t state) {
-  uint8_t top = static_cast<uint8_t>(nlayers_.load());
+  uint8_t top = static_cast<uint8_t>(write_layer_.load() + 1);
   std::lock_guard<std::mutex> l(mu_);
   for (uint64_t c = c0; c <= c1; ++c) {
     top_state_[c] = state;
@@ -323,7 +343,7 @@ Task<Result<>> CowTarget::modify(Queue& q, const std::byte* buf, uint64_t offset
     if (zero && whole) {
       // "Zeros here": whole chunks need no data; punch what the top held.
       if (state == kPresent) {
-        const LayerFile& l = *layers_[nlayers_.load() - 1];
+        const LayerFile& l = *layers_[write_layer_.load()];
         (void)co_await q.ring().fallocate(l.fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                                           l.header().data_offset + cs, ce - cs);
       }
@@ -360,7 +380,7 @@ Task<Result<>> CowTarget::modify(Queue& q, const std::byte* buf, uint64_t offset
     }
     // Copy up: the whole chunk as it reads now, with this write laid over it.
     if (chunk.size() < chunk_) chunk = Buffer::get(chunk_);
-    res = co_await read(q, {chunk.data(), ce - cs}, cs);
+    res = co_await read_stack(q, {chunk.data(), ce - cs}, cs);
     if (!res) break;
     if (zero)
       std::memset(chunk.data() + (ps - cs), 0, pe - ps);
@@ -409,7 +429,7 @@ Task<Result<>> CowTarget::zero(Queue& q, uint64_t offset, uint64_t length, IoFla
 // ------------------------------------------------------------------- flush
 
 Result<> CowTarget::persist(const std::vector<std::pair<uint64_t, std::vector<uint8_t>>>& pages) {
-  LayerFile& top = *layers_[nlayers_.load() - 1];
+  LayerFile& top = *layers_[write_layer_.load()];
   for (const auto& [page, states] : pages) {
     // write_bitmap_pages encodes from a full state vector: give it a window.
     std::vector<uint8_t> window((page + 1) * 4 * 4096, 0);
@@ -434,13 +454,13 @@ Task<Result<>> CowTarget::flush(Queue& q) {
     }
     dirty_pages_.clear();
   }
-  int fd = layers_[nlayers_.load() - 1]->fd();
+  const LayerFile& wl = *layers_[write_layer_.load()];
   int r;
   do {
-    r = co_await q.ring().fdatasync(fd);
+    r = co_await q.ring().fdatasync(wl.fd());
   } while (r == -EINTR || r == -EAGAIN);
   Result<> res;
-  if (r < 0) res = posix_error(fmt::format("fdatasync {}", layers_[nlayers_.load() - 1]->path()), -r);
+  if (r < 0) res = posix_error(fmt::format("fdatasync {}", wl.path()), -r);
   if (res && !pages.empty()) res = co_await q.blocking([this, &pages] { return persist(pages); });
   if (!res) {
     // Not persisted: those pages are dirty again.
@@ -500,6 +520,7 @@ Task<Result<Extents>> CowTarget::context_extents(Queue& q, std::string_view cont
 
 Result<std::string> CowTarget::snapshot(Queue& fq) {
   if (read_only_) return fail(EROFS, "snapshot: the stack is read-only");
+  if (write_layer_.load() + 1 != nlayers_.load()) return fail(EBUSY, "snapshot: a merge is running");
   if (nlayers_.load() >= kMaxLayers) return fail(EMLINK, "snapshot: too many layers");
   std::vector<Queue*> qs;
   {
@@ -592,6 +613,7 @@ Result<std::string> CowTarget::snapshot(Queue& fq) {
     dirty_pages_.clear();
   }
   nlayers_.store(layers_.size());
+  write_layer_.store(layers_.size() - 1);
   thaw();
   return snap;
 }

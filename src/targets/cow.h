@@ -77,6 +77,11 @@ class CowTarget final : public Target {
   Result<std::string> snapshot(Queue& q);
   // Layers bottom to top, for status.
   std::vector<std::string> layer_paths() const;
+  // Control thread: folds the top layer into its parent while I/O goes on
+  // (writes go to the parent from the start, so it converges under any write
+  // load); the stack is then one layer shorter. Progress: (copied, total)
+  // chunks. Runs the copy on `q`.
+  Result<uint64_t> merge(Queue& q, const std::function<void(uint64_t, uint64_t)>& progress);
 
  private:
   CowTarget() = default;
@@ -85,6 +90,7 @@ class CowTarget final : public Target {
 
   uint8_t holder(uint64_t chunk) const { return index_[chunk].load(std::memory_order_acquire); }
   Task<Result<>> read_run(Queue& q, uint8_t h, std::byte* buf, uint64_t offset, uint64_t length);
+  Task<Result<>> read_stack(Queue& q, std::span<std::byte> buf, uint64_t offset);
   Task<Result<>> write_top(Queue& q, const std::byte* buf, uint64_t offset, uint64_t length, bool fua);
   Task<Result<>> modify(Queue& q, const std::byte* buf, uint64_t offset, uint64_t length, bool zero, IoFlags f);
   void set_states(uint64_t c0, uint64_t c1, uint8_t state);
@@ -103,6 +109,12 @@ class CowTarget final : public Target {
   uint64_t chunks_ = 0;
   std::vector<std::unique_ptr<LayerFile>> layers_;  // reserved: never reallocates
   std::atomic<std::size_t> nlayers_{0};
+  // The layer writes go to (index into layers_): the top, or during a merge
+  // the top's parent.
+  std::atomic<std::size_t> write_layer_{0};
+  std::vector<std::unique_ptr<LayerFile>> retired_;  // merged away; fds stay valid
+  void freeze_all(bool on);
+  Task<Result<uint64_t>> merge_copy(Queue& q, uint8_t from, const std::function<void(uint64_t, uint64_t)>& progress);
   std::unique_ptr<std::atomic<uint8_t>[]> index_;
 
   mutable std::mutex mu_;                 // guards top_state_, dirty_pages_, busy_
@@ -111,7 +123,8 @@ class CowTarget final : public Target {
   std::map<uint64_t, std::vector<std::pair<Queue*, std::coroutine_handle<>>>> busy_;
 
   struct PerQueue {
-    bool frozen = false;
+    bool frozen = false;      // writes wait
+    bool frozen_all = false;  // reads wait too
     uint64_t in_flight = 0;
     std::vector<std::coroutine_handle<>> parked;
     std::function<void()> on_drained;

@@ -361,12 +361,31 @@ void TrackTarget::on_every_queue(const std::function<void(PerQueue&)>& fn) {
 }
 
 void TrackTarget::publish() {
+  std::lock_guard<std::mutex> serial(publish_mu_);
   std::shared_ptr<const MapList> list;
   {
     std::lock_guard<std::mutex> l(mu_);
     list = std::make_shared<const MapList>(maps_);
   }
-  on_every_queue([&](PerQueue& pq) { pq.maps = list; });
+  // Writes in flight marked the old list before their data reached the
+  // device: wait for them, so that whoever reads the blocks of the old bits
+  // next (a checkpoint's caller) reads their data.
+  std::mutex fm;
+  std::vector<std::future<void>> drained;
+  on_every_queue([&](PerQueue& pq) {
+    pq.maps = list;
+    uint64_t old = pq.epoch++;
+    auto p = std::make_shared<std::promise<void>>();
+    {
+      std::lock_guard<std::mutex> l(fm);
+      drained.push_back(p->get_future());
+    }
+    if (pq.in_flight_by_epoch[old & 1] == 0)
+      p->set_value();
+    else
+      pq.on_old_drained = [p] { p->set_value(); };
+  });
+  for (auto& f : drained) f.get();
 }
 
 // ---- data path
@@ -387,40 +406,46 @@ Task<Result<>> TrackTarget::enter(Queue& q) {
   co_return Result<>{};
 }
 
-void TrackTarget::leave(Queue& q) {
+void TrackTarget::leave(Queue& q, uint64_t epoch) {
   PerQueue& pq = per_queue_[q.id()];
+  // The last write that marked a list publish() is replacing.
+  if (--pq.in_flight_by_epoch[epoch & 1] == 0 && epoch != pq.epoch && pq.on_old_drained)
+    std::exchange(pq.on_old_drained, nullptr)();
   if (--pq.in_flight == 0 && pq.on_drained) std::exchange(pq.on_drained, nullptr)();
 }
 
-void TrackTarget::mark(Queue& q, uint64_t offset, uint64_t length) {
+uint64_t TrackTarget::mark(Queue& q, uint64_t offset, uint64_t length) {
+  PerQueue& pq = per_queue_[q.id()];
+  ++pq.in_flight_by_epoch[pq.epoch & 1];
   // The bits live in the mapped map file: setting them is the persisting.
-  for (const auto& m : *per_queue_[q.id()].maps) {
+  for (const auto& m : *pq.maps) {
     uint64_t first = 0, last = 0;
     m->bits->mark(offset, length, first, last);
   }
+  return pq.epoch;
 }
 
 Task<Result<>> TrackTarget::write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {
   CO_TRY(co_await enter(q));
-  mark(q, offset, buf.size());
+  uint64_t epoch = mark(q, offset, buf.size());
   auto r = co_await lower_->write(q, buf, offset, f);
-  leave(q);
+  leave(q, epoch);
   co_return r;
 }
 
 Task<Result<>> TrackTarget::trim(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
   CO_TRY(co_await enter(q));
-  mark(q, offset, length);
+  uint64_t epoch = mark(q, offset, length);
   auto r = co_await lower_->trim(q, offset, length, f);
-  leave(q);
+  leave(q, epoch);
   co_return r;
 }
 
 Task<Result<>> TrackTarget::zero(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
   CO_TRY(co_await enter(q));
-  mark(q, offset, length);
+  uint64_t epoch = mark(q, offset, length);
   auto r = co_await lower_->zero(q, offset, length, f);
-  leave(q);
+  leave(q, epoch);
   co_return r;
 }
 

@@ -19,7 +19,12 @@
 // reached the disk) is reported inconsistent, never silently incomplete.
 // Checkpoint starts a fresh map in the other slot, switches the header to it,
 // then switches the queues, and hands the old bits back: no write falls
-// between a get and a clear.
+// between a get and a clear. A write sets its bits before its data reaches
+// the device, so the switch also waits for the writes that marked the old
+// bits to complete (each queue counts its writes in flight per map-list
+// epoch): when checkpoint() returns, every block it hands back holds the data
+// of every write its bits stand for, and a copy made from them (sync, a
+// backup over NBD) cannot keep a block's old data while the block is clean.
 #pragma once
 
 #include <atomic>
@@ -176,20 +181,29 @@ class TrackTarget final : public ForwardingTarget {
     uint64_t in_flight = 0;
     std::vector<std::coroutine_handle<>> parked;
     std::function<void()> on_drained;
+    // Bumped each time `maps` changes; writes in flight by the epoch (its
+    // parity) whose list they marked, so publish() can wait for the old ones.
+    uint64_t epoch = 0;
+    uint64_t in_flight_by_epoch[2] = {0, 0};
+    std::function<void()> on_old_drained;
   };
 
   TrackTarget(std::shared_ptr<Target> lower, std::string device, std::string dir)
       : ForwardingTarget(std::move(lower)), device_(std::move(device)), dir_(std::move(dir)) {}
-  void mark(Queue& q, uint64_t offset, uint64_t length);
+  // Marks the range in every map of the queue's list; returns the list's
+  // epoch, to be handed to leave() once the write is done.
+  uint64_t mark(Queue& q, uint64_t offset, uint64_t length);
   Task<Result<>> enter(Queue& q);
-  void leave(Queue& q);
-  // Publishes maps_ to every queue and waits.
+  void leave(Queue& q, uint64_t epoch);
+  // Publishes maps_ to every queue and waits until the writes that marked
+  // the previous list have completed.
   void publish();
   void on_every_queue(const std::function<void(PerQueue&)>& fn);
   std::shared_ptr<Map> find(const std::string& name) const;
 
   std::string device_, dir_;
   mutable std::mutex mu_;                   // guards maps_ and queues_
+  std::mutex publish_mu_;                   // one publish() at a time
   MapList maps_;
   std::vector<Queue*> queues_;
   std::unique_ptr<PerQueue[]> per_queue_{new PerQueue[kMaxQueues]};

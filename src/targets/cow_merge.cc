@@ -1,0 +1,194 @@
+// Online merge of a cow stack's top layer into its parent (qemu's "active
+// commit", done so that it converges).
+//
+// 1. With all I/O held for a moment, the parent is reopened for writing and
+//    becomes the write layer: from then on every write lands in the parent
+//    (and overrides the top in the index), so the top never gains a chunk.
+// 2. Chunks the top still holds are copied down under the per-chunk locks,
+//    re-checking under the lock that no newer write took the chunk. The set
+//    only shrinks, so the copy ends whatever the write load.
+// 3. With all I/O held again, the parent is flushed (data, then bitmap), the
+//    top leaves the stack, and the parent takes the top's file name, so the
+//    table line still names the top of the (now shorter) stack.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <future>
+
+#include <fmt/core.h>
+
+#include "core/buffer.h"
+#include "core/log.h"
+#include "targets/cow.h"
+
+namespace strata {
+
+void CowTarget::freeze_all(bool on) {
+  std::vector<Queue*> qs;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    qs = queues_;
+  }
+  std::vector<std::promise<void>> posted(qs.size());
+  std::vector<std::shared_ptr<std::promise<void>>> drained;
+  std::mutex dm;
+  for (std::size_t i = 0; i < qs.size(); ++i) {
+    qs[i]->post([&, i] {
+      PerQueue& pq = per_queue_[qs[i]->id()];
+      if (on) {
+        pq.frozen = pq.frozen_all = true;
+        auto p = std::make_shared<std::promise<void>>();
+        {
+          std::lock_guard<std::mutex> l(dm);
+          drained.push_back(p);
+        }
+        if (pq.in_flight == 0)
+          p->set_value();
+        else
+          pq.on_drained = [p] { p->set_value(); };
+      } else {
+        pq.frozen = pq.frozen_all = false;
+        auto parked = std::move(pq.parked);
+        pq.parked.clear();
+        for (auto h : parked) h.resume();
+      }
+      posted[i].set_value();
+    });
+  }
+  for (auto& p : posted) p.get_future().get();
+  for (auto& p : drained) p->get_future().get();
+}
+
+Task<Result<uint64_t>> CowTarget::merge_copy(Queue& q, uint8_t from,
+                                             const std::function<void(uint64_t, uint64_t)>& progress) {
+  uint64_t total = 0, done = 0;
+  for (uint64_t c = 0; c < chunks_; ++c) total += (holder(c) & ~kZeroBit) == from;
+  Buffer buf = Buffer::get(std::max<uint64_t>(chunk_, 1 << 20));
+  const uint64_t per_run = buf.size() / chunk_;
+  for (uint64_t c = 0; c < chunks_;) {
+    if ((holder(c) & ~kZeroBit) != from) {
+      ++c;
+      continue;
+    }
+    uint64_t e = c + 1;
+    while (e < chunks_ && e - c < per_run && (holder(e) & ~kZeroBit) == from) ++e;
+    CO_TRY(co_await lock_chunks(q, c, e - 1));
+    // Under the locks: copy what the top still holds (a write may have taken
+    // some chunks meanwhile; those are newer in the parent already).
+    Result<> res;
+    for (uint64_t k = c; k < e && res; ++k) {
+      uint8_t h = holder(k);
+      if ((h & ~kZeroBit) != from) continue;
+      if (h & kZeroBit) {
+        set_states(k, k, kZero);
+      } else {
+        uint64_t cs = k * chunk_, n = std::min<uint64_t>(chunk_, size_ - cs);
+        res = co_await read_run(q, h, buf.data(), cs, n);
+        if (res) res = co_await write_top(q, buf.data(), cs, n, false);
+        if (res) set_states(k, k, kPresent);
+      }
+      ++done;
+    }
+    unlock_chunks(c, e - 1);
+    if (!res) co_return fail(res.error());
+    if (progress) progress(done, total);
+    c = e;
+  }
+  co_return done;
+}
+
+Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, uint64_t)>& progress) {
+  if (read_only_) return fail(EROFS, "merge: the stack is read-only");
+  const std::size_t n = nlayers_.load();
+  if (n < 2) return fail(EINVAL, "merge: the top layer has no parent layer (the base is never written)");
+  if (write_layer_.load() + 1 != n) return fail(EBUSY, "merge: a merge is already running");
+  LayerFile& top = *layers_[n - 1];
+  LayerFile& parent = *layers_[n - 2];
+  // 1. Make the parent the write layer.
+  freeze_all(true);
+  std::promise<Result<>> flushed;
+  q.post([&] {
+    spawn([](CowTarget* t, Queue& q, std::promise<Result<>>& out) -> Task<void> {
+      out.set_value(co_await t->flush(q));
+    }(this, q, flushed));
+  });
+  Result<> r = flushed.get_future().get();
+  std::vector<uint8_t> pstates;
+  if (r) {
+    // Exclusive use of the parent: no other stack may share it while it changes.
+    if (::flock(parent.fd(), LOCK_EX | LOCK_NB) < 0)
+      r = fail(EBUSY, fmt::format("merge: layer {} is shared with another process", parent.path()));
+  }
+  if (r) {
+    auto rw = LayerFile::open(parent.path(), true, false);
+    if (!rw) {
+      r = fail(rw.error());
+    } else {
+      auto st = (*rw)->read_bitmap();
+      if (!st) r = fail(st.error());
+      if (r) {
+        pstates = std::move(*st);
+        (*rw)->mutable_header().flags &= ~LayerFile::kFlagReadOnly;
+        (*rw)->mutable_header().flags |= LayerFile::kFlagInUse;
+        r = (*rw)->write_header();
+        if (r) r = (*rw)->sync();
+      }
+      if (r) {
+        (void)::flock((*rw)->fd(), LOCK_EX | LOCK_NB);
+        retired_.push_back(std::move(layers_[n - 2]));  // keep the old fd open until exit
+        layers_[n - 2] = std::move(*rw);
+      }
+    }
+  }
+  if (r) {
+    std::lock_guard<std::mutex> l(mu_);
+    top_state_ = std::move(pstates);
+    dirty_pages_.clear();
+    write_layer_.store(n - 2);
+  }
+  freeze_all(false);
+  if (!r) return fail(r.error());
+  LOG_INFO("merge: writes now go to {}; copying down what {} holds", layers_[n - 2]->path(), top.path());
+
+  // 2. Copy down.
+  std::promise<Result<uint64_t>> copied;
+  q.post([&] {
+    spawn([](CowTarget* t, Queue& q, uint8_t from, const std::function<void(uint64_t, uint64_t)>& progress,
+             std::promise<Result<uint64_t>>& out) -> Task<void> {
+      out.set_value(co_await t->merge_copy(q, from, progress));
+    }(this, q, static_cast<uint8_t>(n), progress, copied));
+  });
+  auto cr = copied.get_future().get();
+  if (!cr) return fail(cr.error().code, "merge: " + cr.error().message + " (the stack still has every layer)");
+
+  // 3. Drop the top.
+  freeze_all(true);
+  std::promise<Result<>> flushed2;
+  q.post([&] {
+    spawn([](CowTarget* t, Queue& q, std::promise<Result<>>& out) -> Task<void> {
+      out.set_value(co_await t->flush(q));
+    }(this, q, flushed2));
+  });
+  r = flushed2.get_future().get();
+  if (r) {
+    std::string top_path = top.path();
+    LayerFile& p = *layers_[n - 2];
+    bool same_dir = std::filesystem::path(top_path).parent_path() == std::filesystem::path(p.path()).parent_path();
+    retired_.push_back(std::move(layers_[n - 1]));
+    layers_.pop_back();
+    nlayers_.store(n - 1);
+    if (same_dir && ::rename(p.path().c_str(), top_path.c_str()) == 0) {
+      p.rename_to(top_path);  // the table line still names the top
+    } else {
+      ::unlink(top_path.c_str());
+      top_path_ = p.path();
+    }
+  }
+  freeze_all(false);
+  if (!r) return fail(r.error());
+  return cr;
+}
+
+}  // namespace strata

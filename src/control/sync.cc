@@ -83,13 +83,38 @@ class Replica {
   int fd_ = -1;
 };
 
-// Reads [off, off+n) of the device on queue q.
-Result<> read_device(Target& t, Queue& q, std::byte* p, uint64_t n, uint64_t off) {
+// Extents copied per hand-off to the queue: one round trip between this
+// thread and the queue's costs more than a small read from the page cache,
+// so scattered small extents are read together.
+constexpr std::size_t kBatch = 64;
+using Extent = std::pair<uint64_t, uint64_t>;  // offset, length
+
+// Reads the extents of `batch` (kChunk bytes at most in all) back to back
+// into p, all at once on queue q.
+Result<> read_device(Target& t, Queue& q, std::byte* p, const std::vector<Extent>& batch) {
+  struct State {  // touched on the queue thread only
+    std::size_t left;
+    Result<> result;
+  };
   std::promise<Result<>> done;
+  auto finish = [&done](State& st) {
+    if (--st.left == 0) done.set_value(std::move(st.result));
+  };
   q.post([&] {
-    spawn([](Target& t, Queue& q, std::byte* p, uint64_t n, uint64_t off, std::promise<Result<>>& done) -> Task<void> {
-      done.set_value(co_await t.read(q, {p, n}, off));
-    }(t, q, p, n, off, done));
+    // One count for each read and one for this loop, so that a read that
+    // completes at once cannot end the batch while reads are still spawned.
+    auto st = std::make_shared<State>(State{batch.size() + 1, {}});
+    std::byte* at = p;
+    for (const auto& [off, n] : batch) {
+      spawn([](Target& t, Queue& q, std::byte* p, uint64_t n, uint64_t off, std::shared_ptr<State> st,
+               const decltype(finish)& finish) -> Task<void> {
+        auto r = co_await t.read(q, {p, n}, off);
+        if (!r && st->result) st->result = std::move(r);
+        finish(*st);
+      }(t, q, at, n, off, st, finish));
+      at += n;
+    }
+    finish(*st);
   });
   return done.get_future().get();
 }
@@ -135,16 +160,32 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
     uint64_t total = 0, copied = 0;
     for (const auto& r : ranges) total += r.second;
     Result<> res;
+    std::vector<Extent> batch;
+    uint64_t batch_bytes = 0;
+    auto copy_batch = [&]() -> Result<> {
+      if (batch.empty()) return {};
+      TRY(read_device(t, q, buf.data(), batch));
+      const std::byte* p = buf.data();
+      for (const auto& [off, n] : batch) {
+        TRY(replica->write(p, n, off));
+        p += n;
+        copied += n;
+      }
+      batch.clear();
+      batch_bytes = 0;
+      if (progress) progress({{"round", rounds + 1}, {"copied_bytes", copied}, {"total_bytes", total}});
+      return {};
+    };
     for (const auto& [off, len] : ranges) {
       for (uint64_t pos = 0; pos < len && res; pos += kChunk) {
         uint64_t n = std::min(kChunk, len - pos);
-        res = read_device(t, q, buf.data(), n, off + pos);
-        if (res) res = replica->write(buf.data(), n, off + pos);
-        copied += n;
-        if (progress && res) progress({{"round", rounds + 1}, {"copied_bytes", copied}, {"total_bytes", total}});
+        if (batch_bytes + n > kChunk || batch.size() == kBatch) res = copy_batch();
+        batch.push_back({off + pos, n});
+        batch_bytes += n;
       }
       if (!res) break;
     }
+    if (res) res = copy_batch();
     if (res) res = replica->flush();
     if (!res) {
       // Nothing is forgotten that the replica may not hold.
@@ -153,7 +194,10 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
       if (frozen) t.thaw();
       return fail(res.error().code, "sync: " + res.error().message + " (the map is unchanged)");
     }
-    TRY(t.finish_sync(o.map));
+    if (auto fr = t.finish_sync(o.map); !fr) {
+      if (frozen) t.thaw();  // never leave writes held
+      return fail(fr.error());
+    }
     copied_total += copied;
     ++rounds;
     if (last) {

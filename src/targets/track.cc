@@ -538,7 +538,10 @@ Result<std::shared_ptr<DirtyMap>> TrackTarget::checkpoint(const std::string& nam
   if (old->syncing) return fail(EBUSY, fmt::format("dirty map '{}' is being synced", name));
   auto fresh = std::make_shared<Map>(*old);
   fresh->syncing = for_sync;
-  fresh->consistent = true;
+  // A sync of an inconsistent map copies the whole device; until it has
+  // finished (finish_sync), and after it failed or was interrupted, the
+  // replica may lack any block: the map stays inconsistent.
+  fresh->consistent = for_sync ? old->consistent : true;
   if (fresh->file) {
     // The fresh slot is cleared and made the active one on disk before any
     // write can land in it.
@@ -548,7 +551,7 @@ Result<std::shared_ptr<DirtyMap>> TrackTarget::checkpoint(const std::string& nam
     auto& h = fresh->file->mutable_header();
     h.active_slot = fresh->slot;
     h.generation++;
-    h.inconsistent = false;
+    h.inconsistent = !fresh->consistent;
     h.pending_sync = for_sync;
     TRY(fresh->file->sync());
     TRY(fresh->file->write_header());
@@ -575,10 +578,12 @@ Result<> TrackTarget::restore(const std::string& name, const DirtyMap& bits) {
   }
   if (!m) return fail(ENOENT, fmt::format("device '{}' has no dirty map '{}'", device_, name));
   m->bits->merge(bits);  // in the mapping: persisted with the page cache
-  return finish_sync(name);
+  return end_sync(name, /*replica_has_all=*/false);
 }
 
-Result<> TrackTarget::finish_sync(const std::string& name) {
+Result<> TrackTarget::finish_sync(const std::string& name) { return end_sync(name, /*replica_has_all=*/true); }
+
+Result<> TrackTarget::end_sync(const std::string& name, bool replica_has_all) {
   std::shared_ptr<Map> m;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -586,8 +591,10 @@ Result<> TrackTarget::finish_sync(const std::string& name) {
   }
   if (!m) return fail(ENOENT, fmt::format("device '{}' has no dirty map '{}'", device_, name));
   m->syncing = false;
-  if (m->file && m->file->header().pending_sync) {
+  if (replica_has_all) m->consistent = true;
+  if (m->file && (m->file->header().pending_sync || m->file->header().inconsistent != !m->consistent)) {
     m->file->mutable_header().pending_sync = false;
+    m->file->mutable_header().inconsistent = !m->consistent;
     TRY(m->file->write_header());
     TRY(m->file->sync());
   }

@@ -150,7 +150,9 @@ class TrackTarget final : public ForwardingTarget {
   Result<std::shared_ptr<DirtyMap>> map_bits(const std::string& name, bool* consistent = nullptr) const;
   // Atomically hands back the current bits and starts a fresh map. With
   // for_sync, the handed-back bits stay on disk (pending) until
-  // finish_sync() or restore(), so a crash during a sync loses nothing.
+  // finish_sync() or restore(), so a crash during a sync loses nothing; and
+  // an inconsistent map stays inconsistent until finish_sync() (the sync of
+  // the whole device it calls for has reached the replica).
   Result<std::shared_ptr<DirtyMap>> checkpoint(const std::string& name, bool* consistent = nullptr,
                                                bool for_sync = false);
   // The sync that took the bits succeeded: the replica holds them.
@@ -200,6 +202,9 @@ class TrackTarget final : public ForwardingTarget {
   void publish();
   void on_every_queue(const std::function<void(PerQueue&)>& fn);
   std::shared_ptr<Map> find(const std::string& name) const;
+  // Ends a sync; replica_has_all: it succeeded (an inconsistent map is now
+  // consistent).
+  Result<> end_sync(const std::string& name, bool replica_has_all);
 
   std::string device_, dir_;
   mutable std::mutex mu_;                   // guards maps_ and queues_

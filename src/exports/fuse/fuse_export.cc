@@ -4,8 +4,10 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fuse.h>
+#include <poll.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -26,6 +28,12 @@ constexpr uint64_t kRootId = FUSE_ROOT_ID;  // 1; device i is nodeid 2 + i
 constexpr int kSlotsPerQueue = 32;
 constexpr uint32_t kMaxPages = 256;  // 1 MiB requests
 constexpr uint32_t kOurMinor = 38;
+// A FUSE_WRITE's data follows its two headers. Each request is read this far
+// into a 4096-aligned buffer so that the data lands on a 4096-byte boundary,
+// as O_DIRECT targets (--direct, direct=on) need: a misaligned buffer makes
+// their every write fail with EINVAL.
+constexpr std::size_t kWriteHeaders = sizeof(fuse_in_header) + sizeof(fuse_write_in);
+constexpr std::size_t kReadPad = kBufferAlign - kWriteHeaders;
 
 // Is `path` a FUSE mount of ours (fuse.strata)?
 bool is_strata_mount(const std::string& path) {
@@ -67,8 +75,11 @@ Result<> FuseExport::start(const std::string& mountpoint) {
   }
   mountpoint_ = real;
   if (is_strata_mount(mountpoint_)) {
-    struct stat st;
-    if (::stat(mountpoint_.c_str(), &st) == 0)
+    // statfs, not stat: the kernel answers stat of the root from its attribute
+    // cache for a while after the server died, while statfs always asks the
+    // server (ENOTCONN once the connection is gone).
+    struct statfs sfs;
+    if (::statfs(mountpoint_.c_str(), &sfs) == 0)
       return fail(EBUSY, fmt::format("--fuse {}: a live FUSE file system is mounted there", mountpoint_));
     // The server behind it is gone (ENOTCONN): replace the stale mount.
     LOG_WARN("--fuse {}: replacing a stale mount left by a server that died", mountpoint_);
@@ -79,7 +90,12 @@ Result<> FuseExport::start(const std::string& mountpoint) {
   if (::stat(mountpoint_.c_str(), &st) < 0) return posix_error(fmt::format("--fuse {}", mountpoint_), errno);
   if (!S_ISDIR(st.st_mode)) return fail(ENOTDIR, fmt::format("--fuse {}: not a directory", mountpoint_));
 
-  fd_ = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
+  // O_NONBLOCK: every slot of every queue reads this one fd. A blocking read
+  // that loses the race for a request sleeps in fuse_dev_do_read, and
+  // io_uring may issue it inline on the queue thread (after a poll said
+  // "readable"): the whole queue then stops, with the requests it holds,
+  // until another request arrives (a QD1 reader never sends one).
+  fd_ = ::open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK);
   if (fd_ < 0) return posix_error("open /dev/fuse", errno);
   std::string opts = fmt::format("fd={},rootmode=40755,user_id={},group_id={},allow_other,default_permissions", fd_,
                                  ::getuid(), ::getgid());
@@ -159,12 +175,20 @@ void FuseExport::reply(uint64_t unique, int error, const void* data, std::size_t
 }
 
 Task<void> FuseExport::slot(Queue& q) {
-  Buffer buf = Buffer::get(max_write_ + 64 * 1024);
+  Buffer buf = Buffer::get(kReadPad + max_write_ + 64 * 1024);
+  std::span<std::byte> in = buf.span().subspan(kReadPad);
   for (;;) {
-    int n = co_await q.ring().read(fd_, buf.span(), static_cast<uint64_t>(-1));
-    if (n == -EINTR || n == -EAGAIN || n == -ENOENT) continue;
+    int n = co_await q.ring().read(fd_, in, static_cast<uint64_t>(-1));
+    if (n == -EAGAIN) {
+      // No request pending (another slot took it): wait for one, then read.
+      int fd = fd_;
+      int p = co_await q.ring().op([fd](io_uring_sqe* s) { io_uring_prep_poll_add(s, fd, POLLIN); });
+      (void)p;  // POLLERR once unmounted: the next read fails with ENODEV
+      continue;
+    }
+    if (n == -EINTR || n == -ENOENT) continue;
     if (n < 0) break;  // ENODEV: unmounted
-    co_await handle(q, buf.data(), static_cast<std::size_t>(n));
+    co_await handle(q, in.data(), static_cast<std::size_t>(n));
   }
   slots_.fetch_sub(1);
 }
@@ -275,6 +299,12 @@ Task<void> FuseExport::handle(Queue& q, std::byte* req, std::size_t len) {
     }
     IoFlags f;
     f.fua = (i->flags & (O_DSYNC | O_SYNC)) != 0;
+    Buffer copy;  // only if the data is not where kReadPad puts it
+    if (reinterpret_cast<uintptr_t>(payload) % kBufferAlign != 0) {
+      copy = Buffer::get(i->size);
+      std::memcpy(copy.data(), payload, i->size);
+      payload = copy.data();
+    }
     auto r = co_await dev->target->write(q, {payload, i->size}, i->offset, f);
     if (!r) {
       LOG_WARN("FUSE write {}@{}+{}: {}", dev->name, i->offset, i->size, r.error().message);

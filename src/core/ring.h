@@ -79,10 +79,11 @@ class Ring {
       s->flags |= sqe_flags;
     });
   }
-  auto write(int fd, std::span<const std::byte> buf, uint64_t off, int rw_flags = 0) {
+  auto write(int fd, std::span<const std::byte> buf, uint64_t off, int rw_flags = 0, unsigned sqe_flags = 0) {
     return op([=](io_uring_sqe* s) {
       io_uring_prep_write(s, fd, buf.data(), buf.size(), off);
       s->rw_flags = rw_flags;
+      s->flags |= sqe_flags;
     });
   }
   auto fdatasync(int fd) {

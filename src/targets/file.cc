@@ -24,6 +24,7 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <fmt/core.h>
@@ -71,6 +72,17 @@ Result<std::shared_ptr<Target>> FileTarget::create(Params& p, Resolver& r) {
   if (!t->regular_) {
     if (::ioctl(t->fd_, BLKGETSIZE64, &file_size) < 0)
       return posix_error(fmt::format("file {}: BLKGETSIZE64", t->path_), errno);
+  }
+  if (!t->direct_ && t->regular_ && !t->read_only_) {
+    // Probe: can this filesystem write to the page cache without blocking?
+    // Rewrite one byte with its own value under RWF_NOWAIT (the data stays
+    // the same whatever the answer).
+    char b;
+    if (::pread(t->fd_, &b, 1, static_cast<off_t>(t->offset_)) == 1) {
+      iovec one{&b, 1};
+      if (::pwritev2(t->fd_, &one, 1, static_cast<off_t>(t->offset_), RWF_NOWAIT) < 0 && errno == EOPNOTSUPP)
+        t->async_writes_ = true;
+    }
   }
   if (t->offset_ > file_size)
     return fail(EINVAL, fmt::format("file {}: offset {} is beyond the end of the file ({} bytes)", t->path_,
@@ -146,8 +158,12 @@ Task<Result<>> FileTarget::write(Queue& q, std::span<const std::byte> buf, uint6
   IoStats::bump(stats_.writes);
   IoStats::bump(stats_.write_bytes, buf.size());
   int rw_flags = f.fua ? RWF_DSYNC : 0;
+  // Where the filesystem cannot do non-blocking buffered writes (ext4:
+  // RWF_NOWAIT is EOPNOTSUPP), io_uring's inline attempt always fails and the
+  // write is punted anyway: punt it at once.
+  const unsigned sqe_flags = async_writes_ ? IOSQE_ASYNC : 0;
   while (!buf.empty()) {
-    int n = co_await q.ring().write(fd_, buf, offset_ + offset, rw_flags);
+    int n = co_await q.ring().write(fd_, buf, offset_ + offset, rw_flags, sqe_flags);
     if (n == -EINTR || n == -EAGAIN) continue;
     if (n < 0) {
       IoStats::bump(stats_.errors);

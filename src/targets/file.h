@@ -68,6 +68,7 @@ class FileTarget final : public Target {
   bool direct_ = false;
   bool read_only_ = false;
   bool regular_ = true;
+  bool async_writes_ = false;  // buffered writes cannot be non-blocking here
   mutable IoStats stats_;
 };
 

@@ -426,6 +426,13 @@ uint64_t TrackTarget::mark(Queue& q, uint64_t offset, uint64_t length) {
 }
 
 Task<Result<>> TrackTarget::write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {
+  // No map and no freeze: straight to the device, without a frame of our own.
+  const PerQueue& pq = per_queue_[q.id()];
+  if (!pq.frozen && pq.maps->empty()) return lower_->write(q, buf, offset, f);
+  return write_tracked(q, buf, offset, f);
+}
+
+Task<Result<>> TrackTarget::write_tracked(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {
   CO_TRY(co_await enter(q));
   uint64_t epoch = mark(q, offset, buf.size());
   auto r = co_await lower_->write(q, buf, offset, f);
@@ -434,6 +441,13 @@ Task<Result<>> TrackTarget::write(Queue& q, std::span<const std::byte> buf, uint
 }
 
 Task<Result<>> TrackTarget::trim(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
+  // No map and no freeze: straight to the device, without a frame of our own.
+  const PerQueue& pq = per_queue_[q.id()];
+  if (!pq.frozen && pq.maps->empty()) return lower_->trim(q, offset, length, f);
+  return trim_tracked(q, offset, length, f);
+}
+
+Task<Result<>> TrackTarget::trim_tracked(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
   CO_TRY(co_await enter(q));
   uint64_t epoch = mark(q, offset, length);
   auto r = co_await lower_->trim(q, offset, length, f);
@@ -442,6 +456,13 @@ Task<Result<>> TrackTarget::trim(Queue& q, uint64_t offset, uint64_t length, IoF
 }
 
 Task<Result<>> TrackTarget::zero(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
+  // No map and no freeze: straight to the device, without a frame of our own.
+  const PerQueue& pq = per_queue_[q.id()];
+  if (!pq.frozen && pq.maps->empty()) return lower_->zero(q, offset, length, f);
+  return zero_tracked(q, offset, length, f);
+}
+
+Task<Result<>> TrackTarget::zero_tracked(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
   CO_TRY(co_await enter(q));
   uint64_t epoch = mark(q, offset, length);
   auto r = co_await lower_->zero(q, offset, length, f);

@@ -195,6 +195,9 @@ class TrackTarget final : public ForwardingTarget {
   // Marks the range in every map of the queue's list; returns the list's
   // epoch, to be handed to leave() once the write is done.
   uint64_t mark(Queue& q, uint64_t offset, uint64_t length);
+  Task<Result<>> write_tracked(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f);
+  Task<Result<>> trim_tracked(Queue& q, uint64_t offset, uint64_t length, IoFlags f);
+  Task<Result<>> zero_tracked(Queue& q, uint64_t offset, uint64_t length, IoFlags f);
   Task<Result<>> enter(Queue& q);
   void leave(Queue& q, uint64_t epoch);
   // Publishes maps_ to every queue and waits until the writes that marked

@@ -37,6 +37,9 @@ Result<std::shared_ptr<Target>> CowTarget::create(Params& p, Resolver& r) {
   for (;;) {
     if (chain.size() >= kMaxLayers) return fail(ELOOP, fmt::format("{}: more than {} layers", t->top_path_, kMaxLayers));
     auto l = LayerFile::open(path, top && !t->read_only_);
+    // A parent that is not there: say whose parent it is, as `layer check` does.
+    if (!l && !chain.empty() && l.error().code == ENOENT)
+      return fail(ENOENT, fmt::format("layer {}: broken parent link: {}", chain.back()->path(), l.error().message));
     if (!l) return fail(l.error());
     if (top && !t->read_only_ && ((*l)->header().flags & LayerFile::kFlagReadOnly))
       return fail(EROFS, fmt::format("layer {} is a read-only (snapshot) layer: serve it with `ro`, or create a "
@@ -45,7 +48,7 @@ Result<std::shared_ptr<Target>> CowTarget::create(Params& p, Resolver& r) {
     if (!chain.empty()) {
       const auto& child = chain.back()->header();
       if ((*l)->header().uuid != child.parent_uuid)
-        return fail(EINVAL, fmt::format("layer {}: its parent {} has UUID {}, but it expects {} (wrong parent)",
+        return fail(EINVAL, fmt::format("layer {}: broken parent link: its parent {} has UUID {}, but it expects {}",
                                         chain.back()->path(), path, uuid_string((*l)->header().uuid),
                                         uuid_string(child.parent_uuid)));
       if ((*l)->header().size != child.size || (*l)->header().chunk_size != child.chunk_size)
@@ -318,6 +321,7 @@ void CowTarget::set_states(uint64_t c0, uint64_t c1, uint8_t state) {
     top_state_[c] = state;
     index_[c].store(state == kZero ? (top | kZeroBit) : top, std::memory_order_release);
     dirty_pages_.insert(c / (4 * 4096));
+    ++page_gen_[c / (4 * 4096)];
   }
 }
 
@@ -428,15 +432,23 @@ Task<Result<>> CowTarget::zero(Queue& q, uint64_t offset, uint64_t length, IoFla
 
 // ------------------------------------------------------------------- flush
 
-Result<> CowTarget::persist(const std::vector<std::pair<uint64_t, std::vector<uint8_t>>>& pages) {
-  LayerFile& top = *layers_[write_layer_.load()];
-  for (const auto& [page, states] : pages) {
-    // write_bitmap_pages encodes from a full state vector: give it a window.
-    std::vector<uint8_t> window((page + 1) * 4 * 4096, 0);
-    std::copy(states.begin(), states.end(), window.begin() + page * 4 * 4096);
-    TRY(top.write_bitmap_pages(window, page, page));
+Result<> CowTarget::persist(LayerFile& layer, const std::vector<PageCopy>& pages) {
+  {
+    std::lock_guard<std::mutex> l(persist_mu_);
+    std::vector<uint8_t> raw(4096);
+    for (const auto& pg : pages) {
+      uint64_t& in_file = persisted_gen_[{&layer, pg.page}];
+      if (pg.gen <= in_file) continue;  // a newer copy was written by another flush
+      std::fill(raw.begin(), raw.end(), 0);
+      for (std::size_t i = 0; i < pg.states.size(); ++i)
+        raw[i / 4] |= static_cast<uint8_t>((pg.states[i] & 3) << (2 * (i % 4)));
+      if (::pwrite(layer.fd(), raw.data(), raw.size(), layer.header().bitmap_offset + pg.page * 4096) != 4096)
+        return posix_error(fmt::format("layer {}: write bitmap", layer.path()), errno ? errno : EIO);
+      in_file = pg.gen;
+    }
   }
-  return top.sync();
+  // Also makes durable a newer copy another flush wrote meanwhile.
+  return layer.sync();
 }
 
 Task<Result<>> CowTarget::flush(Queue& q) {
@@ -445,27 +457,34 @@ Task<Result<>> CowTarget::flush(Queue& q) {
   if (read_only_) co_return Result<>{};
   // Copy the changed pages *before* the data sync: every bit in the copy
   // belongs to a write that had completed, so its data is in this sync.
-  std::vector<std::pair<uint64_t, std::vector<uint8_t>>> pages;
+  // The pages stay dirty until a flush has them in the file: a flush that
+  // starts while another one is persisting a page persists it too, rather
+  // than returning before the bits of the writes it covers are in the file.
+  // The layer is taken with the copy: a snapshot or merge may change the
+  // write layer meanwhile, and these states belong to this one.
+  std::vector<PageCopy> pages;
+  LayerFile* wl;
   {
     std::lock_guard<std::mutex> l(mu_);
+    wl = layers_[write_layer_.load()].get();
     for (uint64_t p : dirty_pages_) {
       uint64_t c0 = p * 4 * 4096, c1 = std::min<uint64_t>(c0 + 4 * 4096, top_state_.size());
-      pages.push_back({p, std::vector<uint8_t>(top_state_.begin() + c0, top_state_.begin() + c1)});
+      pages.push_back({p, page_gen_[p], std::vector<uint8_t>(top_state_.begin() + c0, top_state_.begin() + c1)});
     }
-    dirty_pages_.clear();
   }
-  const LayerFile& wl = *layers_[write_layer_.load()];
   int r;
   do {
-    r = co_await q.ring().fdatasync(wl.fd());
+    r = co_await q.ring().fdatasync(wl->fd());
   } while (r == -EINTR || r == -EAGAIN);
   Result<> res;
-  if (r < 0) res = posix_error(fmt::format("fdatasync {}", wl.path()), -r);
-  if (res && !pages.empty()) res = co_await q.blocking([this, &pages] { return persist(pages); });
-  if (!res) {
-    // Not persisted: those pages are dirty again.
+  if (r < 0) res = posix_error(fmt::format("fdatasync {}", wl->path()), -r);
+  if (res && !pages.empty()) res = co_await q.blocking([this, wl, &pages] { return persist(*wl, pages); });
+  if (res) {
+    // Clean again unless changed since the copy.
     std::lock_guard<std::mutex> l(mu_);
-    for (const auto& pg : pages) dirty_pages_.insert(pg.first);
+    for (const auto& pg : pages)
+      if (page_gen_[pg.page] == pg.gen) dirty_pages_.erase(pg.page);
+  } else {
     IoStats::bump(stats_.errors);
   }
   if (res && base_) res = co_await base_->flush(q);

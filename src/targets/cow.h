@@ -18,6 +18,11 @@
 //   write completed. FLUSH takes a copy of the changed bitmap pages, makes
 //   the data durable (fdatasync), then writes that copy and syncs again: a
 //   bit never reaches the disk before its data. FUA writes end with a FLUSH.
+//   Flushes run concurrently (FUA, several connections): a page stays dirty
+//   until one of them has written it, page writes are ordered by a per-page
+//   generation (an older copy never overwrites a newer one), and a copy is
+//   written to the layer it was taken from even if a snapshot or merge has
+//   changed the write layer since.
 //   The header's in-use flag tells an unclean shutdown: the bitmap then holds
 //   exactly the flushed chunks.
 // - Writes to chunks the top does not hold yet take a per-chunk lock, so two
@@ -98,7 +103,15 @@ class CowTarget final : public Target {
   void unlock_chunks(uint64_t c0, uint64_t c1);
   Task<Result<>> enter(Queue& q);
   void leave(Queue& q);
-  Result<> persist(const std::vector<std::pair<uint64_t, std::vector<uint8_t>>>& pages);
+  // A copy of one bitmap page (4 * 4096 chunk states) taken by a flush, and
+  // the page's generation when it was taken.
+  struct PageCopy {
+    uint64_t page, gen;
+    std::vector<uint8_t> states;
+  };
+  // Writes the copies into `layer`'s bitmap (skipping pages a newer copy of
+  // which is in the file already) and syncs it. Blocking pool.
+  Result<> persist(LayerFile& layer, const std::vector<PageCopy>& pages);
 
   std::string top_path_;
   std::shared_ptr<Target> base_;
@@ -119,7 +132,12 @@ class CowTarget final : public Target {
 
   mutable std::mutex mu_;                 // guards top_state_, dirty_pages_, busy_
   std::vector<uint8_t> top_state_;        // ChunkState of the top, per chunk
-  std::set<uint64_t> dirty_pages_;        // bitmap pages changed since the last flush
+  std::set<uint64_t> dirty_pages_;        // bitmap pages changed and not yet in the file
+  std::map<uint64_t, uint64_t> page_gen_;  // per bitmap page, bumped by every change (under mu_)
+  // Bitmap page writes are ordered: a page is written only if newer than
+  // what the file has, so concurrent flushes cannot put back an older copy.
+  std::mutex persist_mu_;
+  std::map<std::pair<const LayerFile*, uint64_t>, uint64_t> persisted_gen_;  // under persist_mu_
   std::map<uint64_t, std::vector<std::pair<Queue*, std::coroutine_handle<>>>> busy_;
 
   struct PerQueue {

@@ -11,6 +11,9 @@
 // disjoint byte ranges in flight at once (partial writes to one chunk race
 // for its copy-up), and online snapshots, quiet ones (their layer alone must
 // serve the device as it was) and ones taken with a batch in flight.
+// Flush: a second flush must not return before the bitmap bits of the writes
+// it covers are in the file, while an earlier flush is still writing them;
+// a flush in flight across a snapshot writes its page into the snapshot.
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -24,6 +27,7 @@
 #include <filesystem>
 #include <future>
 #include <random>
+#include <thread>
 
 #include "core/queue.h"
 #include "targets/cow.h"
@@ -342,33 +346,35 @@ TEST_P(CowModelTest, InlineTwoLayersMatchTheModelAndPersist) {
   }
 }
 
-// Runs `make` on a started queue and waits for its result.
+// Runs a task on a started queue and waits for its result. The state is
+// shared: the queue thread may still be finishing the coroutine when this
+// thread wakes and returns.
 template <typename T>
-T on_queue(Queue& q, std::function<Task<T>()> make) {
-  std::promise<T> p;
-  q.post([&] {
-    spawn([](std::function<Task<T>()>& mk, std::promise<T>& out) -> Task<void> {
-      T v = co_await mk();
-      out.set_value(std::move(v));
-    }(make, p));
+T on_queue(Queue& q, Task<T> task) {
+  struct State {
+    explicit State(Task<T> t) : task(std::move(t)) {}
+    Task<T> task;
+    std::promise<T> done;
+  };
+  auto st = std::make_shared<State>(std::move(task));
+  auto fut = st->done.get_future();
+  q.post([st] {
+    spawn([](std::shared_ptr<State> s) -> Task<void> {
+      T v = co_await std::move(s->task);
+      s->done.set_value(std::move(v));
+    }(st));
   });
-  return p.get_future().get();
+  return fut.get();
 }
 
 TEST_P(CowModelTest, StartedQueueConcurrentBatchesAndSnapshots) {
-  const int kOps = chunk_ <= 4096 ? 30000 : 16000;
+  const int kOps = chunk_ <= 4096 ? 30000 : 20000;
   create_layer("l1.layer", "");
   create_layer("top.layer", "l1.layer");
   Queue q(1);
   ASSERT_TRUE(q.start());
-  auto run = [&](Task<Result<>> t) {
-    auto holder = std::make_shared<Task<Result<>>>(std::move(t));
-    return on_queue<Result<>>(q, [holder]() -> Task<Result<>> { return std::move(*holder); });
-  };
-  auto run_x = [&](Task<Result<Extents>> t) {
-    auto holder = std::make_shared<Task<Result<Extents>>>(std::move(t));
-    return on_queue<Result<Extents>>(q, [holder]() -> Task<Result<Extents>> { return std::move(*holder); });
-  };
+  auto run = [&](Task<Result<>> t) { return on_queue<Result<>>(q, std::move(t)); };
+  auto run_x = [&](Task<Result<Extents>> t) { return on_queue<Result<Extents>>(q, std::move(t)); };
   struct Snap {
     std::string path;
     std::vector<std::byte> data;
@@ -394,8 +400,10 @@ TEST_P(CowModelTest, StartedQueueConcurrentBatchesAndSnapshots) {
         if (!clash) batch.push_back(std::move(op));
       }
       std::vector<std::promise<Result<>>> results(batch.size());
-      q.post([&] {
-        for (std::size_t i = 0; i < batch.size(); ++i) spawn(run_op(**t, q, batch[i], results[i]));
+      // By value: an op that completes at once wakes this thread, which may
+      // build the next batch while this closure is still looping.
+      q.post([target = t->get(), qp = &q, ops = batch.data(), res = results.data(), n = batch.size()] {
+        for (std::size_t i = 0; i < n; ++i) spawn(run_op(*target, *qp, ops[i], res[i]));
       });
       bool busy_snap = false;
       if (done >= next_snap) {
@@ -465,6 +473,151 @@ TEST_P(CowModelTest, StartedQueueConcurrentBatchesAndSnapshots) {
     expect_device(**t, s.data, s.path, run, q);
   }
   q.stop();
+}
+
+// A FLUSH covers every write completed before it was sent, even while an
+// earlier flush still holds the changed bitmap page on its way to disk: when
+// the second flush returns, the file (what a kill -9 leaves) has the bit.
+// The blocking pool (where bitmap pages are written) is kept busy so the
+// first flush's page write waits.
+Task<void> flush_then_peek(Target& t, Queue& q, std::string path, uint64_t bitmap_offset, int& state,
+                           Result<>& result, std::promise<void>& done) {
+  result = co_await t.flush(q);
+  uint8_t b = 0xff;
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd >= 0 && ::pread(fd, &b, 1, bitmap_offset) == 1) state = b & 3;
+  if (fd >= 0) ::close(fd);
+  done.set_value();
+}
+
+Task<void> flush_only(Target& t, Queue& q, Result<>& result, std::promise<void>& done) {
+  result = co_await t.flush(q);
+  done.set_value();
+}
+
+Task<void> occupy_pool(Queue& q, std::promise<void>& done) {
+  int v = co_await q.blocking([] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    return 0;
+  });
+  (void)v;
+  done.set_value();
+}
+
+TEST(CowFlushTest, SecondFlushDoesNotReturnBeforeTheBitsOfWritesBeforeIt) {
+  char tmpl[] = "/tmp/strata-cow-flush.XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  std::string dir = tmpl, top = dir + "/top.layer";
+  const uint64_t size = 1 << 20;
+  auto base = std::make_shared<MemoryTarget>(size);
+  uint64_t bitmap_offset = 0;
+  {
+    auto l = LayerFile::create(top, size, 4096, nullptr);
+    ASSERT_TRUE(l) << l.error().message;
+    bitmap_offset = (*l)->header().bitmap_offset;
+  }
+  Queue q(2);
+  ASSERT_TRUE(q.start());
+  {
+    Params p({top, "base=b"});
+    p.length = size;
+    BaseResolver r(base);
+    auto t = CowTarget::create(p, r);
+    ASSERT_TRUE(t) << t.error().message;
+    ASSERT_TRUE((*t)->attach_queue(q));
+    std::vector<std::byte> data(4096, std::byte{0x5a});
+    auto w = on_queue<Result<>>(q, (*t)->write(q, data, 0, {}));  // chunk 0: present, bit not yet on disk
+    ASSERT_TRUE(w) << w.error().message;
+    std::promise<void> sleepers[4];
+    for (auto& s : sleepers) q.post([&q, &s] { spawn(occupy_pool(q, s)); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the pool's threads are all asleep now
+    std::promise<void> d1, d2;
+    Result<> r1, r2;
+    int state = -1;
+    Target& target = **t;
+    q.post([&] {
+      spawn(flush_only(target, q, r1, d1));  // takes the changed page, waits for the pool
+      spawn(flush_then_peek(target, q, top, bitmap_offset, state, r2, d2));
+    });
+    d2.get_future().wait();
+    ASSERT_TRUE(r2) << r2.error().message;
+    EXPECT_EQ(state, kPresent) << "the second flush returned while the bit of a write completed before it was "
+                                  "not in the file";
+    d1.get_future().wait();
+    ASSERT_TRUE(r1) << r1.error().message;
+    for (auto& s : sleepers) s.get_future().wait();
+  }
+  q.stop();
+  fs::remove_all(dir);
+}
+
+// A snapshot taken while a client's flush is still on its way to write the
+// changed bitmap page: the page belongs to the layer that becomes the
+// snapshot, never to the new top (which does not hold that chunk).
+TEST(CowFlushTest, FlushInFlightAcrossASnapshotPersistsIntoTheSnapshot) {
+  char tmpl[] = "/tmp/strata-cow-flush.XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  std::string dir = tmpl, top = dir + "/top.layer";
+  const uint64_t size = 1 << 20;
+  auto base = std::make_shared<MemoryTarget>(size);
+  uint64_t bitmap_offset = 0;
+  {
+    auto l = LayerFile::create(top, size, 4096, nullptr);
+    ASSERT_TRUE(l) << l.error().message;
+    bitmap_offset = (*l)->header().bitmap_offset;
+  }
+  auto state_in_file = [&](const std::string& path) {
+    uint8_t b = 0xff;
+    int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd >= 0 && ::pread(fd, &b, 1, bitmap_offset) != 1) b = 0xff;
+    if (fd >= 0) ::close(fd);
+    return b & 3;
+  };
+  BaseResolver r(base);
+  Queue q(2);
+  ASSERT_TRUE(q.start());
+  std::string snap;
+  {
+    Params p({top, "base=b"});
+    p.length = size;
+    auto t = CowTarget::create(p, r);
+    ASSERT_TRUE(t) << t.error().message;
+    ASSERT_TRUE((*t)->attach_queue(q));
+    auto* cow = dynamic_cast<CowTarget*>(t->get());
+    std::vector<std::byte> data(4096, std::byte{0x5a});
+    auto w = on_queue<Result<>>(q, (*t)->write(q, data, 0, {}));
+    ASSERT_TRUE(w) << w.error().message;
+    std::promise<void> sleepers[4];
+    for (auto& s : sleepers) q.post([&q, &s] { spawn(occupy_pool(q, s)); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::promise<void> d1;
+    Result<> r1;
+    Target& target = **t;
+    q.post([&] { spawn(flush_only(target, q, r1, d1)); });  // copies page 0, then waits for the pool
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    auto s = cow->snapshot(q);
+    ASSERT_TRUE(s) << s.error().message;
+    snap = *s;
+    d1.get_future().wait();
+    ASSERT_TRUE(r1) << r1.error().message;
+    for (auto& sl : sleepers) sl.get_future().wait();
+    // As a kill -9 now would leave the files.
+    EXPECT_EQ(state_in_file(snap), kPresent) << "the snapshot's bitmap lacks the chunk written before it";
+    EXPECT_EQ(state_in_file(top), kAbsent) << "the new top's bitmap claims a chunk it does not hold";
+  }
+  {
+    Params p({snap, "base=b", "ro"});
+    p.length = size;
+    auto t = CowTarget::create(p, r);
+    ASSERT_TRUE(t) << t.error().message;
+    ASSERT_TRUE((*t)->attach_queue(q));
+    std::vector<std::byte> back(4096);
+    auto rr = on_queue<Result<>>(q, (*t)->read(q, back, 0));
+    ASSERT_TRUE(rr) << rr.error().message;
+    EXPECT_EQ(back, std::vector<std::byte>(4096, std::byte{0x5a})) << "the snapshot alone does not hold the write";
+  }
+  q.stop();
+  fs::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(Chunks, CowModelTest, ::testing::Values(4096u, 65536u),

@@ -110,6 +110,20 @@ Result<LayerFile::Header> decode(const uint8_t* b, const std::string& path, std:
   return h;
 }
 
+// Problems of a raw bitmap: slots past the last chunk in use, or state 3.
+std::vector<std::string> bitmap_problems(const std::vector<uint8_t>& raw, uint64_t chunks, const std::string& path) {
+  std::vector<std::string> ps;
+  uint64_t past = 0, bad = 0;
+  for (uint64_t c = 0; c < raw.size() * 4; ++c) {
+    uint8_t s = (raw[c / 4] >> (2 * (c % 4))) & 3;
+    if (c >= chunks && s) ++past;
+    if (c < chunks && s == 3) ++bad;
+  }
+  if (past) ps.push_back(fmt::format("{}: {} bits set past the end of the layer ({} chunks)", path, past, chunks));
+  if (bad) ps.push_back(fmt::format("{}: {} chunks have an invalid state (3)", path, bad));
+  return ps;
+}
+
 }  // namespace
 
 std::string uuid_string(const Uuid& u) {
@@ -199,6 +213,10 @@ Result<std::vector<uint8_t>> LayerFile::read_bitmap() const {
   std::vector<uint8_t> raw(h_.bitmap_bytes);
   if (::pread(fd_, raw.data(), raw.size(), h_.bitmap_offset) != static_cast<ssize_t>(raw.size()))
     return fail(EIO, fmt::format("layer {}: cannot read the bitmap", path_));
+  // A damaged bitmap is refused, as `strata layer check` reports it: a state
+  // 3 or a bit past the last chunk means the layer is not what was written.
+  auto problems = bitmap_problems(raw, chunks(), path_);
+  if (!problems.empty()) return fail(EINVAL, problems.front());
   std::vector<uint8_t> states(chunks());
   for (uint64_t c = 0; c < chunks(); ++c) states[c] = (raw[c / 4] >> (2 * (c % 4))) & 3;
   return states;
@@ -238,25 +256,13 @@ std::vector<std::string> LayerFile::check(const std::string& path) {
     ps.push_back(l.error().message);
     return ps;
   }
-  auto bits = (*l)->read_bitmap();
-  if (!bits) {
-    ps.push_back(bits.error().message);
-    return ps;
-  }
   // Bits past the end: states of chunks beyond the last one, or state 3.
   std::vector<uint8_t> raw(h->bitmap_bytes);
-  int rfd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (rfd >= 0 && ::pread(rfd, raw.data(), raw.size(), h->bitmap_offset) == static_cast<ssize_t>(raw.size())) {
-    uint64_t chunks = (*l)->chunks(), past = 0, bad = 0;
-    for (uint64_t c = 0; c < raw.size() * 4; ++c) {
-      uint8_t s = (raw[c / 4] >> (2 * (c % 4))) & 3;
-      if (c >= chunks && s) ++past;
-      if (c < chunks && s == 3) ++bad;
-    }
-    if (past) ps.push_back(fmt::format("{}: {} bits set past the end of the layer ({} chunks)", path, past, chunks));
-    if (bad) ps.push_back(fmt::format("{}: {} chunks have an invalid state (3)", path, bad));
+  if (::pread((*l)->fd(), raw.data(), raw.size(), h->bitmap_offset) != static_cast<ssize_t>(raw.size())) {
+    ps.push_back(fmt::format("layer {}: cannot read the bitmap", path));
+    return ps;
   }
-  if (rfd >= 0) ::close(rfd);
+  for (auto& p : bitmap_problems(raw, (*l)->chunks(), path)) ps.push_back(std::move(p));
   if (!h->parent_path.empty()) {
     std::string pp = (*l)->parent_full_path();
     auto parent = open(pp, false, false);

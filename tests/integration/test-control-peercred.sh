@@ -46,7 +46,9 @@ stop_strata
 mkdir -m 0755 "$WORK/own"
 chown 65534:65534 "$WORK/own" "$WORK/disk.img"
 OSOCK=$WORK/own/nbd.sock OCTL=$WORK/own/control.sock
-setpriv --reuid=65534 --regid=65534 --clear-groups "$BIN" serve --file "$WORK/disk.img" --unix "$OSOCK" --control "$OCTL" >>"$STRATA_LOG" 2>&1 &
+# Its dirty maps live in a directory it owns.
+mkdir -p "$WORK/state-65534" && chown 65534:65534 "$WORK/state-65534"
+setpriv --reuid=65534 --regid=65534 --clear-groups "$BIN" serve --file "$WORK/disk.img" --unix "$OSOCK" --control "$OCTL" --state-dir "$WORK/state-65534" >>"$STRATA_LOG" 2>&1 &
 STRATA_PID=$!
 for _ in $(seq 1 200); do
   [ -S "$OCTL" ] && as_uid 65534 "$BIN" list --control "$OCTL" >/dev/null 2>&1 && break

@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# bench/cow.sh: what a cow stack costs, against a plain file and against the
+# copy-on-write of qemu-nbd (qcow2 chain) and nbdkit (cow filter).
+#
+#   bench/cow.sh [--runtime S] [--size 1G]
+#
+# The shape: a base of random data, two read-only layers each holding a
+# random ~30% of the 4 KiB chunks (random data, written through each server
+# while that layer was the top), and an empty writable top:
+#   strata-file   strata serve --file on a copy of the base (no layers)
+#   strata-cow    strata: cow top.layer base=base, layers l1 and l2 below
+#   qemu-nbd      qemu-nbd on top.qcow2 -> l2.qcow2 -> l1.qcow2 -> base.raw
+#                 (qcow2 with cluster_size=4096, the chunk size; backing raw)
+#   nbdkit-cow    nbdkit --filter=cow file base.raw, cow-block-size=4096; its
+#                 overlay is temporary, so l1's then l2's chunks are written
+#                 into that one overlay: the same data, one level instead of 3
+# Jobs (fio --ioengine=nbd, one job each, the server's files in the page
+# cache): 4k randread QD32, QD1, QD16 (--runtime s each), then 4k randwrite
+# QD32 to fresh chunks (256 MiB, each block once: the top holds none of them).
+# Server CPU is utime+stime from /proc over the job, per million I/Os.
+# Then, on strata-cow: the pause of `strata snapshot` under a randwrite QD32
+# load (pause_us, twice), and `strata flatten` of the whole device (MiB/s).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+STRATA=${STRATA:-$ROOT/build/strata}
+PYTHON=/usr/bin/python3   # Debian's python3 has the libnbd bindings
+RUNTIME=8
+SIZE=1G
+while [ $# -gt 0 ]; do
+  case $1 in
+    --runtime) RUNTIME=$2; shift ;;
+    --size) SIZE=$2; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+for t in fio jq numfmt qemu-img qemu-nbd nbdkit; do command -v $t >/dev/null || { echo "need $t" >&2; exit 1; }; done
+[ -x "$STRATA" ] || { echo "build strata first (make build)" >&2; exit 1; }
+BYTES=$(numfmt --from=iec "$SIZE")
+D=$(mktemp -d /tmp/strata-cowbench.XXXXXX)
+SRV=
+cleanup() { [ -n "$SRV" ] && kill "$SRV" 2>/dev/null; wait 2>/dev/null; rm -rf "$D"; }
+trap cleanup EXIT
+CLK=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+SOCK=$D/sock
+URI="nbd+unix:///d?socket=$SOCK"
+
+wait_sock() {
+  for _ in $(seq 400); do
+    [ -S "$SOCK" ] && $PYTHON -c "import nbd; h = nbd.NBD(); h.connect_uri('$URI')" 2>/dev/null && return 0
+    kill -0 "$SRV" 2>/dev/null || { echo "server died: $(tail -5 "$D/server.log")" >&2; exit 1; }
+    sleep 0.05
+  done
+  echo "server did not start: $(tail -5 "$D/server.log")" >&2
+  exit 1
+}
+start() { # NAME: start the server NAME on $SOCK
+  rm -f "$SOCK"
+  case $1 in   # exec: $! is the server itself
+    strata-file) exec "$STRATA" serve --unix "$SOCK" --control "$D/ctl" --file "$D/file.raw" --export d ;;
+    strata-cow|strata-l1|strata-l2) exec "$STRATA" serve --unix "$SOCK" --control "$D/ctl" --table "$D/$1.conf" ;;
+    qemu-nbd) exec qemu-nbd -k "$SOCK" -x d --persistent --shared=8 -f qcow2 --cache=writeback "$D/top.qcow2" ;;
+    qemu-l1) exec qemu-nbd -k "$SOCK" -x d --persistent -f qcow2 "$D/l1.qcow2" ;;
+    qemu-l2) exec qemu-nbd -k "$SOCK" -x d --persistent -f qcow2 "$D/l2.qcow2" ;;
+    nbdkit-cow) exec nbdkit -f -U "$SOCK" --filter=cow file "$D/base.raw" cow-block-size=4096 ;;
+  esac >>"$D/server.log" 2>&1 &
+  SRV=$!
+  wait_sock
+}
+stop() { kill "$SRV"; wait "$SRV" 2>/dev/null || true; SRV=; }
+
+# populate SEED: random data into a random ~30% of the 4 KiB chunks (the same
+# chunks and bytes for every server), through $URI, 64 writes in flight.
+populate() {
+  $PYTHON - "$URI" "$BYTES" "$1" <<'PY'
+import nbd, random, sys
+uri, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng, data = random.Random(seed), random.Random(seed + 1000)
+chunks = [c for c in range(size // 4096) if rng.random() < 0.3]
+h = nbd.NBD(); h.connect_uri(uri)
+pending = {}
+def reap():
+    h.poll(-1)
+    for c in list(pending):
+        if h.aio_command_completed(c): del pending[c]
+for c in chunks:
+    while len(pending) >= 64: reap()
+    buf = nbd.Buffer.from_bytearray(bytearray(data.randbytes(4096)))
+    pending[h.aio_pwrite(buf, c * 4096)] = buf
+while pending: reap()
+h.flush()
+PY
+}
+
+echo "strata cow benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $(uname -r), $(free -g | awk '/Mem/ {print $2}') GiB RAM"
+echo "uptime before: $(uptime)"
+echo
+
+# ---- build the stacks
+head -c "$BYTES" /dev/urandom >"$D/base.raw"
+cp "$D/base.raw" "$D/file.raw"
+for n in l1 l2 cow; do
+  top=$([ $n = cow ] && echo top || echo $n)
+  cat >"$D/strata-$n.conf" <<CONF
+[base]
+0 $((BYTES / 512)) file $D/base.raw 0 ro
+[d]
+0 $((BYTES / 512)) cow $D/$top.layer base=base
+CONF
+done
+"$STRATA" layer create "$D/l1.layer" --size "$BYTES" >/dev/null
+start strata-l1; populate 1; stop
+"$STRATA" layer create "$D/l2.layer" --parent "$D/l1.layer" >/dev/null
+start strata-l2; populate 2; stop
+"$STRATA" layer create "$D/top.layer" --parent "$D/l2.layer" >/dev/null
+qemu-img create -q -f qcow2 -o cluster_size=4096 -b "$D/base.raw" -F raw "$D/l1.qcow2"
+start qemu-l1; populate 1; stop
+qemu-img create -q -f qcow2 -o cluster_size=4096 -b "$D/l1.qcow2" -F qcow2 "$D/l2.qcow2"
+start qemu-l2; populate 2; stop
+qemu-img create -q -f qcow2 -o cluster_size=4096 -b "$D/l2.qcow2" -F qcow2 "$D/top.qcow2"
+for l in l1 l2; do
+  echo "layer $l: $("$STRATA" layer info "$D/$l.layer" --json | jq .present_chunks) of $((BYTES / 4096)) chunks"
+done
+echo
+
+# ---- the jobs
+JOBS="randread:32 randread:1 randread:16 randwrite:32"
+: >"$D/rows"
+for server in strata-file strata-cow qemu-nbd nbdkit-cow; do
+  start $server
+  [ $server = nbdkit-cow ] && { populate 1; populate 2; }
+  cat "$D"/*.raw "$D"/*.layer "$D"/*.qcow2 >/dev/null
+  for j in $JOBS; do
+    IFS=: read -r rw qd <<<"$j"
+    if [ "$rw" = randread ]; then
+      limit=(--time_based=1 --runtime="$RUNTIME" --ramp_time=1 --norandommap=1)
+    else
+      limit=(--io_size=256M)   # random map: each block once, all fresh in the top
+    fi
+    sync
+    c0=$(cpu "$SRV")
+    fio --name=job --ioengine=nbd --uri="$URI" --rw="$rw" --bs=4k --iodepth="$qd" --numjobs=1 --size="$BYTES" \
+      --randrepeat=0 "${limit[@]}" --output-format=json --output="$D/fio.json" >/dev/null 2>"$D/fio.err" ||
+      { echo "fio failed on $server: $(cat "$D/fio.err")" >&2; exit 1; }
+    c1=$(cpu "$SRV")
+    jq -r --arg s "$server" --arg j "4k $rw QD$qd" --argjson c "$((c1 - c0))" --argjson clk "$CLK" --arg rw "$rw" \
+      '.jobs[0] as $x | (if $rw == "randread" then $x.read else $x.write end) as $o |
+       [$s, $j, $o.iops, ($o.clat_ns.percentile["99.000000"] / 1000), ($c / $clk / $o.total_ios * 1e6),
+        $x.error] | @tsv' "$D/fio.json" >>"$D/rows"
+  done
+  [ $server = strata-cow ] || { stop; continue; }
+
+  # ---- snapshot pause under load, then flatten (strata-cow only)
+  fio --name=load --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=32 --numjobs=1 --size="$BYTES" \
+    --time_based=1 --runtime=6 --norandommap=1 --randrepeat=0 --output-format=json --output="$D/load.json" \
+    >/dev/null 2>"$D/load.err" &
+  FIO=$!
+  pauses=()
+  for s in 1 2; do
+    sleep 2
+    pauses+=("$("$STRATA" snapshot d --control "$D/ctl" --json | jq '.[0].pause_us')")
+  done
+  wait $FIO || { echo "fio failed during the snapshots: $(cat "$D/load.err")" >&2; exit 1; }
+  load=$(jq -r '.jobs[0] as $x | "\($x.write.iops | floor) IOPS, p99 \($x.write.clat_ns.percentile["99.000000"] / 1000 | floor) µs, max \($x.write.clat_ns.max / 1000 | floor) µs, errors \($x.error)"' "$D/load.json")
+  t0=$(date +%s.%N)
+  "$STRATA" flatten d --to "$D/flat.raw" --control "$D/ctl" >/dev/null 2>&1
+  t1=$(date +%s.%N)
+  flat=$(awk -v a="$t0" -v b="$t1" -v n="$BYTES" 'BEGIN {printf "%.0f MiB/s (%.2f s for %.0f MiB)", n / 1048576 / (b - a), b - a, n / 1048576}')
+  layers=$("$STRATA" status d --control "$D/ctl" --json | jq '.[0].segments[0].info.layers')
+  stop
+done
+
+$PYTHON - "$D/rows" <<'PY'
+import sys
+rows = [l.rstrip('\n').split('\t') for l in open(sys.argv[1])]
+by = {(r[0], r[1]): r for r in rows}
+print('| server | job | IOPS | p99 µs | srv CPU s/M IO | IOPS vs strata-file | IOPS vs qemu-nbd |')
+print('|---|---|---:|---:|---:|---:|---:|')
+for s, j, iops, p99, cpu, err in rows:
+    iops, p99, cpu = float(iops), float(p99), float(cpu)
+    ratio = lambda ref: f"{iops / float(by[(ref, j)][2]):.2f}" if (ref, j) in by else '-'
+    print(f'| {s} | {j}{" (errors " + err + ")" if err != "0" else ""} | {iops:,.0f} | {p99:,.0f} | {cpu:.1f} | {ratio("strata-file")} | {ratio("qemu-nbd")} |')
+PY
+echo
+echo "strata snapshot under 4k randwrite QD32 (fio, 6 s): pause_us ${pauses[*]}; the load: $load; layers after: $layers"
+echo "strata flatten of the stack: $flat"
+echo "uptime after: $(uptime)"

@@ -96,6 +96,9 @@ int main(int argc, char** argv) {
       ->default_val(10);
   serve->add_option("--pidfile", so.pidfile, "Write the server's pid here once it is ready");
   serve->add_flag("--verbose,-v", so.verbose, "Debug logging");
+  serve->add_option("--allow-path", so.allow_paths,
+                    "A directory under which control clients may name files (sync --to, flatten --to, fuse start); "
+                    "repeatable; none by default");
   serve->add_option("--fuse", so.fuse, "Also show every device as a file in a FUSE mount here (repeatable)");
   serve->add_option("--state-dir", so.state_dir,
                     "Where dirty maps persist (default: $STRATA_STATE_DIR, else /var/lib/strata as root)");
@@ -183,12 +186,12 @@ int main(int argc, char** argv) {
   // cow layers: offline tools, and online snapshot / flatten.
   auto* layer = app.add_subcommand("layer", "cow layer files (offline)");
   layer->require_subcommand(1);
-  std::string lpath, lsize, lchunk = "4096", lparent;
+  std::string lpath, lsize, lchunk, lparent;
   bool repair = false;
   auto* l_create = layer->add_subcommand("create", "Create an empty layer (over a parent layer or the base)");
   l_create->add_option("path", lpath, "Layer file")->required();
   l_create->add_option("--size", lsize, "Virtual size (e.g. 1G); defaults to the parent's");
-  l_create->add_option("--chunk-size", lchunk, "Chunk size, a power of two from 512 to 1M (default 4096)");
+  l_create->add_option("--chunk-size", lchunk, "Chunk size, a power of two from 512 to 1M (default: the parent's, else 4096)");
   l_create->add_option("--parent", lparent, "Parent layer (stored relative to the new layer)");
   auto* l_info = layer->add_subcommand("info", "Show a layer's header and chunk counts");
   l_info->add_option("path", lpath, "Layer file")->required();
@@ -328,6 +331,7 @@ int main(int argc, char** argv) {
       }
       auto size = lsize.empty() ? strata::Result<uint64_t>(parent ? parent->header().size : 0)
                                 : strata::parse_size(lsize);
+      if (lchunk.empty()) lchunk = parent ? std::to_string(parent->header().chunk_size) : "4096";
       auto chunk = strata::parse_size(lchunk);
       if (!size || !chunk || *size == 0) {
         fmt::print(stderr, "strata: layer create: give --size (or --parent); bad size or chunk size\n");

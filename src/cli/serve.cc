@@ -220,6 +220,7 @@ int serve(const ServeOptions& o) {
 
   control::Daemon daemon{devices->get(), &server, std::chrono::steady_clock::now(), tracks, qptrs[0]};
   daemon.queues = qptrs;
+  daemon.allowed_paths = o.allow_paths;
   for (const auto& d : (*devices)->devices())
     daemon.fuse_devices.push_back({d.name, tracks[d.name], d.read_only || !d.table->caps().can_write});
   for (const auto& mp : o.fuse) {

@@ -23,7 +23,8 @@ struct ServeOptions {
   std::string pidfile;
   bool verbose = false;
   std::string state_dir;
-  std::vector<std::string> fuse;  // FUSE mountpoints  // dirty maps live here ("" = in memory only)
+  std::vector<std::string> fuse;  // FUSE mountpoints
+  std::vector<std::string> allow_paths;  // where control clients may name files  // dirty maps live here ("" = in memory only)
   std::string tls = "off";  // off | on | require
   std::string tls_certificates;
   std::string tls_psk;

@@ -2,6 +2,7 @@
 
 #include <fmt/core.h>
 #include <algorithm>
+#include <filesystem>
 #include <chrono>
 #include <climits>
 #include <future>
@@ -54,6 +55,23 @@ json device_status(const DeviceSet::Device& dev) {
 
 json ok(json result) { return {{"ok", true}, {"result", std::move(result)}}; }
 json err(std::string msg) { return {{"ok", false}, {"error", std::move(msg)}}; }
+
+// A path a client gave, resolved (symlinks of the part that exists, then
+// lexically), if it lies under a directory the operator allowed.
+Result<std::string> allowed_path(const Daemon& d, const std::string& p) {
+  std::error_code ec;
+  auto full = std::filesystem::weakly_canonical(std::filesystem::absolute(p, ec), ec);
+  if (ec || p.empty()) return fail(EINVAL, fmt::format("bad path '{}'", p));
+  for (const auto& dir : d.allowed_paths) {
+    auto root = std::filesystem::weakly_canonical(dir, ec);
+    if (ec) continue;
+    auto rel = full.lexically_relative(root);
+    if (!rel.empty() && *rel.begin() != "..") return full.string();
+  }
+  return fail(EACCES, fmt::format("path {} is outside the directories this server lets clients name "
+                                  "(strata serve --allow-path DIR)",
+                                  full.string()));
+}
 
 json map_json(const DirtyMap& bits, bool consistent) {
   json ext = json::array();
@@ -121,6 +139,12 @@ json run_dirty(Daemon& d, const std::string& method, const json& params, const P
     SyncOptions so;
     so.map = str("map");
     so.to = str("to");
+    bool uri = so.to.find("://") != std::string::npos;
+    if (!uri) {
+      auto ap = allowed_path(d, so.to);
+      if (!ap) return err(ap.error().message);
+      so.to = *ap;
+    }
     so.final = params.value("final", false);
     so.max_rounds = params.value("max_rounds", 8);
     auto r = sync_device(*t, *d.queue, so, progress);
@@ -220,6 +244,10 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
     auto it = d.tracks.find(dev);
     if (it == d.tracks.end()) return err(fmt::format("no device named '{}'", dev));
     if (to.empty()) return err("device_flatten: \"to\" is required");
+    if (auto ap = allowed_path(d, to); !ap)
+      return err(ap.error().message);
+    else
+      to = *ap;
     int fd = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return err(fmt::format("{}: {}", to, std::strerror(errno)));
     auto& t = *it->second;
@@ -252,6 +280,7 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
   if (method == "export_fuse_start") {
     std::string mp = params.value("mountpoint", std::string());
     if (mp.empty()) return err("export_fuse_start: \"mountpoint\" is required");
+    if (auto ap = allowed_path(d, mp); !ap) return err(ap.error().message);
     auto e = std::make_unique<fuse::FuseExport>(d.queues, d.fuse_devices);
     auto r = e->start(mp);
     if (!r) return err(r.error().message);

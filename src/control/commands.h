@@ -23,6 +23,9 @@ struct Daemon {
   std::vector<Queue*> queues;
   std::vector<fuse::Device> fuse_devices;  // what a FUSE export shows
   std::map<std::string, std::unique_ptr<fuse::FuseExport>> fuse_exports;  // by mountpoint
+  // Directories under which a control client may name files (sync and
+  // flatten targets, FUSE mountpoints): serve --allow-path. Empty: none.
+  std::vector<std::string> allowed_paths;
 };
 
 // Streams intermediate replies (progress) of a long request.

@@ -555,6 +555,17 @@ Result<std::string> CowTarget::snapshot(Queue& fq) {
       });
     for (auto& d : done) d.get_future().get();
   };
+  // Flush first with writes flowing, so the flush under the hold below has
+  // little left to do and the pause stays short.
+  {
+    std::promise<Result<>> pre;
+    fq.post([&] {
+      spawn([](CowTarget* t, Queue& q, std::promise<Result<>>& out) -> Task<void> {
+        out.set_value(co_await t->flush(q));
+      }(this, fq, pre));
+    });
+    if (auto r = pre.get_future().get(); !r) return fail(r.error());
+  }
   // Quiesce: new writes park, those in flight finish.
   std::vector<std::shared_ptr<std::promise<void>>> drained;
   std::mutex dm;

@@ -55,7 +55,7 @@ uri() { echo "nbd+unix:///${1:-}?socket=$SOCK"; }
 
 start_strata() {
   rm -f "$SOCK"
-  "$STRATA" serve --unix "$SOCK" --control "$CTL" "$@" >>"$STRATA_LOG" 2>&1 &
+  "$STRATA" serve --unix "$SOCK" --control "$CTL" --allow-path "$WORK" "$@" >>"$STRATA_LOG" 2>&1 &
   STRATA_PID=$!
   local i
   for i in $(seq 1 200); do

@@ -91,17 +91,6 @@ Result<std::unique_ptr<DeviceSet>> load_devices(const ServeOptions& o) {
   return DeviceSet::build(specs, source, o.read_only);
 }
 
-// Runs fn (returning Task<Result<>>) on q and waits for it.
-template <typename F>
-Result<> run_on(Queue& q, F fn) {
-  std::promise<Result<>> p;
-  auto fut = p.get_future();
-  q.post([&] {
-    spawn([](F fn, std::promise<Result<>>& p) -> Task<void> { p.set_value(co_await fn()); }(fn, p));
-  });
-  return fut.get();
-}
-
 }  // namespace
 
 int serve(const ServeOptions& o) {
@@ -164,7 +153,7 @@ int serve(const ServeOptions& o) {
   for (Queue* q : qptrs) {
     for (const auto& d : (*devices)->devices()) {
       auto& t = tracks[d.name];
-      auto r = run_on(*q, [&]() -> Task<Result<>> { co_return t->attach_queue(*q); });
+      auto r = q->call([&]() -> Task<Result<>> { co_return t->attach_queue(*q); });
       if (!r) {
         LOG_ERROR("device '{}': {}", d.name, r.error().message);
         return 1;
@@ -271,7 +260,7 @@ int serve(const ServeOptions& o) {
   int rc = 0;
   for (const auto& d : (*devices)->devices()) {
     if (!d.table->caps().can_flush || d.read_only) continue;
-    auto r = run_on(*qptrs[0], [&]() -> Task<Result<>> { co_return co_await d.table->flush(*qptrs[0]); });
+    auto r = qptrs[0]->call([&] { return d.table->flush(*qptrs[0]); });
     if (!r) {
       LOG_ERROR("flush '{}' at exit: {}", d.name, r.error().message);
       rc = 1;

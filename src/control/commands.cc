@@ -256,13 +256,7 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
     std::string error;
     for (uint64_t off = 0; off < size && error.empty(); off += chunk) {
       uint64_t n = std::min(chunk, size - off);
-      std::promise<Result<>> done;
-      d.queue->post([&] {
-        spawn([](Target& t, Queue& q, std::byte* p, uint64_t n, uint64_t off, std::promise<Result<>>& done)
-                  -> Task<void> { done.set_value(co_await t.read(q, {p, n}, off)); }(t, *d.queue, buf.data(), n, off,
-                                                                                         done));
-      });
-      auto r = done.get_future().get();
+      auto r = d.queue->call([&] { return t.read(*d.queue, {buf.data(), n}, off); });
       if (!r) {
         error = r.error().message;
         break;

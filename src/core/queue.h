@@ -15,6 +15,7 @@
 #include <atomic>
 #include <optional>
 #include <functional>
+#include <future>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -66,6 +67,18 @@ class Queue {
       R await_resume() { return std::move(*result); }
     };
     return Awaiter{*this, std::move(fn), {}};
+  }
+
+  // From another thread (never a queue thread): runs the Task that make()
+  // returns on this queue and waits for its result.
+  template <typename Make>
+  auto call(Make make) {
+    using T = decltype(make().await_resume());
+    std::promise<T> done;
+    post([&] {
+      spawn([](Make m, std::promise<T>& done) -> Task<void> { done.set_value(co_await m()); }(make, done));
+    });
+    return done.get_future().get();
   }
 
   // For tests and single-threaded tools: runs a task to completion on the

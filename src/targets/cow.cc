@@ -558,13 +558,8 @@ Result<std::string> CowTarget::snapshot(Queue& fq) {
   // Flush first with writes flowing, so the flush under the hold below has
   // little left to do and the pause stays short.
   {
-    std::promise<Result<>> pre;
-    fq.post([&] {
-      spawn([](CowTarget* t, Queue& q, std::promise<Result<>>& out) -> Task<void> {
-        out.set_value(co_await t->flush(q));
-      }(this, fq, pre));
-    });
-    if (auto r = pre.get_future().get(); !r) return fail(r.error());
+    auto pre = fq.call([&] { return flush(fq); });
+    if (!pre) return fail(pre.error());
   }
   // Quiesce: new writes park, those in flight finish.
   std::vector<std::shared_ptr<std::promise<void>>> drained;
@@ -591,13 +586,7 @@ Result<std::string> CowTarget::snapshot(Queue& fq) {
     });
   };
 
-  std::promise<Result<>> flushed;
-  fq.post([&] {
-    spawn([](CowTarget* t, Queue& q, std::promise<Result<>>& out) -> Task<void> {
-      out.set_value(co_await t->flush(q));
-    }(this, fq, flushed));
-  });
-  auto fr = flushed.get_future().get();
+  auto fr = fq.call([&] { return flush(fq); });
   if (!fr) {
     thaw();
     return fail(fr.error());

@@ -108,13 +108,7 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
   LayerFile& parent = *layers_[n - 2];
   // 1. Make the parent the write layer.
   freeze_all(true);
-  std::promise<Result<>> flushed;
-  q.post([&] {
-    spawn([](CowTarget* t, Queue& q, std::promise<Result<>>& out) -> Task<void> {
-      out.set_value(co_await t->flush(q));
-    }(this, q, flushed));
-  });
-  Result<> r = flushed.get_future().get();
+  Result<> r = q.call([&] { return flush(q); });
   std::vector<uint8_t> pstates;
   if (r) {
     // Exclusive use of the parent: no other stack may share it while it changes.
@@ -153,25 +147,12 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
   LOG_INFO("merge: writes now go to {}; copying down what {} holds", layers_[n - 2]->path(), top.path());
 
   // 2. Copy down.
-  std::promise<Result<uint64_t>> copied;
-  q.post([&] {
-    spawn([](CowTarget* t, Queue& q, uint8_t from, const std::function<void(uint64_t, uint64_t)>& progress,
-             std::promise<Result<uint64_t>>& out) -> Task<void> {
-      out.set_value(co_await t->merge_copy(q, from, progress));
-    }(this, q, static_cast<uint8_t>(n), progress, copied));
-  });
-  auto cr = copied.get_future().get();
+  auto cr = q.call([&] { return merge_copy(q, static_cast<uint8_t>(n), progress); });
   if (!cr) return fail(cr.error().code, "merge: " + cr.error().message + " (the stack still has every layer)");
 
   // 3. Drop the top.
   freeze_all(true);
-  std::promise<Result<>> flushed2;
-  q.post([&] {
-    spawn([](CowTarget* t, Queue& q, std::promise<Result<>>& out) -> Task<void> {
-      out.set_value(co_await t->flush(q));
-    }(this, q, flushed2));
-  });
-  r = flushed2.get_future().get();
+  r = q.call([&] { return flush(q); });
   if (r) {
     std::string top_path = top.path();
     LayerFile& p = *layers_[n - 2];

@@ -71,6 +71,27 @@ void print_status(const json& r) {
   }
 }
 
+// A long request (sync, merge, flatten): a progress bar on stderr from the
+// server's progress lines ("round N" when no label is given).
+strata::Result<json> call_with_progress(const std::string& ctl, const std::string& method, const json& params,
+                                        const std::string& label) {
+  bool tty = ::isatty(STDERR_FILENO);
+  auto r = strata::control::call(
+      ctl.empty() ? strata::control::default_control_path() : ctl, method, params, [&](const json& pr) {
+        uint64_t done = pr.value("copied_bytes", uint64_t{0});
+        uint64_t total = std::max<uint64_t>(1, pr.value("total_bytes", uint64_t{1}));
+        bool chunks = pr.value("unit", std::string()) == "chunks";
+        auto amount = [&](uint64_t v) { return chunks ? std::to_string(v) : human_size(v); };
+        std::string what = label.empty() ? fmt::format("round {}", pr.value("round", 0)) : label;
+        int width = 40, fill = static_cast<int>(width * std::min(done, total) / total);
+        fmt::print(stderr, "{}{} [{}{}] {:>3}% {}/{}{}{}", tty ? "\r" : "", what, std::string(fill, '#'),
+                   std::string(width - fill, '.'), 100 * done / total, amount(done), amount(total),
+                   chunks ? " chunks" : "", tty ? "" : "\n");
+      });
+  if (tty) fmt::print(stderr, "\n");
+  return r;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -293,18 +314,7 @@ int main(int argc, char** argv) {
   }
   if (sync->parsed()) {
     json p = {{"device", device}, {"map", map}, {"to", to}, {"final", final_pass}, {"max_rounds", max_rounds}};
-    bool tty = ::isatty(STDERR_FILENO);
-    auto r = strata::control::call(ctl.empty() ? strata::control::default_control_path() : ctl, "device_sync", p,
-                                   [&](const json& pr) {
-                                     uint64_t done = pr.value("copied_bytes", uint64_t{0});
-                                     uint64_t total = std::max<uint64_t>(1, pr.value("total_bytes", uint64_t{1}));
-                                     int width = 40, fill = static_cast<int>(width * done / total);
-                                     fmt::print(stderr, "{}round {} [{}{}] {:>3}% {}/{}{}", tty ? "\r" : "",
-                                                pr.value("round", 0), std::string(fill, '#'),
-                                                std::string(width - fill, '.'), 100 * done / total,
-                                                human_size(done), human_size(total), tty ? "" : "\n");
-                                   });
-    if (tty) fmt::print(stderr, "\n");
+    auto r = call_with_progress(ctl, "device_sync", p, "");
     if (!r) {
       fmt::print(stderr, "strata: {}\n", r.error().message);
       return 1;
@@ -387,17 +397,7 @@ int main(int argc, char** argv) {
         fmt::print("snapshot {} (writes held {} us)\n", s["snapshot"].get<std::string>(), s["pause_us"].get<int64_t>());
     });
   if (merge->parsed()) {
-    bool tty = ::isatty(STDERR_FILENO);
-    auto r = strata::control::call(ctl.empty() ? strata::control::default_control_path() : ctl, "device_merge",
-                                   json{{"device", device}}, [&](const json& pr) {
-                                     uint64_t done = pr.value("copied_bytes", uint64_t{0});
-                                     uint64_t total = std::max<uint64_t>(1, pr.value("total_bytes", uint64_t{1}));
-                                     int fill = static_cast<int>(40 * done / total);
-                                     fmt::print(stderr, "{}merge [{}{}] {:>3}% {}/{} chunks{}", tty ? "\r" : "",
-                                                std::string(fill, '#'), std::string(40 - fill, '.'),
-                                                100 * done / total, done, total, tty ? "" : "\n");
-                                   });
-    if (tty) fmt::print(stderr, "\n");
+    auto r = call_with_progress(ctl, "device_merge", json{{"device", device}}, "merge");
     if (!r) {
       fmt::print(stderr, "strata: {}\n", r.error().message);
       return 1;
@@ -410,13 +410,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (flat->parsed()) {
-    auto r = strata::control::call(ctl.empty() ? strata::control::default_control_path() : ctl, "device_flatten",
-                                   json{{"device", device}, {"to", to}}, [](const json& pr) {
-                                     uint64_t done = pr.value("copied_bytes", uint64_t{0});
-                                     uint64_t total = std::max<uint64_t>(1, pr.value("total_bytes", uint64_t{1}));
-                                     fmt::print(stderr, "flatten {:>3}% {}/{}\n", 100 * done / total, human_size(done),
-                                                human_size(total));
-                                   });
+    auto r = call_with_progress(ctl, "device_flatten", json{{"device", device}, {"to", to}}, "flatten");
     if (!r) {
       fmt::print(stderr, "strata: {}\n", r.error().message);
       return 1;

@@ -5,6 +5,7 @@
 #include "targets/file.h"
 #include "targets/linear.h"
 #include "targets/memory.h"
+#include "targets/nfs.h"
 #include "targets/pattern.h"
 #include "targets/zero.h"
 
@@ -19,6 +20,7 @@ const TargetType kTargetTypes[] = {
     {"memory", MemoryTarget::kHelp, &MemoryTarget::create},
     {"pattern", PatternTarget::kHelp, &PatternTarget::create},
     {"cow", CowTarget::kHelp, &CowTarget::create},
+    {"nfs", NfsTarget::kHelp, &NfsTarget::create},
 };
 
 }  // namespace

@@ -1,0 +1,569 @@
+// Design notes
+//
+// Load (blocking, on the thread that loads the table): libnfs's synchronous
+// API mounts the export, stats and opens the file, and each failure becomes
+// its own message (bad URL, server unreachable, export not found, permission
+// denied, not a regular file, offset not a multiple of 4096 or beyond the end,
+// file too small). What the data path needs is kept: the file handle, the
+// server's address and NFS port, rsize/wsize. The mount is then dropped: the
+// data path speaks NFSv3 on its own connections (one per queue, NfsClient).
+//
+// Writes: see nfs.h. The data of an UNSTABLE write is copied into a
+// reference-counted block before it is sent, and that block is what
+// RetainedWrites keeps after the reply, so the client's buffer is free at
+// once. A FLUSH with nothing retained sends nothing. Rewriting after a
+// verifier change waits for writes in flight to finish and holds new ones
+// back (it is rare: a server restart), so a rewrite never lands on top of a
+// newer write. Retained data is bounded (kRetainLimit): past it, the write
+// that crosses the limit settles before it returns.
+#include "targets/nfs.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nfsc/libnfs.h>
+#include <nfsc/libnfs-raw.h>
+#include <nfsc/libnfs-raw-nfs.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include <fmt/core.h>
+
+#include "core/log.h"
+
+namespace strata {
+
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr uint64_t kAlign = 4096;
+constexpr uint64_t kRetainLimit = 64ull << 20;
+constexpr uint32_t kMaxXfer = 1u << 20;
+
+// A classified message for a libnfs load error.
+Error load_error(std::string_view what, std::string_view msg) {
+  auto has = [&](std::string_view s) { return msg.find(s) != std::string_view::npos; };
+  int code = EIO;
+  std::string cause;
+  if (has("ACCES") || has("ermission denied") || has("PERM")) {
+    code = EACCES;
+    cause = "permission denied";
+  } else if (has("NOENT") || has("No such file") || has("not found")) {
+    code = ENOENT;
+    cause = "not found";
+  } else if (has("onnect") || has("efused") || has("portmap") || has("unreachable") || has("timed out") ||
+             has("resolve") || has("Timeout")) {
+    code = EHOSTUNREACH;
+    cause = "server unreachable";
+  }
+  if (cause.empty()) return Error{code, fmt::format("{}: {}", what, msg)};
+  return Error{code, fmt::format("{}: {}: {}", what, cause, msg)};
+}
+
+struct NfsContext {
+  nfs_context* nfs = nfs_init_context();
+  ~NfsContext() {
+    if (nfs) nfs_destroy_context(nfs);
+  }
+};
+
+}  // namespace
+
+// ---- RetainedWrites
+
+void RetainedWrites::carve(uint64_t offset, uint64_t length) {
+  if (length == 0 || map_.empty()) return;
+  const uint64_t end = offset + length;
+  auto it = map_.upper_bound(offset);
+  if (it != map_.begin()) {
+    auto prev = std::prev(it);
+    if (prev->second.offset + prev->second.length > offset) it = prev;
+  }
+  while (it != map_.end() && it->second.offset < end) {
+    Piece p = std::move(it->second);
+    it = map_.erase(it);
+    bytes_ -= p.length;
+    const uint64_t pend = p.offset + p.length;
+    if (p.offset < offset) {
+      Piece left = p;
+      left.length = offset - p.offset;
+      bytes_ += left.length;
+      map_.emplace(left.offset, std::move(left));
+    }
+    if (pend > end) {
+      Piece right = p;
+      right.data = p.data + (end - p.offset);
+      right.offset = end;
+      right.length = pend - end;
+      bytes_ += right.length;
+      it = map_.emplace(right.offset, std::move(right)).first;
+      ++it;
+    }
+  }
+}
+
+void RetainedWrites::insert(Piece p) {
+  if (p.length == 0) return;
+  carve(p.offset, p.length);
+  bytes_ += p.length;
+  map_.emplace(p.offset, std::move(p));
+}
+
+uint64_t RetainedWrites::settle(uint64_t upto, uint64_t verf) {
+  uint64_t stale = 0;
+  for (auto it = map_.begin(); it != map_.end();) {
+    const Piece& p = it->second;
+    if (p.seq < upto && p.verf == verf) {
+      bytes_ -= p.length;
+      it = map_.erase(it);
+      continue;
+    }
+    if (p.seq < upto) stale += p.length;
+    ++it;
+  }
+  return stale;
+}
+
+std::vector<RetainedWrites::Piece> RetainedWrites::pieces() const {
+  std::vector<Piece> v;
+  v.reserve(map_.size());
+  for (const auto& [off, p] : map_) v.push_back(p);
+  return v;
+}
+
+void RetainedWrites::erase_if_same(const Piece& p) {
+  auto it = map_.find(p.offset);
+  if (it == map_.end() || it->second.seq != p.seq || it->second.length != p.length) return;
+  bytes_ -= it->second.length;
+  map_.erase(it);
+}
+
+// ---- load
+
+Result<std::shared_ptr<Target>> NfsTarget::create(Params& p, Resolver& r) {
+  (void)r;
+  std::shared_ptr<NfsTarget> t(new NfsTarget());
+  t->url_ = TRY(p.arg(0, "url"));
+  t->offset_ = TRY(p.arg_u64(1, "offset"));
+  if (auto v = p.option("uid")) t->uid_opt_ = static_cast<int>(TRY(parse_u64(*v)));
+  if (auto v = p.option("gid")) t->gid_opt_ = static_cast<int>(TRY(parse_u64(*v)));
+  if (auto v = p.option("timeout")) {
+    uint64_t s = TRY(parse_u64(*v));
+    if (s == 0 || s > 3600) return fail(EINVAL, fmt::format("option timeout={}: must be 1..3600 seconds", *v));
+    t->timeout_ = std::chrono::seconds(s);
+  }
+  if (auto v = p.option("version")) {
+    if (*v == "4")
+      return fail(ENOTSUP, "option version=4: NFSv4 is not supported yet (its integrity checks need NFSv3's "
+                           "WRITE/COMMIT verifiers here); use version=3");
+    if (*v != "3") return fail(EINVAL, fmt::format("option version={}: must be 3", *v));
+  }
+  t->read_only_ = p.flag("ro") || p.read_only;
+  TRY(p.finish(2));
+  t->length_ = p.length;
+
+  const std::string& url = t->url_;
+  if (url.rfind("nfs://", 0) != 0)
+    return fail(EINVAL, fmt::format("url '{}': must be nfs://host/export/path/file", url));
+  if (t->offset_ % kAlign)
+    return fail(EINVAL, fmt::format("offset {} is not a multiple of {}", t->offset_, kAlign));
+
+  NfsContext ctx;
+  if (!ctx.nfs) return fail(ENOMEM, "nfs_init_context failed");
+  nfs_context* nfs = ctx.nfs;
+  nfs_url* u = nfs_parse_url_full(nfs, url.c_str());
+  if (!u)
+    return fail(EINVAL, fmt::format("url '{}': {} (expected nfs://host/export/path/file)", url,
+                                    nfs_get_error(nfs)));
+  t->server_ = u->server ? u->server : "";
+  t->export_ = u->path ? u->path : "";
+  t->file_ = u->file ? u->file : "";
+  nfs_destroy_url(u);
+  if (t->server_.empty() || t->file_.empty() || t->file_ == "/")
+    return fail(EINVAL, fmt::format("url '{}': needs a server and a file path (nfs://host/export/path/file)", url));
+  if (t->export_.empty()) t->export_ = "/";
+
+  t->ep_.uid = t->uid_opt_.value_or(static_cast<int>(::geteuid()));
+  t->ep_.gid = t->gid_opt_.value_or(static_cast<int>(::getegid()));
+  nfs_set_uid(nfs, t->ep_.uid);
+  nfs_set_gid(nfs, t->ep_.gid);
+  nfs_set_version(nfs, NFS_V3);
+  nfs_set_timeout(nfs, static_cast<int>(std::chrono::milliseconds(t->timeout_).count()));
+  nfs_set_autoreconnect(nfs, 0);
+
+  if (nfs_mount(nfs, t->server_.c_str(), t->export_.c_str()) != 0)
+    return fail(load_error(fmt::format("mount {}:{}", t->server_, t->export_), nfs_get_error(nfs)));
+
+  nfs_stat_64 st{};
+  if (nfs_stat64(nfs, t->file_.c_str(), &st) != 0)
+    return fail(load_error(fmt::format("file {} on {}:{}", t->file_, t->server_, t->export_), nfs_get_error(nfs)));
+  if (!S_ISREG(st.nfs_mode))
+    return fail(EINVAL, fmt::format("file {} on {}:{}: not a regular file", t->file_, t->server_, t->export_));
+  t->file_size_ = st.nfs_size;
+  if (t->offset_ > st.nfs_size)
+    return fail(EINVAL, fmt::format("offset {} is beyond the end of {} ({} bytes)", t->offset_, t->file_,
+                                    st.nfs_size));
+  if (st.nfs_size - t->offset_ < t->length_)
+    return fail(EINVAL, fmt::format("file too small: need {} bytes from offset {}, {} has {}", t->length_,
+                                    t->offset_, t->file_, st.nfs_size));
+
+  nfsfh* fh = nullptr;
+  if (nfs_open(nfs, t->file_.c_str(), t->read_only_ ? O_RDONLY : O_RDWR, &fh) != 0) {
+    Error e = load_error(fmt::format("open {} for {} as uid {} gid {}", t->file_,
+                                     t->read_only_ ? "reading" : "writing", t->ep_.uid, t->ep_.gid),
+                         nfs_get_error(nfs));
+    if (e.code == EACCES)
+      e.message += " (a root-squashing server needs uid=/gid= of the file's owner; or add `ro`)";
+    return fail(std::move(e));
+  }
+  // libnfs 4.0 keeps struct nfs_fh private; its layout is {int len; char* val;}.
+  struct FhView {
+    int len;
+    char* val;
+  };
+  const auto* raw = reinterpret_cast<const FhView*>(nfs_get_fh(fh));
+  if (!raw || raw->len <= 0 || raw->len > 64)
+    return fail(EIO, fmt::format("open {}: unexpected file handle from libnfs", t->file_));
+  t->ep_.fh.assign(reinterpret_cast<const uint8_t*>(raw->val), reinterpret_cast<const uint8_t*>(raw->val) + raw->len);
+  t->rsize_ = static_cast<uint32_t>(std::clamp<uint64_t>(nfs_get_readmax(nfs), kAlign, kMaxXfer));
+  t->wsize_ = static_cast<uint32_t>(std::clamp<uint64_t>(nfs_get_writemax(nfs), kAlign, kMaxXfer));
+
+  // The address and NFS port this mount talks to: reconnects go straight there.
+  sockaddr_storage ss{};
+  socklen_t sl = sizeof ss;
+  int fd = rpc_get_fd(nfs_get_rpc_context(nfs));
+  if (fd < 0 || ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &sl) < 0)
+    return fail(EIO, fmt::format("{}: cannot find the NFS server's address", t->server_));
+  char host[INET6_ADDRSTRLEN] = {};
+  if (ss.ss_family == AF_INET) {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    ::inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+    t->ep_.port = ntohs(a->sin_port);
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    ::inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+    t->ep_.port = ntohs(a->sin6_port);
+  }
+  t->ep_.server = host;
+  t->ep_.stall = std::clamp<std::chrono::milliseconds>(std::chrono::milliseconds(t->timeout_) / 2, 1000ms, 15000ms);
+  nfs_close(nfs, fh);
+  nfs_umount(nfs);
+  LOG_INFO("nfs {}: {} bytes at offset {}, server {} port {}, rsize {} wsize {}, uid {} gid {}", url, t->length_,
+           t->offset_, t->ep_.server, t->ep_.port, t->rsize_, t->wsize_, t->ep_.uid, t->ep_.gid);
+  return t;
+}
+
+NfsTarget::~NfsTarget() {
+  for (int i = 0; i < kMaxQueues; ++i) delete clients_[i].load();
+}
+
+Caps NfsTarget::caps() const {
+  Caps c;
+  c.can_write = !read_only_;
+  c.can_flush = true;
+  c.can_fua = true;
+  c.can_trim = false;
+  c.can_zero = !read_only_;
+  c.can_fast_zero = false;
+  c.can_extents = false;
+  c.can_cache = false;
+  c.can_multi_conn = true;  // a COMMIT covers writes from every queue's connection
+  return c;
+}
+
+BlockSizes NfsTarget::block_sizes() const {
+  BlockSizes b;
+  b.preferred = 4096;
+  return b;
+}
+
+std::string NfsTarget::table_line() const {
+  std::string s = fmt::format("nfs {} {}", url_, offset_);
+  if (uid_opt_) s += fmt::format(" uid={}", *uid_opt_);
+  if (gid_opt_) s += fmt::format(" gid={}", *gid_opt_);
+  if (timeout_ != 30s) s += fmt::format(" timeout={}", timeout_.count());
+  if (read_only_) s += " ro";
+  return s;
+}
+
+std::string NfsTarget::where() const { return fmt::format("nfs {}", url_); }
+
+void NfsTarget::info(InfoSink& out) const {
+  out.add("url", url_);
+  out.add("server", fmt::format("{}:{}", ep_.server, ep_.port));
+  uint64_t in_flight = 0, queued = 0, connected = 0, connects = 0, failures = 0, disconnects = 0, resent = 0,
+           timeouts = 0;
+  for (int i = 0; i < kMaxQueues; ++i) {
+    NfsClient* c = clients_[i].load(std::memory_order_acquire);
+    if (!c) continue;
+    const auto& s = c->stats();
+    in_flight += s.in_flight.load(std::memory_order_relaxed);
+    queued += s.queued.load(std::memory_order_relaxed);
+    connected += c->connected();
+    uint64_t n = s.connects.load(std::memory_order_relaxed);
+    connects += n;
+    failures += s.connect_failures.load(std::memory_order_relaxed);
+    disconnects += s.disconnects.load(std::memory_order_relaxed);
+    resent += s.resent.load(std::memory_order_relaxed);
+    timeouts += s.timeouts.load(std::memory_order_relaxed);
+  }
+  out.add("nfs_in_flight", in_flight);
+  out.add("nfs_queued", queued);
+  out.add("connections", connected);
+  out.add("reconnects", disconnects);
+  out.add("connect_failures", failures);
+  out.add("calls_resent", resent);
+  out.add("calls_timed_out", timeouts);
+  out.add("commits", commits_.load(std::memory_order_relaxed));
+  out.add("verifier_changes", verifier_changes_.load(std::memory_order_relaxed));
+  out.add("rewritten_bytes", rewritten_bytes_.load(std::memory_order_relaxed));
+  out.add("unstable_bytes", retained_bytes_.load(std::memory_order_relaxed));
+  stats_.report(out);
+}
+
+NfsClient& NfsTarget::client(Queue& q) {
+  auto& slot = clients_[q.id()];
+  NfsClient* c = slot.load(std::memory_order_relaxed);
+  if (!c) {
+    c = new NfsClient(q, ep_);
+    slot.store(c, std::memory_order_release);
+  }
+  return *c;
+}
+
+void NfsTarget::note_verf(uint64_t v) {
+  uint64_t old = last_verf_.exchange(v, std::memory_order_relaxed);
+  if (old != 0 && old != v) {
+    verifier_changes_.fetch_add(1, std::memory_order_relaxed);
+    LOG_WARN("{}: the server's write verifier changed (it restarted); unstable writes will be sent again",
+             where());
+  }
+}
+
+// ---- data path
+
+Task<Result<>> NfsTarget::read(Queue& q, std::span<std::byte> buf, uint64_t offset) {
+  IoStats::Scope scope(stats_);
+  IoStats::bump(stats_.reads);
+  IoStats::bump(stats_.read_bytes, buf.size());
+  NfsClient& c = client(q);
+  const auto dl = deadline();
+  uint64_t at = offset_ + offset;
+  while (!buf.empty()) {
+    NfsClient::Call call;
+    call.kind = NfsClient::Kind::kRead;
+    call.offset = at;
+    call.count = static_cast<uint32_t>(std::min<uint64_t>(buf.size(), rsize_));
+    call.rdata = buf.data();
+    call.deadline = dl;
+    co_await c.run(call);
+    if (call.failed) {
+      IoStats::bump(stats_.errors);
+      co_return fail(with_context(std::move(call.error), where()));
+    }
+    if (call.done_count == 0) {
+      if (!call.eof) {
+        IoStats::bump(stats_.errors);
+        co_return fail(EIO, fmt::format("{}: READ at {} returned nothing", where(), at));
+      }
+      // The file was truncated under us: what lies past its end reads as zeros.
+      std::memset(buf.data(), 0, buf.size());
+      break;
+    }
+    buf = buf.subspan(call.done_count);
+    at += call.done_count;
+  }
+  co_return Result<>{};
+}
+
+template <typename Done>
+Task<Result<>> NfsTarget::write_range(Queue& q, const std::byte* data, uint64_t length, uint64_t at, int stable,
+                                      NfsClock::time_point dl, Done done) {
+  NfsClient& c = client(q);
+  while (length > 0) {
+    NfsClient::Call call;
+    call.kind = NfsClient::Kind::kWrite;
+    call.offset = at;
+    call.count = static_cast<uint32_t>(std::min<uint64_t>(length, wsize_));
+    call.stable = stable;
+    call.wdata = data;
+    call.deadline = dl;
+    co_await c.run(call);
+    if (call.failed) co_return fail(with_context(std::move(call.error), where()));
+    if (call.done_count == 0 || call.done_count > call.count)
+      co_return fail(EIO, fmt::format("{}: WRITE at {} wrote {} of {} bytes", where(), at, call.done_count,
+                                      call.count));
+    note_verf(call.verf);
+    done(at, data, call.done_count, call.committed, call.verf);
+    data += call.done_count;
+    at += call.done_count;
+    length -= call.done_count;
+  }
+  co_return Result<>{};
+}
+
+Task<Result<>> NfsTarget::write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {
+  IoStats::Scope scope(stats_);
+  IoStats::bump(stats_.writes);
+  IoStats::bump(stats_.write_bytes, buf.size());
+  const auto dl = deadline();
+  // Wait while data lost by a server restart is being written again.
+  for (;;) {
+    while (rewriting_.load(std::memory_order_acquire)) {
+      if (NfsClock::now() >= dl) co_return fail(EIO, fmt::format("{}: timed out waiting for a rewrite", where()));
+      co_await q.ring().sleep(1ms);
+    }
+    writes_in_flight_.fetch_add(1, std::memory_order_acq_rel);
+    if (!rewriting_.load(std::memory_order_acquire)) break;
+    writes_in_flight_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+  struct InFlight {
+    std::atomic<int>& n;
+    ~InFlight() { n.fetch_sub(1, std::memory_order_acq_rel); }
+  };
+  std::optional<InFlight> guard{std::in_place, writes_in_flight_};
+
+  const uint64_t at = offset_ + offset;
+  {
+    std::lock_guard lk(mu_);
+    retained_.carve(at, buf.size());  // this write replaces older unstable data
+    retained_bytes_.store(retained_.bytes(), std::memory_order_relaxed);
+  }
+
+  Result<> r;
+  bool over_limit = false;
+  if (f.fua) {
+    // FILE_SYNC: stable when the reply comes. A server that answers less
+    // stable than asked gets the data retained and a COMMIT below.
+    std::shared_ptr<std::byte[]> copy;
+    std::vector<RetainedWrites::Piece> weak;
+    r = co_await write_range(q, buf.data(), buf.size(), at, FILE_SYNC, dl,
+                             [&](uint64_t o, const std::byte* d, uint32_t n, int committed, uint64_t verf) {
+                               if (committed == FILE_SYNC) return;
+                               auto owned = std::make_shared_for_overwrite<std::byte[]>(n);
+                               std::memcpy(owned.get(), d, n);
+                               weak.push_back({o, n, owned, owned.get(), 0, verf});
+                             });
+    if (r && !weak.empty()) {
+      {
+        std::lock_guard lk(mu_);
+        for (auto& w : weak) {
+          w.seq = seq_++;
+          retained_.insert(std::move(w));
+        }
+      }
+      guard.reset();
+      r = co_await settle(q, dl);
+    }
+  } else {
+    auto owned = std::make_shared_for_overwrite<std::byte[]>(buf.size());
+    std::memcpy(owned.get(), buf.data(), buf.size());
+    std::vector<RetainedWrites::Piece> pieces;
+    r = co_await write_range(q, owned.get(), buf.size(), at, UNSTABLE, dl,
+                             [&](uint64_t o, const std::byte* d, uint32_t n, int committed, uint64_t verf) {
+                               if (committed == FILE_SYNC) return;
+                               pieces.push_back({o, n, owned, d, 0, verf});
+                             });
+    if (r) {
+      std::lock_guard lk(mu_);
+      for (auto& pc : pieces) {
+        pc.seq = seq_++;
+        retained_.insert(std::move(pc));
+      }
+      retained_bytes_.store(retained_.bytes(), std::memory_order_relaxed);
+      over_limit = retained_.bytes() > kRetainLimit;
+    }
+  }
+  if (!r) {
+    IoStats::bump(stats_.errors);
+    co_return r;
+  }
+  if (over_limit) {
+    // Bound the memory: make what is retained stable now. The write itself
+    // is done either way.
+    guard.reset();
+    auto s = co_await settle(q, deadline());
+    if (!s) LOG_WARN("{}: COMMIT to bound unstable data failed: {}", where(), s.error().message);
+  }
+  co_return Result<>{};
+}
+
+Task<Result<>> NfsTarget::flush(Queue& q) {
+  IoStats::Scope scope(stats_);
+  IoStats::bump(stats_.flushes);
+  auto r = co_await settle(q, deadline());
+  if (!r) IoStats::bump(stats_.errors);
+  co_return r;
+}
+
+Task<Result<>> NfsTarget::settle(Queue& q, NfsClock::time_point dl) {
+  uint64_t upto;
+  {
+    std::lock_guard lk(mu_);
+    if (retained_.count() == 0) co_return Result<>{};
+    upto = seq_;
+  }
+  NfsClient::Call call;
+  call.kind = NfsClient::Kind::kCommit;
+  call.deadline = dl;
+  co_await client(q).run(call);
+  if (call.failed) co_return fail(with_context(std::move(call.error), where()));
+  commits_.fetch_add(1, std::memory_order_relaxed);
+  note_verf(call.verf);
+  uint64_t stale;
+  {
+    std::lock_guard lk(mu_);
+    stale = retained_.settle(upto, call.verf);
+    retained_bytes_.store(retained_.bytes(), std::memory_order_relaxed);
+  }
+  if (stale == 0) co_return Result<>{};
+  LOG_WARN("{}: COMMIT returned a new write verifier: writing {} unstable bytes again", where(), stale);
+  co_return co_await rewrite_all(q, dl);
+}
+
+Task<Result<>> NfsTarget::rewrite_all(Queue& q, NfsClock::time_point dl) {
+  // One rewrite at a time, and no write in flight while it runs.
+  for (;;) {
+    bool expected = false;
+    if (rewriting_.compare_exchange_weak(expected, true, std::memory_order_acq_rel)) break;
+    if (NfsClock::now() >= dl) co_return fail(EIO, fmt::format("{}: timed out waiting for a rewrite", where()));
+    co_await q.ring().sleep(1ms);
+  }
+  struct Clear {
+    std::atomic<bool>& b;
+    ~Clear() { b.store(false, std::memory_order_release); }
+  } clear{rewriting_};
+  while (writes_in_flight_.load(std::memory_order_acquire) > 0) {
+    if (NfsClock::now() >= dl) co_return fail(EIO, fmt::format("{}: timed out waiting for writes", where()));
+    co_await q.ring().sleep(1ms);
+  }
+  // Everything retained goes out FILE_SYNC: stable when answered, whatever
+  // the verifier. (Pieces that did match are rewritten too; it is rare.)
+  std::vector<RetainedWrites::Piece> pieces;
+  {
+    std::lock_guard lk(mu_);
+    pieces = retained_.pieces();
+  }
+  for (const auto& pc : pieces) {
+    bool weak = false;
+    auto r = co_await write_range(q, pc.data, pc.length, pc.offset, FILE_SYNC, dl,
+                                  [&](uint64_t, const std::byte*, uint32_t, int committed, uint64_t) {
+                                    if (committed != FILE_SYNC) weak = true;
+                                  });
+    if (!r) co_return r;
+    if (weak) co_return fail(EIO, fmt::format("{}: the server answered a FILE_SYNC write as unstable", where()));
+    rewritten_bytes_.fetch_add(pc.length, std::memory_order_relaxed);
+    std::lock_guard lk(mu_);
+    retained_.erase_if_same(pc);
+    retained_bytes_.store(retained_.bytes(), std::memory_order_relaxed);
+  }
+  co_return Result<>{};
+}
+
+}  // namespace strata

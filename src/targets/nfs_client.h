@@ -1,0 +1,167 @@
+// NfsClient: one NFSv3 connection, driven by one queue's io_uring (libnfs's
+// raw async RPC API; libnfs only encodes, decodes and moves bytes on the
+// socket, strata's loop polls the socket and keeps the time).
+//
+// Each queue gets its own client (its own TCP connection to the server), so
+// the data path takes no locks and the server sees several connections, as
+// with nconnect. A call is an awaitable: it carries its own deadline; if the
+// connection breaks, calls in flight go back to the waiting list and are sent
+// again on the next connection; a call that cannot finish by its deadline
+// completes with ETIMEDOUT (the target reports EIO). A connection that stops
+// answering (calls outstanding, nothing received for `stall`) is dropped and
+// made again. Nothing is cached and nothing is resent by libnfs itself: its
+// context is destroyed with the connection, so a call the client gave up on
+// can never reach the server later.
+//
+// Threads: everything runs on the queue thread that created the client.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <coroutine>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/result.h"
+#include "core/task.h"
+
+struct rpc_context;
+
+namespace strata {
+
+class Queue;
+
+using NfsClock = std::chrono::steady_clock;
+
+// Where and as whom to connect: filled once at table load.
+struct NfsEndpoint {
+  std::string server;  // host name or address
+  int port = 2049;     // the NFS port rpcbind gave at load
+  int uid = 0, gid = 0;
+  std::vector<uint8_t> fh;  // the file's NFSv3 handle
+  std::chrono::milliseconds stall{10000};
+};
+
+// Counters a target reports (queue-local; summed by the target).
+// Counters (written by the queue thread, read by status from any thread).
+struct NfsClientStats {
+  std::atomic<uint64_t> connects{0};  // successful connections (the first included)
+  std::atomic<uint64_t> connect_failures{0};
+  std::atomic<uint64_t> disconnects{0};
+  std::atomic<uint64_t> resent{0};    // calls sent again after a connection broke
+  std::atomic<uint64_t> timeouts{0};  // calls that passed their deadline
+  std::atomic<uint64_t> in_flight{0};  // calls sent, no reply yet
+  std::atomic<uint64_t> queued{0};     // calls waiting for a connection
+};
+
+class NfsClient {
+ public:
+  NfsClient(Queue& q, const NfsEndpoint& ep);
+  ~NfsClient();
+  NfsClient(const NfsClient&) = delete;
+  NfsClient& operator=(const NfsClient&) = delete;
+
+  enum class Kind { kRead, kWrite, kCommit };
+  // One call: arguments, then the reply. Lives in the caller's frame.
+  struct Call {
+    Kind kind = Kind::kRead;
+    uint64_t offset = 0;
+    uint32_t count = 0;
+    int stable = 0;                    // WRITE: UNSTABLE=0, DATA_SYNC=1, FILE_SYNC=2
+    const std::byte* wdata = nullptr;  // WRITE data
+    std::byte* rdata = nullptr;        // READ destination (count bytes)
+    NfsClock::time_point deadline;
+    // Reply
+    Error error;
+    bool failed = false;
+    uint32_t done_count = 0;  // READ/WRITE: bytes transferred
+    bool eof = false;         // READ
+    int committed = 0;        // WRITE: how stable the server made it
+    uint64_t verf = 0;        // WRITE/COMMIT: the server's write verifier
+    // Bookkeeping
+    std::coroutine_handle<> handle;
+    struct RpcCall* rpc = nullptr;  // the attempt in flight, if any
+    Call* prev = nullptr;
+    Call* next = nullptr;
+    bool sent_once = false;
+  };
+
+  // co_await client.run(call): sends it (now, or once connected) and
+  // resumes when it has a reply, failed for good, or passed its deadline.
+  struct Awaiter {
+    NfsClient& c;
+    Call& call;
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> h) {
+      call.handle = h;
+      c.submit(&call);
+    }
+    void await_resume() const noexcept {}
+  };
+  Awaiter run(Call& call) { return Awaiter{*this, call}; }
+
+  const NfsClientStats& stats() const { return stats_; }
+  bool connected() const { return up_.load(std::memory_order_relaxed); }
+
+  struct Conn;  // one TCP connection (defined in nfs_client.cc)
+
+ private:
+  struct List {
+    Call* head = nullptr;
+    Call* tail = nullptr;
+    void push_back(Call* c);
+    void push_front(Call* c);
+    void remove(Call* c);
+  };
+  friend struct RpcCall;
+  static void on_reply(rpc_context* rpc, int status, void* data, void* priv);
+  static void on_connect(rpc_context* rpc, int status, void* data, void* priv);
+  static void on_poll(struct Completion* c);
+
+  void submit(Call* c);
+  bool send(Call* c);  // false: the connection is broken
+  void connect();
+  void teardown(std::string_view why);
+  void service(Conn* conn, int revents);
+  void after_service();
+  void schedule_flush();
+  Task<void> flush_later();
+  void flush_out();
+  void arm_polls();
+  void finish(Call* c);
+  void resume_ready();
+  void ensure_ticker();
+  Task<void> ticker();
+  void expire(NfsClock::time_point now);
+
+  Queue& q_;
+  NfsEndpoint ep_;
+  Conn* conn_ = nullptr;        // current connection (connecting or up)
+  std::atomic<bool> up_{false};  // connected
+  bool broken_ = false;         // set by callbacks: tear down after rpc_service
+  std::string broken_why_;
+  List waiting_, inflight_;
+  size_t n_waiting_ = 0, n_inflight_ = 0;
+  void publish() {
+    stats_.in_flight.store(n_inflight_, std::memory_order_relaxed);
+    stats_.queued.store(n_waiting_, std::memory_order_relaxed);
+  }
+  std::vector<Call*> ready_;
+  bool flush_scheduled_ = false;
+  bool ticking_ = false;
+  bool in_service_ = false;
+  NfsClock::time_point next_connect_{};
+  std::chrono::milliseconds backoff_{0};
+  NfsClock::time_point last_rx_{};
+  std::string last_error_;
+  NfsClientStats stats_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+// Errno for an nfsstat3 value.
+int nfs3_errno(int nfsstat);
+
+}  // namespace strata

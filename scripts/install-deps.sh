@@ -10,6 +10,8 @@ PKGS=(
   liburing-dev libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgnutls28-dev
   # test clients and peers
   fuse3 e2fsprogs xfsprogs libnbd-bin libnbd-dev python3-libnbd nbdkit qemu-utils fio jq xxd util-linux procps gnutls-bin
+  # nfs target: libnfs, and an NFSv3 server for its tests (test-nfs-*.sh)
+  libnfs-dev libnfs-utils nfs-ganesha nfs-ganesha-vfs rpcbind qemu-block-extra iproute2
 )
 
 missing=()

@@ -14,8 +14,9 @@
 // once. A FLUSH with nothing retained sends nothing. Rewriting after a
 // verifier change waits for writes in flight to finish and holds new ones
 // back (it is rare: a server restart), so a rewrite never lands on top of a
-// newer write. Retained data is bounded (kRetainLimit): past it, the write
-// that crosses the limit settles before it returns.
+// newer write. Retained data is bounded by max_unstable (default 1 GiB, like
+// the kernel client's dirty limits): past half of it a COMMIT starts in the
+// background; past all of it, the write that crosses the limit waits for one.
 #include "targets/nfs.h"
 
 #include <arpa/inet.h>
@@ -27,6 +28,7 @@
 
 #include <nfsc/libnfs.h>
 #include <nfsc/libnfs-raw.h>
+#include <nfsc/libnfs-raw-mount.h>
 #include <nfsc/libnfs-raw-nfs.h>
 
 #include <algorithm>
@@ -43,7 +45,7 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr uint64_t kAlign = 4096;
-constexpr uint64_t kRetainLimit = 64ull << 20;
+constexpr uint64_t kDefaultMaxUnstable = 1ull << 30;
 constexpr uint32_t kMaxXfer = 1u << 20;
 
 // A classified message for a libnfs load error.
@@ -61,6 +63,11 @@ Error load_error(std::string_view what, std::string_view msg) {
              has("resolve") || has("Timeout")) {
     code = EHOSTUNREACH;
     cause = "server unreachable";
+  } else if (has("nfs_service failed")) {
+    // libnfs 4.0's synchronous loop says only this when the socket to
+    // rpcbind or the server fails.
+    code = EHOSTUNREACH;
+    cause = "server unreachable (no answer from its rpcbind, mountd or nfsd)";
   }
   if (cause.empty()) return Error{code, fmt::format("{}: {}", what, msg)};
   return Error{code, fmt::format("{}: {}: {}", what, cause, msg)};
@@ -151,10 +158,15 @@ Result<std::shared_ptr<Target>> NfsTarget::create(Params& p, Resolver& r) {
   std::shared_ptr<NfsTarget> t(new NfsTarget());
   t->url_ = TRY(p.arg(0, "url"));
   t->offset_ = TRY(p.arg_u64(1, "offset"));
-  if (auto v = p.option("uid")) t->uid_opt_ = static_cast<int>(TRY(parse_u64(*v)));
-  if (auto v = p.option("gid")) t->gid_opt_ = static_cast<int>(TRY(parse_u64(*v)));
+  auto number = [](std::string_view key, const std::string& v) -> Result<uint64_t> {
+    auto n = parse_u64(v);
+    if (!n) return fail(EINVAL, fmt::format("option {}={}: {}", key, v, n.error().message));
+    return *n;
+  };
+  if (auto v = p.option("uid")) t->uid_opt_ = static_cast<int>(TRY(number("uid", *v)));
+  if (auto v = p.option("gid")) t->gid_opt_ = static_cast<int>(TRY(number("gid", *v)));
   if (auto v = p.option("timeout")) {
-    uint64_t s = TRY(parse_u64(*v));
+    uint64_t s = TRY(number("timeout", *v));
     if (s == 0 || s > 3600) return fail(EINVAL, fmt::format("option timeout={}: must be 1..3600 seconds", *v));
     t->timeout_ = std::chrono::seconds(s);
   }
@@ -163,6 +175,13 @@ Result<std::shared_ptr<Target>> NfsTarget::create(Params& p, Resolver& r) {
       return fail(ENOTSUP, "option version=4: NFSv4 is not supported yet (its integrity checks need NFSv3's "
                            "WRITE/COMMIT verifiers here); use version=3");
     if (*v != "3") return fail(EINVAL, fmt::format("option version={}: must be 3", *v));
+  }
+  if (auto v = p.option("max_unstable")) {
+    auto n = parse_size(*v);
+    if (!n) return fail(EINVAL, fmt::format("option max_unstable={}: {}", *v, n.error().message));
+    t->max_unstable_ = *n;
+    if (t->max_unstable_ < (1u << 20))
+      return fail(EINVAL, fmt::format("option max_unstable={}: must be at least 1M", *v));
   }
   t->read_only_ = p.flag("ro") || p.read_only;
   TRY(p.finish(2));
@@ -197,8 +216,26 @@ Result<std::shared_ptr<Target>> NfsTarget::create(Params& p, Resolver& r) {
   nfs_set_timeout(nfs, static_cast<int>(std::chrono::milliseconds(t->timeout_).count()));
   nfs_set_autoreconnect(nfs, 0);
 
-  if (nfs_mount(nfs, t->server_.c_str(), t->export_.c_str()) != 0)
-    return fail(load_error(fmt::format("mount {}:{}", t->server_, t->export_), nfs_get_error(nfs)));
+  if (nfs_mount(nfs, t->server_.c_str(), t->export_.c_str()) != 0) {
+    Error e = load_error(fmt::format("mount {}:{}", t->server_, t->export_), nfs_get_error(nfs));
+    // Servers (ganesha) refuse an export they do not have with ACCES: the
+    // server answered, so ask it for its list and say which it is.
+    if (e.code == EACCES || e.code == ENOENT) {
+      if (exportnode* list = mount_getexports(t->server_.c_str())) {
+        bool found = false;
+        std::string names;
+        for (exportnode* n = list; n; n = n->ex_next) {
+          if (n->ex_dir && t->export_ == n->ex_dir) found = true;
+          if (n->ex_dir) names += fmt::format("{}{}", names.empty() ? "" : ", ", n->ex_dir);
+        }
+        mount_free_export_list(list);
+        if (!found)
+          return fail(ENOENT, fmt::format("mount {}:{}: export not found (the server exports: {})", t->server_,
+                                          t->export_, names.empty() ? "nothing" : names));
+      }
+    }
+    return fail(std::move(e));
+  }
 
   nfs_stat_64 st{};
   if (nfs_stat64(nfs, t->file_.c_str(), &st) != 0)
@@ -288,6 +325,7 @@ std::string NfsTarget::table_line() const {
   if (uid_opt_) s += fmt::format(" uid={}", *uid_opt_);
   if (gid_opt_) s += fmt::format(" gid={}", *gid_opt_);
   if (timeout_ != 30s) s += fmt::format(" timeout={}", timeout_.count());
+  if (max_unstable_ != kDefaultMaxUnstable) s += fmt::format(" max_unstable={}", max_unstable_);
   if (read_only_) s += " ro";
   return s;
 }
@@ -438,6 +476,7 @@ Task<Result<>> NfsTarget::write(Queue& q, std::span<const std::byte> buf, uint64
 
   Result<> r;
   bool over_limit = false;
+  bool start_background = false;
   if (f.fua) {
     // FILE_SYNC: stable when the reply comes. A server that answers less
     // stable than asked gets the data retained and a COMMIT below.
@@ -477,9 +516,12 @@ Task<Result<>> NfsTarget::write(Queue& q, std::span<const std::byte> buf, uint64
         retained_.insert(std::move(pc));
       }
       retained_bytes_.store(retained_.bytes(), std::memory_order_relaxed);
-      over_limit = retained_.bytes() > kRetainLimit;
+      over_limit = retained_.bytes() > max_unstable_;
+      start_background = !over_limit && retained_.bytes() > max_unstable_ / 2 && !background_commit_.exchange(true);
     }
   }
+  // (Outside mu_: the spawned task runs until its first suspension now.)
+  if (start_background) spawn(background_settle(q));
   if (!r) {
     IoStats::bump(stats_.errors);
     co_return r;
@@ -492,6 +534,12 @@ Task<Result<>> NfsTarget::write(Queue& q, std::span<const std::byte> buf, uint64
     if (!s) LOG_WARN("{}: COMMIT to bound unstable data failed: {}", where(), s.error().message);
   }
   co_return Result<>{};
+}
+
+Task<void> NfsTarget::background_settle(Queue& q) {
+  auto r = co_await settle(q, deadline());
+  if (!r) LOG_WARN("{}: background COMMIT failed: {}", where(), r.error().message);
+  background_commit_.store(false, std::memory_order_release);
 }
 
 Task<Result<>> NfsTarget::flush(Queue& q) {

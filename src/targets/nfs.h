@@ -66,13 +66,15 @@ class RetainedWrites {
 class NfsTarget final : public Target {
  public:
   static constexpr std::string_view kHelp =
-      "nfs <url> <offset> [uid=N] [gid=N] [timeout=S] [version=3] [ro]\n"
+      "nfs <url> <offset> [uid=N] [gid=N] [timeout=S] [max_unstable=SIZE] [version=3] [ro]\n"
       "  A range of a file on an NFS server, url nfs://host/export/path/file,\n"
       "  starting at byte <offset> (a multiple of 4096). A write is acknowledged\n"
       "  stable after FLUSH (COMMIT with write-verifier checks) or with FUA\n"
       "  (FILE_SYNC). uid/gid: AUTH_SYS credentials on every call (for root-squashing\n"
       "  servers). timeout: seconds before a request fails with EIO while the\n"
-      "  server does not answer (default 30); the target reconnects by itself.";
+      "  server does not answer (default 30); the target reconnects by itself.\n"
+      "  max_unstable: acknowledged data kept until a COMMIT makes it stable\n"
+      "  (default 1G; a COMMIT starts in the background at half of it).";
   static Result<std::shared_ptr<Target>> create(Params& p, Resolver& r);
 
   NfsTarget(const NfsTarget&) = delete;
@@ -102,6 +104,7 @@ class NfsTarget final : public Target {
   // what a server restart lost).
   Task<Result<>> settle(Queue& q, NfsClock::time_point dl);
   Task<Result<>> rewrite_all(Queue& q, NfsClock::time_point dl);
+  Task<void> background_settle(Queue& q);
   void note_verf(uint64_t v);
   std::string where() const;
 
@@ -111,6 +114,8 @@ class NfsTarget final : public Target {
   std::optional<int> uid_opt_, gid_opt_;
   std::chrono::seconds timeout_{30};
   bool read_only_ = false;
+  uint64_t max_unstable_ = 1ull << 30;
+  std::atomic<bool> background_commit_{false};
   NfsEndpoint ep_;
   uint32_t rsize_ = 65536, wsize_ = 65536;
   uint64_t file_size_ = 0;

@@ -403,13 +403,14 @@ void NfsClient::arm_polls() {
   int fd = rpc_get_fd(conn->rpc);
   if (fd < 0) return;
   Ring& ring = q_.ring();
-  if (up_ && !conn->in_armed) {
+  const int want = rpc_which_events(conn->rpc);
+  if ((up_ || (want & POLLIN)) && !conn->in_armed) {
     io_uring_sqe* sqe = ring.get_sqe();
     io_uring_prep_poll_add(sqe, fd, POLLIN);
     io_uring_sqe_set_data(sqe, static_cast<Completion*>(&conn->in));
     conn->in_armed = true;
   }
-  bool want_out = !up_ || (rpc_which_events(conn->rpc) & POLLOUT);
+  bool want_out = want & POLLOUT;
   if (want_out && !conn->out_armed) {
     io_uring_sqe* sqe = ring.get_sqe();
     io_uring_prep_poll_add(sqe, fd, POLLOUT);

@@ -8,13 +8,13 @@
 // server's address and NFS port, rsize/wsize. The mount is then dropped: the
 // data path speaks NFSv3 on its own connections (one per queue, NfsClient).
 //
-// Writes: see nfs.h. The data of an UNSTABLE write is copied into a
-// reference-counted block before it is sent, and that block is what
-// RetainedWrites keeps after the reply, so the client's buffer is free at
-// once. A FLUSH with nothing retained sends nothing. Rewriting after a
-// verifier change waits for writes in flight to finish and holds new ones
-// back (it is rare: a server restart), so a rewrite never lands on top of a
-// newer write. Retained data is bounded by max_unstable (default 1 GiB, like
+// Writes: see nfs.h. A WRITE is sent from the client's buffer; when its
+// reply comes, the data is copied into the RetainedWrites log (one memcpy;
+// libnfs encodes from the client's buffer). A FLUSH with nothing retained
+// sends nothing. Rewriting after a verifier change waits for writes in
+// flight to finish and holds new ones back (it is rare: a server restart),
+// and replays the log in order, so a rewrite never lands on top of a newer
+// write. Retained data is bounded by max_unstable (default 256 MiB, like
 // the kernel client's dirty limits): past half of it a COMMIT starts in the
 // background; past all of it, the write that crosses the limit waits for one.
 #include "targets/nfs.h"
@@ -45,7 +45,7 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr uint64_t kAlign = 4096;
-constexpr uint64_t kDefaultMaxUnstable = 1ull << 30;
+constexpr uint64_t kDefaultMaxUnstable = 256ull << 20;
 constexpr uint32_t kMaxXfer = 1u << 20;
 
 // A classified message for a libnfs load error.
@@ -84,71 +84,107 @@ struct NfsContext {
 
 // ---- RetainedWrites
 
-void RetainedWrites::carve(uint64_t offset, uint64_t length) {
-  if (length == 0 || map_.empty()) return;
-  const uint64_t end = offset + length;
-  auto it = map_.upper_bound(offset);
-  if (it != map_.begin()) {
-    auto prev = std::prev(it);
-    if (prev->second.offset + prev->second.length > offset) it = prev;
+namespace {
+constexpr uint32_t kChunkBytes = 4u << 20;
+}
+
+RetainedWrites::RetainedWrites(uint64_t keep_bytes) : keep_bytes_(keep_bytes) {}
+
+RetainedWrites::~RetainedWrites() {
+  for (auto& c : chunks_) std::free(c.mem);
+}
+
+std::byte* RetainedWrites::alloc(uint32_t n, uint32_t* chunk) {
+  if (cur_ != UINT32_MAX && chunks_[cur_].size - chunks_[cur_].used < n) {
+    uint32_t old = cur_;
+    cur_ = UINT32_MAX;
+    if (chunks_[old].refs == 0) {
+      chunks_[old].used = 0;
+      free_.push_back(old);
+    }
   }
-  while (it != map_.end() && it->second.offset < end) {
-    Piece p = std::move(it->second);
-    it = map_.erase(it);
-    bytes_ -= p.length;
-    const uint64_t pend = p.offset + p.length;
-    if (p.offset < offset) {
-      Piece left = p;
-      left.length = offset - p.offset;
-      bytes_ += left.length;
-      map_.emplace(left.offset, std::move(left));
+  if (cur_ == UINT32_MAX) {
+    uint32_t want = std::max(n, kChunkBytes);
+    if (!free_.empty() && chunks_[free_.back()].size >= want) {
+      cur_ = free_.back();
+      free_.pop_back();
+    } else {
+      // A chunk slot with no memory, or a new one.
+      uint32_t slot = UINT32_MAX;
+      for (uint32_t i = 0; i < chunks_.size(); ++i)
+        if (!chunks_[i].mem) {
+          slot = i;
+          break;
+        }
+      if (slot == UINT32_MAX) {
+        slot = static_cast<uint32_t>(chunks_.size());
+        chunks_.push_back({});
+      }
+      void* m = std::aligned_alloc(4096, (want + 4095) / 4096 * 4096);
+      CHECK(m != nullptr);
+      chunks_[slot] = Chunk{static_cast<std::byte*>(m), want, 0, 0};
+      cur_ = slot;
     }
-    if (pend > end) {
-      Piece right = p;
-      right.data = p.data + (end - p.offset);
-      right.offset = end;
-      right.length = pend - end;
-      bytes_ += right.length;
-      it = map_.emplace(right.offset, std::move(right)).first;
-      ++it;
-    }
+  }
+  Chunk& c = chunks_[cur_];
+  std::byte* p = c.mem + c.used;
+  c.used += n;
+  ++c.refs;
+  *chunk = cur_;
+  return p;
+}
+
+void RetainedWrites::release(uint32_t idx) {
+  Chunk& c = chunks_[idx];
+  if (--c.refs > 0 || idx == cur_) return;
+  c.used = 0;
+  if (static_cast<uint64_t>(free_.size()) * kChunkBytes < keep_bytes_ && c.size == kChunkBytes) {
+    free_.push_back(idx);
+  } else {
+    std::free(c.mem);
+    c = Chunk{};
   }
 }
 
-void RetainedWrites::insert(Piece p) {
-  if (p.length == 0) return;
-  carve(p.offset, p.length);
-  bytes_ += p.length;
-  map_.emplace(p.offset, std::move(p));
+uint64_t RetainedWrites::append(uint64_t offset, std::span<const std::byte> data, uint64_t verf, bool stable) {
+  Entry e;
+  e.offset = offset;
+  e.length = static_cast<uint32_t>(data.size());
+  e.stable = stable;
+  std::byte* p = alloc(e.length, &e.chunk);
+  std::memcpy(p, data.data(), data.size());
+  e.data = p;
+  e.seq = next_seq_++;
+  e.verf = verf;
+  bytes_ += e.length;
+  log_.push_back(e);
+  return e.seq;
 }
 
-uint64_t RetainedWrites::settle(uint64_t upto, uint64_t verf) {
-  uint64_t stale = 0;
-  for (auto it = map_.begin(); it != map_.end();) {
-    const Piece& p = it->second;
-    if (p.seq < upto && p.verf == verf) {
-      bytes_ -= p.length;
-      it = map_.erase(it);
-      continue;
-    }
-    if (p.seq < upto) stale += p.length;
-    ++it;
+bool RetainedWrites::settle(uint64_t upto, uint64_t verf) {
+  for (const Entry& e : log_) {
+    if (e.seq >= upto) break;
+    if (!e.stable && e.verf != verf) return false;
   }
-  return stale;
+  drop_before(upto);
+  return true;
 }
 
-std::vector<RetainedWrites::Piece> RetainedWrites::pieces() const {
-  std::vector<Piece> v;
-  v.reserve(map_.size());
-  for (const auto& [off, p] : map_) v.push_back(p);
+std::vector<RetainedWrites::Entry> RetainedWrites::entries_before(uint64_t upto) const {
+  std::vector<Entry> v;
+  for (const Entry& e : log_) {
+    if (e.seq >= upto) break;
+    v.push_back(e);
+  }
   return v;
 }
 
-void RetainedWrites::erase_if_same(const Piece& p) {
-  auto it = map_.find(p.offset);
-  if (it == map_.end() || it->second.seq != p.seq || it->second.length != p.length) return;
-  bytes_ -= it->second.length;
-  map_.erase(it);
+void RetainedWrites::drop_before(uint64_t upto) {
+  while (!log_.empty() && log_.front().seq < upto) {
+    bytes_ -= log_.front().length;
+    release(log_.front().chunk);
+    log_.pop_front();
+  }
 }
 
 // ---- load
@@ -183,6 +219,7 @@ Result<std::shared_ptr<Target>> NfsTarget::create(Params& p, Resolver& r) {
     if (t->max_unstable_ < (1u << 20))
       return fail(EINVAL, fmt::format("option max_unstable={}: must be at least 1M", *v));
   }
+  t->retained_.set_keep_bytes(t->max_unstable_);
   t->read_only_ = p.flag("ro") || p.read_only;
   TRY(p.finish(2));
   t->length_ = p.length;
@@ -467,71 +504,39 @@ Task<Result<>> NfsTarget::write(Queue& q, std::span<const std::byte> buf, uint64
   };
   std::optional<InFlight> guard{std::in_place, writes_in_flight_};
 
-  const uint64_t at = offset_ + offset;
-  {
-    std::lock_guard lk(mu_);
-    retained_.carve(at, buf.size());  // this write replaces older unstable data
-    retained_bytes_.store(retained_.bytes(), std::memory_order_relaxed);
-  }
-
-  Result<> r;
-  bool over_limit = false;
-  bool start_background = false;
-  if (f.fua) {
-    // FILE_SYNC: stable when the reply comes. A server that answers less
-    // stable than asked gets the data retained and a COMMIT below.
-    std::shared_ptr<std::byte[]> copy;
-    std::vector<RetainedWrites::Piece> weak;
-    r = co_await write_range(q, buf.data(), buf.size(), at, FILE_SYNC, dl,
-                             [&](uint64_t o, const std::byte* d, uint32_t n, int committed, uint64_t verf) {
-                               if (committed == FILE_SYNC) return;
-                               auto owned = std::make_shared_for_overwrite<std::byte[]>(n);
-                               std::memcpy(owned.get(), d, n);
-                               weak.push_back({o, n, owned, owned.get(), 0, verf});
-                             });
-    if (r && !weak.empty()) {
-      {
-        std::lock_guard lk(mu_);
-        for (auto& w : weak) {
-          w.seq = seq_++;
-          retained_.insert(std::move(w));
-        }
-      }
-      guard.reset();
-      r = co_await settle(q, dl);
-    }
-  } else {
-    auto owned = std::make_shared_for_overwrite<std::byte[]>(buf.size());
-    std::memcpy(owned.get(), buf.data(), buf.size());
-    std::vector<RetainedWrites::Piece> pieces;
-    r = co_await write_range(q, owned.get(), buf.size(), at, UNSTABLE, dl,
-                             [&](uint64_t o, const std::byte* d, uint32_t n, int committed, uint64_t verf) {
-                               if (committed == FILE_SYNC) return;
-                               pieces.push_back({o, n, owned, d, 0, verf});
-                             });
-    if (r) {
-      std::lock_guard lk(mu_);
-      for (auto& pc : pieces) {
-        pc.seq = seq_++;
-        retained_.insert(std::move(pc));
-      }
-      retained_bytes_.store(retained_.bytes(), std::memory_order_relaxed);
-      over_limit = retained_.bytes() > max_unstable_;
-      start_background = !over_limit && retained_.bytes() > max_unstable_ / 2 && !background_commit_.exchange(true);
-    }
-  }
-  // (Outside mu_: the spawned task runs until its first suspension now.)
-  if (start_background) spawn(background_settle(q));
+  // UNSTABLE, or FILE_SYNC for FUA. Each chunk is logged when its reply
+  // comes (FUA ones too, marked stable: see RetainedWrites). A server that
+  // answers a FILE_SYNC write less stable than asked gets a COMMIT below.
+  bool weak = false, over_limit = false, start_background = false;
+  const int stable = f.fua ? FILE_SYNC : UNSTABLE;
+  auto r = co_await write_range(q, buf.data(), buf.size(), offset_ + offset, stable, dl,
+                                [&](uint64_t o, const std::byte* d, uint32_t n, int committed, uint64_t verf) {
+                                  bool is_stable = committed == FILE_SYNC;
+                                  if (f.fua && !is_stable) weak = true;
+                                  std::lock_guard lk(mu_);
+                                  retained_.append(o, {d, n}, verf, is_stable);
+                                  retained_bytes_.store(retained_.bytes(), std::memory_order_relaxed);
+                                  over_limit = retained_.bytes() > max_unstable_;
+                                  start_background = start_background || retained_.bytes() > max_unstable_ / 2;
+                                });
   if (!r) {
     IoStats::bump(stats_.errors);
     co_return r;
   }
-  if (over_limit) {
-    // Bound the memory: make what is retained stable now. The write itself
-    // is done either way.
-    guard.reset();
-    auto s = co_await settle(q, deadline());
-    if (!s) LOG_WARN("{}: COMMIT to bound unstable data failed: {}", where(), s.error().message);
+  guard.reset();
+  if (weak || over_limit) {
+    // FUA answered unstable: make it stable now. Past max_unstable: bound
+    // the memory (the write itself is done either way).
+    auto s = co_await settle(q, weak ? dl : deadline());
+    if (!s) {
+      if (weak) {
+        IoStats::bump(stats_.errors);
+        co_return s;
+      }
+      LOG_WARN("{}: COMMIT to bound unstable data failed: {}", where(), s.error().message);
+    }
+  } else if (start_background && !background_commit_.exchange(true)) {
+    spawn(background_settle(q));
   }
   co_return Result<>{};
 }
@@ -551,28 +556,38 @@ Task<Result<>> NfsTarget::flush(Queue& q) {
 }
 
 Task<Result<>> NfsTarget::settle(Queue& q, NfsClock::time_point dl) {
-  uint64_t upto;
-  {
-    std::lock_guard lk(mu_);
-    if (retained_.count() == 0) co_return Result<>{};
-    upto = seq_;
+  for (;;) {
+    // A rewrite in progress holds pointers into the log: let it finish.
+    while (rewriting_.load(std::memory_order_acquire)) {
+      if (NfsClock::now() >= dl) co_return fail(EIO, fmt::format("{}: timed out waiting for a rewrite", where()));
+      co_await q.ring().sleep(1ms);
+    }
+    uint64_t upto;
+    {
+      std::lock_guard lk(mu_);
+      if (retained_.count() == 0) co_return Result<>{};
+      upto = retained_.next_seq();
+    }
+    NfsClient::Call call;
+    call.kind = NfsClient::Kind::kCommit;
+    call.deadline = dl;
+    co_await client(q).run(call);
+    if (call.failed) co_return fail(with_context(std::move(call.error), where()));
+    commits_.fetch_add(1, std::memory_order_relaxed);
+    note_verf(call.verf);
+    if (rewriting_.load(std::memory_order_acquire)) continue;
+    bool settled;
+    {
+      std::lock_guard lk(mu_);
+      settled = rewriting_.load(std::memory_order_acquire) ? false : retained_.settle(upto, call.verf);
+      retained_bytes_.store(retained_.bytes(), std::memory_order_relaxed);
+    }
+    if (settled) co_return Result<>{};
+    if (rewriting_.load(std::memory_order_acquire)) continue;
+    LOG_WARN("{}: COMMIT returned another write verifier than the writes: writing {} bytes again", where(),
+             retained_bytes_.load(std::memory_order_relaxed));
+    co_return co_await rewrite_all(q, dl);
   }
-  NfsClient::Call call;
-  call.kind = NfsClient::Kind::kCommit;
-  call.deadline = dl;
-  co_await client(q).run(call);
-  if (call.failed) co_return fail(with_context(std::move(call.error), where()));
-  commits_.fetch_add(1, std::memory_order_relaxed);
-  note_verf(call.verf);
-  uint64_t stale;
-  {
-    std::lock_guard lk(mu_);
-    stale = retained_.settle(upto, call.verf);
-    retained_bytes_.store(retained_.bytes(), std::memory_order_relaxed);
-  }
-  if (stale == 0) co_return Result<>{};
-  LOG_WARN("{}: COMMIT returned a new write verifier: writing {} unstable bytes again", where(), stale);
-  co_return co_await rewrite_all(q, dl);
 }
 
 Task<Result<>> NfsTarget::rewrite_all(Queue& q, NfsClock::time_point dl) {
@@ -591,24 +606,28 @@ Task<Result<>> NfsTarget::rewrite_all(Queue& q, NfsClock::time_point dl) {
     if (NfsClock::now() >= dl) co_return fail(EIO, fmt::format("{}: timed out waiting for writes", where()));
     co_await q.ring().sleep(1ms);
   }
-  // Everything retained goes out FILE_SYNC: stable when answered, whatever
-  // the verifier. (Pieces that did match are rewritten too; it is rare.)
-  std::vector<RetainedWrites::Piece> pieces;
+  // The whole log, in order, FILE_SYNC: stable when answered whatever the
+  // verifier, and the newest data of each byte lands last.
+  std::vector<RetainedWrites::Entry> entries;
+  uint64_t upto;
   {
     std::lock_guard lk(mu_);
-    pieces = retained_.pieces();
+    upto = retained_.next_seq();
+    entries = retained_.entries_before(upto);
   }
-  for (const auto& pc : pieces) {
+  for (const auto& e : entries) {
     bool weak = false;
-    auto r = co_await write_range(q, pc.data, pc.length, pc.offset, FILE_SYNC, dl,
+    auto r = co_await write_range(q, e.data, e.length, e.offset, FILE_SYNC, dl,
                                   [&](uint64_t, const std::byte*, uint32_t, int committed, uint64_t) {
                                     if (committed != FILE_SYNC) weak = true;
                                   });
     if (!r) co_return r;
     if (weak) co_return fail(EIO, fmt::format("{}: the server answered a FILE_SYNC write as unstable", where()));
-    rewritten_bytes_.fetch_add(pc.length, std::memory_order_relaxed);
+    rewritten_bytes_.fetch_add(e.length, std::memory_order_relaxed);
+  }
+  {
     std::lock_guard lk(mu_);
-    retained_.erase_if_same(pc);
+    retained_.drop_before(upto);
     retained_bytes_.store(retained_.bytes(), std::memory_order_relaxed);
   }
   co_return Result<>{};

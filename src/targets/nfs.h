@@ -12,7 +12,8 @@
 
 #include <atomic>
 #include <cstdint>
-#include <map>
+#include <deque>
+#include <span>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -26,41 +27,62 @@
 
 namespace strata {
 
-// Unstable data not yet known to be on the server's stable storage: for each
-// byte, the newest acknowledged write of it. Pieces never overlap; a new write
-// replaces what it covers (carve), so writing pieces back in any order
-// restores the newest data.
+// Acknowledged data not yet known to be on the server's stable storage, as a
+// log in acknowledgement order. Replaying the log in order restores the
+// newest data of every byte, so after a server restart the whole log is
+// written again in order (FUA writes are logged too, so an older unstable
+// write is never replayed over a newer FUA one). Appending is O(1): no
+// search, no split; data lives in 4 MiB arena chunks that are reused, so a
+// steady stream of writes neither calls malloc nor faults in fresh pages.
+// Not thread-safe: the target guards it with a mutex.
 class RetainedWrites {
  public:
-  struct Piece {
+  struct Entry {
     uint64_t offset = 0;
-    uint64_t length = 0;
-    std::shared_ptr<std::byte[]> owner;  // keeps `data` alive
+    uint32_t length = 0;
+    bool stable = false;  // FUA: already stable; kept only for ordering
     const std::byte* data = nullptr;
-    uint64_t seq = 0;   // order of acknowledgement
-    uint64_t verf = 0;  // the server's write verifier from the WRITE reply
+    uint32_t chunk = 0;  // arena chunk holding data
+    uint64_t seq = 0;    // position in the log
+    uint64_t verf = 0;   // the server's write verifier from the WRITE reply
   };
+  explicit RetainedWrites(uint64_t keep_bytes = 64ull << 20);
+  ~RetainedWrites();
+  RetainedWrites(const RetainedWrites&) = delete;
+  RetainedWrites& operator=(const RetainedWrites&) = delete;
 
-  // Forgets [offset, offset + length) (a newer write covers it).
-  void carve(uint64_t offset, uint64_t length);
-  // Retains a piece (replacing whatever it overlaps).
-  void insert(Piece p);
-  // After a COMMIT that returned `verf` and was sent when the last sequence
-  // number handed out was below `upto`: drops pieces with seq < upto written
-  // under the same verifier. Returns the bytes of pieces with seq < upto whose
-  // verifier differs (lost by a server restart unless written again).
-  uint64_t settle(uint64_t upto, uint64_t verf);
-  // All pieces, in offset order.
-  std::vector<Piece> pieces() const;
-  // Drops the piece starting at p.offset if it is still the same write.
-  void erase_if_same(const Piece& p);
+  // Copies data into the log. Returns the entry's sequence number.
+  uint64_t append(uint64_t offset, std::span<const std::byte> data, uint64_t verf, bool stable);
+  // The sequence number the next append gets.
+  uint64_t next_seq() const { return next_seq_; }
+  // After a COMMIT that returned `verf`, sent when next_seq() was `upto`:
+  // if every entry before `upto` was written under `verf` (or is stable),
+  // drops them and returns true; else returns false and drops nothing (a
+  // server restart lost some: the log must be written again, in order).
+  bool settle(uint64_t upto, uint64_t verf);
+  // Entries with seq < upto, in order (pointers valid until drop_before).
+  std::vector<Entry> entries_before(uint64_t upto) const;
+  void drop_before(uint64_t upto);
 
   uint64_t bytes() const { return bytes_; }
-  size_t count() const { return map_.size(); }
+  size_t count() const { return log_.size(); }
+  void set_keep_bytes(uint64_t n) { keep_bytes_ = n; }
 
  private:
-  std::map<uint64_t, Piece> map_;  // by offset
+  struct Chunk {
+    std::byte* mem = nullptr;
+    uint32_t size = 0, used = 0, refs = 0;
+  };
+  std::byte* alloc(uint32_t n, uint32_t* chunk);
+  void release(uint32_t chunk);
+
+  std::deque<Entry> log_;
+  uint64_t next_seq_ = 0;
   uint64_t bytes_ = 0;
+  std::vector<Chunk> chunks_;
+  std::vector<uint32_t> free_;  // empty chunks ready for reuse
+  uint32_t cur_ = UINT32_MAX;   // chunk being filled
+  uint64_t keep_bytes_;         // empty chunks kept beyond this are freed
 };
 
 class NfsTarget final : public Target {
@@ -74,7 +96,7 @@ class NfsTarget final : public Target {
       "  servers). timeout: seconds before a request fails with EIO while the\n"
       "  server does not answer (default 30); the target reconnects by itself.\n"
       "  max_unstable: acknowledged data kept until a COMMIT makes it stable\n"
-      "  (default 1G; a COMMIT starts in the background at half of it).";
+      "  (default 256M; a COMMIT starts in the background at half of it).";
   static Result<std::shared_ptr<Target>> create(Params& p, Resolver& r);
 
   NfsTarget(const NfsTarget&) = delete;
@@ -114,7 +136,7 @@ class NfsTarget final : public Target {
   std::optional<int> uid_opt_, gid_opt_;
   std::chrono::seconds timeout_{30};
   bool read_only_ = false;
-  uint64_t max_unstable_ = 1ull << 30;
+  uint64_t max_unstable_ = 256ull << 20;
   std::atomic<bool> background_commit_{false};
   NfsEndpoint ep_;
   uint32_t rsize_ = 65536, wsize_ = 65536;

@@ -1,5 +1,5 @@
 #!/bin/bash
-# CLI help: `strata --help` lists the subcommands, `strata serve --help` the serve options, `strata serve --help-targets` describes all seven targets; all exit 0 without starting a server; a bad option or no subcommand fails.
+# CLI help: `strata --help` lists the subcommands, `strata serve --help` the serve options, `strata serve --help-targets` describes all eight targets; all exit 0 without starting a server; a bad option or no subcommand fails.
 . "$(dirname "$0")/functions.sh"
 
 out=$("$STRATA" --help) || die "strata --help failed"
@@ -20,10 +20,10 @@ done
 
 out=$(timeout 10 "$STRATA" serve --help-targets --control "$CTL" --unix "$SOCK") || die "strata serve --help-targets failed"
 [ ! -e "$CTL" ] && [ ! -e "$SOCK" ] || die "--help-targets started a server"
-for t in "file <path> <offset>" "linear <device> <offset_sectors>" zero error memory pattern "cow <top-layer>"; do
+for t in "file <path> <offset>" "linear <device> <offset_sectors>" zero error memory pattern "cow <top-layer>" "nfs <url> <offset>"; do
   grep -qE "^$t" <<<"$out" || die "--help-targets does not describe '$t': $out"
 done
-[ "$(grep -cE '^[a-z]+( |$)' <<<"$out")" = 7 ] || die "--help-targets should describe exactly 7 targets: $out"
+[ "$(grep -cE '^[a-z]+( |$)' <<<"$out")" = 8 ] || die "--help-targets should describe exactly 8 targets: $out"
 grep -q "direct=on" <<<"$out" && grep -q "ro" <<<"$out" || die "--help-targets: file options missing"
 
 # Misuse fails with a message, exit status non-zero.

@@ -25,6 +25,7 @@
 // connection that has not answered for `stall`.
 #include "targets/nfs_client.h"
 
+#include <arpa/inet.h>
 #include <poll.h>
 
 #include <nfsc/libnfs.h>
@@ -41,6 +42,9 @@
 
 // Exported by libnfs 4.0 but missing from its public headers.
 extern "C" void rpc_set_autoreconnect(struct rpc_context* rpc, int num_retries);
+// Decodes one RPC record (buf starts with its 4-byte record marker) and calls
+// the reply's callback; the caller keeps buf.
+extern "C" int rpc_process_pdu(struct rpc_context* rpc, char* buf, int size);
 
 namespace strata {
 
@@ -119,7 +123,10 @@ struct RpcCall {
 struct PollCompletion : Completion {
   struct NfsClient::Conn* conn = nullptr;
   bool out = false;
+  bool is_recv = false;  // `in` armed as a recv into Conn::rx (connected)
 };
+
+constexpr size_t kRxBytes = (2u << 20) + 16384;  // two 1 MiB READ replies
 
 struct NfsClient::Conn {
   NfsClient* owner = nullptr;
@@ -127,6 +134,11 @@ struct NfsClient::Conn {
   PollCompletion in, out;
   bool in_armed = false, out_armed = false;
   bool dead = false;
+  // Replies, read by io_uring straight into this buffer once connected and
+  // cut into RPC records here (libnfs 4.0 would ioctl + recv twice + malloc
+  // per reply).
+  std::unique_ptr<char[]> rx;
+  size_t rx_cap = 0, rx_head = 0, rx_tail = 0;
 };
 
 void NfsClient::List::push_back(Call* c) {
@@ -371,8 +383,57 @@ void NfsClient::on_poll(Completion* cc) {
     if (!conn->in_armed && !conn->out_armed) delete conn;
     return;
   }
+  if (!pc->out && pc->is_recv) {
+    conn->owner->on_recv(conn, cc->res);
+    return;
+  }
   int revents = cc->res < 0 ? POLLERR : cc->res;
   conn->owner->service(conn, revents);
+}
+
+void NfsClient::on_recv(Conn* conn, int res) {
+  if (res <= 0) {
+    if (!broken_) {
+      broken_ = true;
+      broken_why_ = res == 0 ? "the server closed the connection" : fmt::format("recv: {}", std::strerror(-res));
+    }
+    after_service();
+    return;
+  }
+  last_rx_ = NfsClock::now();
+  conn->rx_tail += static_cast<size_t>(res);
+  char* rx = conn->rx.get();
+  while (conn->rx_tail - conn->rx_head >= 4) {
+    uint32_t marker;
+    std::memcpy(&marker, rx + conn->rx_head, 4);
+    marker = ntohl(marker);
+    const size_t len = marker & 0x7fffffffu;
+    if (!(marker & 0x80000000u) || len > kRxBytes - 4) {
+      broken_ = true;
+      broken_why_ = (marker & 0x80000000u) ? fmt::format("RPC record of {} bytes is too large", len)
+                                           : "fragmented RPC record (not supported)";
+      break;
+    }
+    if (conn->rx_tail - conn->rx_head < 4 + len) break;
+    in_service_ = true;
+    int r = rpc_process_pdu(conn->rpc, rx + conn->rx_head, static_cast<int>(4 + len));
+    in_service_ = false;
+    conn->rx_head += 4 + len;
+    if (r != 0 && !broken_) {
+      broken_ = true;
+      broken_why_ = "garbage RPC reply from the server";
+    }
+    if (broken_) break;
+  }
+  if (conn->rx_head == conn->rx_tail) {
+    conn->rx_head = conn->rx_tail = 0;
+  } else if (conn->rx_cap - conn->rx_tail < (1u << 20) + 8192) {
+    // Keep room for a whole 1 MiB reply after the partial one.
+    std::memmove(rx, rx + conn->rx_head, conn->rx_tail - conn->rx_head);
+    conn->rx_tail -= conn->rx_head;
+    conn->rx_head = 0;
+  }
+  after_service();
 }
 
 void NfsClient::service(Conn* conn, int revents) {
@@ -404,10 +465,22 @@ void NfsClient::arm_polls() {
   if (fd < 0) return;
   Ring& ring = q_.ring();
   const int want = rpc_which_events(conn->rpc);
-  if ((up_ || (want & POLLIN)) && !conn->in_armed) {
+  if (up_ && !conn->in_armed) {
+    if (!conn->rx) {
+      conn->rx.reset(new char[kRxBytes]);
+      conn->rx_cap = kRxBytes;
+    }
+    io_uring_sqe* sqe = ring.get_sqe();
+    io_uring_prep_recv(sqe, fd, conn->rx.get() + conn->rx_tail, conn->rx_cap - conn->rx_tail, 0);
+    io_uring_sqe_set_data(sqe, static_cast<Completion*>(&conn->in));
+    conn->in.is_recv = true;
+    conn->in_armed = true;
+  } else if ((want & POLLIN) && !conn->in_armed) {
+    // Connecting: libnfs reads the NULL call's reply itself.
     io_uring_sqe* sqe = ring.get_sqe();
     io_uring_prep_poll_add(sqe, fd, POLLIN);
     io_uring_sqe_set_data(sqe, static_cast<Completion*>(&conn->in));
+    conn->in.is_recv = false;
     conn->in_armed = true;
   }
   bool want_out = want & POLLOUT;
@@ -466,7 +539,7 @@ void NfsClient::teardown(std::string_view why) {
     bool armed = pc->out ? conn->out_armed : conn->in_armed;
     if (!armed) continue;
     io_uring_sqe* sqe = ring.get_sqe();
-    io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(static_cast<Completion*>(pc)));
+    io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(static_cast<Completion*>(pc)), 0);  // a poll or a recv
     io_uring_sqe_set_data(sqe, nullptr);
   }
   rpc_destroy_context(conn->rpc);

@@ -126,6 +126,7 @@ class NfsClient {
   void connect();
   void teardown(std::string_view why);
   void service(Conn* conn, int revents);
+  void on_recv(Conn* conn, int res);
   void after_service();
   void schedule_flush();
   Task<void> flush_later();

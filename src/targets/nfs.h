@@ -1,5 +1,6 @@
 // NfsTarget: a range of a file on an NFS server (seed 001, dm-nfs), NFSv3
-// through libnfs's raw RPC calls, no mount and no client-side cache.
+// (or NFSv4.0: PUTFH + READ/WRITE/COMMIT with the anonymous stateid) through
+// libnfs's raw RPC calls, no mount and no client-side cache.
 //
 // Integrity: a WRITE goes out UNSTABLE and is acknowledged with its data kept
 // here (RetainedWrites) together with the server's write verifier. FLUSH
@@ -88,7 +89,7 @@ class RetainedWrites {
 class NfsTarget final : public Target {
  public:
   static constexpr std::string_view kHelp =
-      "nfs <url> <offset> [uid=N] [gid=N] [timeout=S] [max_unstable=SIZE] [version=3] [ro]\n"
+      "nfs <url> <offset> [uid=N] [gid=N] [timeout=S] [max_unstable=SIZE] [version=3|4] [ro]\n"
       "  A range of a file on an NFS server, url nfs://host/export/path/file,\n"
       "  starting at byte <offset> (a multiple of 4096). A write is acknowledged\n"
       "  stable after FLUSH (COMMIT with write-verifier checks) or with FUA\n"
@@ -96,7 +97,8 @@ class NfsTarget final : public Target {
       "  servers). timeout: seconds before a request fails with EIO while the\n"
       "  server does not answer (default 30); the target reconnects by itself.\n"
       "  max_unstable: acknowledged data kept until a COMMIT makes it stable\n"
-      "  (default 256M; a COMMIT starts in the background at half of it).";
+      "  (default 256M; a COMMIT starts in the background at half of it).\n"
+      "  version=4: NFSv4.0 (the url names the server's pseudo path).";
   static Result<std::shared_ptr<Target>> create(Params& p, Resolver& r);
 
   NfsTarget(const NfsTarget&) = delete;

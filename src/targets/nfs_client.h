@@ -41,7 +41,8 @@ struct NfsEndpoint {
   std::string server;  // host name or address
   int port = 2049;     // the NFS port rpcbind gave at load
   int uid = 0, gid = 0;
-  std::vector<uint8_t> fh;  // the file's NFSv3 handle
+  int version = 3;          // NFS version: 3, or 4 (4.0, anonymous stateid)
+  std::vector<uint8_t> fh;  // the file's handle (NFSv3 or NFSv4)
   std::chrono::milliseconds stall{10000};
 };
 
@@ -118,11 +119,14 @@ class NfsClient {
   };
   friend struct RpcCall;
   static void on_reply(rpc_context* rpc, int status, void* data, void* priv);
+  int send4(Call* c, RpcCall* rc);
+  static int parse4(Call* c, void* data);  // nfsstat4 of the call's operation
   static void on_connect(rpc_context* rpc, int status, void* data, void* priv);
   static void on_poll(struct Completion* c);
 
   void submit(Call* c);
   bool send(Call* c);  // false: the connection is broken
+  bool finish_send(Call* c, RpcCall* rc, int r);
   void connect();
   void teardown(std::string_view why);
   void service(Conn* conn, int revents);

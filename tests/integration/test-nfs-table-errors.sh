@@ -91,6 +91,8 @@ bad_table bad-timeout "0 8 nfs $URL 0 timeout=soon\n" \
   "@CONF@:1: nfs:" "timeout" "soon"
 bad_table bad-uid "0 8 nfs $URL 0 uid=-1\n" \
   "@CONF@:1: nfs:" "uid" "-1"
+bad_table bad-version "0 8 nfs $URL 0 version=5\n" \
+  "@CONF@:1: nfs:" "version=5" "must be 3 or 4"
 bad_table zero-timeout "0 8 nfs $URL 0 timeout=0\n" \
   "@CONF@:1: nfs:" "timeout" "1..3600|at least 1|positive"
 

@@ -388,7 +388,20 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (!repair) return 1;
-    fmt::print(stderr, "strata: --repair can only rewrite what the header and bitmap allow; see the problems above\n");
+    auto fixed = strata::LayerFile::repair(lpath);
+    if (!fixed) {
+      fmt::print(stderr, "strata: {}\n", fixed.error().message);
+      return 1;
+    }
+    for (const auto& f : *fixed) fmt::print("repaired: {}\n", f);
+    auto left = strata::LayerFile::check(lpath);
+    for (const auto& p : left) fmt::print("still: {}\n", p);
+    if (left.empty()) {
+      fmt::print("{}: ok after repair\n", lpath);
+      return 0;
+    }
+    fmt::print(stderr, "strata: --repair fixes only a checksum over consistent fields, bits past the end and "
+                       "invalid chunk states; the problems left need the layer's owner\n");
     return 1;
   }
   if (snap->parsed())

@@ -68,7 +68,8 @@ void encode(const LayerFile::Header& h, uint8_t* b) {
 
 // Decodes and validates; `problems` gets every problem found (check wants
 // them all), the Result the first fatal one.
-Result<LayerFile::Header> decode(const uint8_t* b, const std::string& path, std::vector<std::string>* problems) {
+Result<LayerFile::Header> decode(const uint8_t* b, const std::string& path, std::vector<std::string>* problems,
+                                 bool ignore_checksum = false) {
   std::vector<std::string> local;
   auto& ps = problems ? *problems : local;
   LayerFile::Header h;
@@ -76,7 +77,7 @@ Result<LayerFile::Header> decode(const uint8_t* b, const std::string& path, std:
     ps.push_back(fmt::format("{}: wrong magic: not a strata layer", path));
     return fail(EINVAL, ps.back());
   }
-  if (get<uint32_t>(b, LayerFile::kHeaderSize - 4) != fnv1a(b, LayerFile::kHeaderSize - 4))
+  if (!ignore_checksum && get<uint32_t>(b, LayerFile::kHeaderSize - 4) != fnv1a(b, LayerFile::kHeaderSize - 4))
     ps.push_back(fmt::format("{}: bad header checksum", path));
   h.version = get<uint32_t>(b, 8);
   h.incompat = get<uint32_t>(b, 12);
@@ -273,6 +274,88 @@ std::vector<std::string> LayerFile::check(const std::string& path) {
                                uuid_string((*parent)->header().uuid), uuid_string(h->parent_uuid)));
   }
   return ps;
+}
+
+Result<std::vector<std::string>> LayerFile::repair(const std::string& path) {
+  // What can be repaired without guessing: a header checksum that is wrong
+  // while every field it covers is consistent (a torn or bit-flipped
+  // checksum), bitmap slots past the last chunk (cleared), and chunks in the
+  // invalid state 3 (marked absent: reads fall through to the parent, this
+  // layer's data for them is dropped). Everything else (magic, version,
+  // unknown incompatible features, sizes, parent links) is left alone and
+  // still reported by check().
+  std::vector<std::string> fixed;
+  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) return posix_error(fmt::format("layer {}: open for repair", path), errno);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  // The same lock a writable open takes: never repair a layer in use.
+  if (::flock(fd, LOCK_EX | LOCK_NB) < 0)
+    return posix_error(fmt::format("layer {}: in use by another process (lock)", path), errno);
+  uint8_t b[kHeaderSize];
+  if (::pread(fd, b, kHeaderSize, 0) != static_cast<ssize_t>(kHeaderSize))
+    return fail(EINVAL, fmt::format("{}: header is truncated", path));
+  std::vector<std::string> ps;
+  auto h = decode(b, path, &ps, /*ignore_checksum=*/true);
+  if (!h) return fail(EINVAL, fmt::format("{}: cannot repair: {}", path, h.error().message));
+  if (get<uint32_t>(b, kHeaderSize - 4) != fnv1a(b, kHeaderSize - 4)) {
+    // Only a checksum over fields that agree with everything else: the data
+    // offset is what create() computes, the file is as long as create()
+    // made it, and the parent (if any) is the layer the link names, of the
+    // same geometry. A flipped size, chunk or offset byte fails one of these.
+    struct stat st {};
+    const uint64_t want_data = (kHeaderSize + h->bitmap_bytes + (1 << 20) - 1) / (1 << 20) * (1 << 20);
+    if (::fstat(fd, &st) < 0) return posix_error(fmt::format("layer {}: stat", path), errno);
+    std::string why;
+    if (h->data_offset != want_data)
+      why = fmt::format("data offset {} is not the {} the format gives", h->data_offset, want_data);
+    else if (static_cast<uint64_t>(st.st_size) != h->data_offset + h->size)
+      why = fmt::format("the header says {} bytes of data at {}, the file has {} bytes", h->size, h->data_offset,
+                        st.st_size);
+    if (why.empty() && !h->parent_path.empty()) {
+      std::filesystem::path pp = std::filesystem::path(path).parent_path() / h->parent_path;
+      auto parent = open(pp.string(), false, false);
+      if (!parent)
+        why = fmt::format("its parent link cannot be checked: {}", parent.error().message);
+      else if ((*parent)->header().uuid != h->parent_uuid || (*parent)->header().size != h->size ||
+               (*parent)->header().chunk_size != h->chunk_size)
+        why = fmt::format("its parent {} does not match (UUID, size or chunk size)", pp.string());
+    }
+    if (!why.empty())
+      return fail(EINVAL, fmt::format("{}: cannot repair: the header checksum is wrong and {}: the header itself "
+                                      "is damaged",
+                                      path, why));
+    uint8_t nb[kHeaderSize];
+    encode(*h, nb);
+    if (::pwrite(fd, nb, kHeaderSize, 0) != static_cast<ssize_t>(kHeaderSize) || ::fdatasync(fd) < 0)
+      return posix_error(fmt::format("layer {}: write header", path), errno ? errno : EIO);
+    fixed.push_back(fmt::format("{}: header checksum rewritten (every field was consistent)", path));
+  }
+  std::vector<uint8_t> raw(h->bitmap_bytes);
+  if (::pread(fd, raw.data(), raw.size(), h->bitmap_offset) != static_cast<ssize_t>(raw.size()))
+    return fail(EIO, fmt::format("layer {}: cannot read the bitmap", path));
+  const uint64_t chunks = (h->size + h->chunk_size - 1) / h->chunk_size;
+  uint64_t past = 0, bad = 0;
+  for (uint64_t c = 0; c < raw.size() * 4; ++c) {
+    uint8_t st = (raw[c / 4] >> (2 * (c % 4))) & 3;
+    if ((c >= chunks && st) || st == 3) {
+      (c >= chunks ? past : bad)++;
+      raw[c / 4] = static_cast<uint8_t>(raw[c / 4] & ~(3u << (2 * (c % 4))));
+    }
+  }
+  if (past || bad) {
+    if (::pwrite(fd, raw.data(), raw.size(), h->bitmap_offset) != static_cast<ssize_t>(raw.size()) ||
+        ::fdatasync(fd) < 0)
+      return posix_error(fmt::format("layer {}: write bitmap", path), errno ? errno : EIO);
+    if (past) fixed.push_back(fmt::format("{}: cleared {} bits past the end of the layer", path, past));
+    if (bad)
+      fixed.push_back(fmt::format("{}: {} chunks in the invalid state 3 marked absent (they now read from the "
+                                  "parent; this layer's data for them is dropped)",
+                                  path, bad));
+  }
+  return fixed;
 }
 
 }  // namespace strata

@@ -76,6 +76,9 @@ class LayerFile {
 
   // Header problems for `strata layer check`: one message per problem.
   static std::vector<std::string> check(const std::string& path);
+  // `strata layer check --repair`: fixes what needs no guessing (see
+  // layer.cc); returns one line per fix. Takes the layer's exclusive lock.
+  static Result<std::vector<std::string>> repair(const std::string& path);
 
  private:
   LayerFile() = default;

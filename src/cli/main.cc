@@ -225,8 +225,12 @@ int main(int argc, char** argv) {
   snap->add_option("device", device, "Device name")->required();
   snap->add_option("--control", ctl, "Control socket of the server");
   snap->add_flag("--json", as_json, "Print the raw JSON reply");
-  auto* merge = app.add_subcommand("merge", "Online: fold the top layer of a cow device into its parent");
+  auto* merge = app.add_subcommand("merge", "Online: fold the top layer of a cow device into its parent (or --layer L into the layer below it)");
   merge->add_option("device", device, "Device name")->required();
+  std::string merge_layer;
+  merge->add_option("--layer", merge_layer,
+                    "Fold this read-only layer (a path, as `strata status` lists them) into the layer below "
+                    "it instead of the top into its parent");
   merge->add_option("--control", ctl, "Control socket of the server");
   merge->add_flag("--json", as_json, "Print the raw JSON reply");
   auto* flat = app.add_subcommand("flatten", "Online: the whole device as it reads now into one raw file");
@@ -410,7 +414,9 @@ int main(int argc, char** argv) {
         fmt::print("snapshot {} (writes held {} us)\n", s["snapshot"].get<std::string>(), s["pause_us"].get<int64_t>());
     });
   if (merge->parsed()) {
-    auto r = call_with_progress(ctl, "device_merge", json{{"device", device}}, "merge");
+    json mp{{"device", device}};
+    if (!merge_layer.empty()) mp["layer"] = std::filesystem::absolute(merge_layer).string();
+    auto r = call_with_progress(ctl, "device_merge", mp, "merge");
     if (!r) {
       fmt::print(stderr, "strata: {}\n", r.error().message);
       return 1;

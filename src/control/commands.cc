@@ -230,9 +230,11 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
       if (auto* c = dynamic_cast<CowTarget*>(seg.target.get())) cow = c;
     if (!cow) return err(fmt::format("device '{}' has no cow segment to merge", dev));
     auto t0 = std::chrono::steady_clock::now();
-    auto r = cow->merge(*d.queue, [&](uint64_t done, uint64_t total) {
+    auto report = [&](uint64_t done, uint64_t total) {
       if (progress) progress({{"round", 1}, {"copied_bytes", done}, {"total_bytes", total}, {"unit", "chunks"}});
-    });
+    };
+    std::string layer = params.value("layer", std::string());
+    auto r = layer.empty() ? cow->merge(*d.queue, report) : cow->merge_layer(*d.queue, layer, report);
     if (!r) return err(r.error().message);
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
     return ok({{"chunks_copied", *r}, {"milliseconds", ms}, {"layers", cow->layer_paths()}});

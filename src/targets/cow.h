@@ -87,6 +87,12 @@ class CowTarget final : public Target {
   // load); the stack is then one layer shorter. Progress: (copied, total)
   // chunks. Runs the copy on `q`.
   Result<uint64_t> merge(Queue& q, const std::function<void(uint64_t, uint64_t)>& progress);
+  // Control thread: folds the layer at `path` into the layer below it. The
+  // top: merge() above. A read-only layer in the middle: its chunks are
+  // copied into the layer below (which must not be shared with another
+  // process), its child is relinked, and it leaves the stack.
+  Result<uint64_t> merge_layer(Queue& q, const std::string& path,
+                               const std::function<void(uint64_t, uint64_t)>& progress);
 
  private:
   CowTarget() = default;

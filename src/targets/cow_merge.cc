@@ -11,6 +11,7 @@
 //    top leaves the stack, and the parent takes the top's file name, so the
 //    table line still names the top of the (now shorter) stack.
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -170,6 +171,122 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
   freeze_all(false);
   if (!r) return fail(r.error());
   return cr;
+}
+
+// Folding a read-only layer in the middle of the stack into the layer below
+// it (qemu's intermediate commit). Neither layer is written by I/O, and
+// every chunk `from` holds is read from `from` (or a layer above), so the
+// copy into `into` runs on the control thread while I/O goes on without
+// seeing it. Then, with all I/O held for a moment: the child of `from` is
+// relinked to `into`, the index entries of `from` move to `into`, and `from`
+// leaves the stack. Crash order: `into`'s data, then its bitmap, then the
+// child's header are durable before `from` is deleted; a crash at any point
+// leaves a stack that reads the same (before the relink, `from` still
+// overrides everything `into` gained).
+Result<uint64_t> CowTarget::merge_layer(Queue& q, const std::string& path,
+                                        const std::function<void(uint64_t, uint64_t)>& progress) {
+  const std::size_t n = nlayers_.load();
+  std::size_t j = n;
+  for (std::size_t i = 0; i < n; ++i)
+    if (std::filesystem::weakly_canonical(layers_[i]->path()) == std::filesystem::weakly_canonical(path)) j = i;
+  if (j == n) return fail(ENOENT, fmt::format("merge: {} is not a layer of this stack", path));
+  if (j + 1 == n) return merge(q, progress);
+  if (j == 0)
+    return fail(EINVAL, fmt::format("merge: {} is the bottom layer; below it is the base device, which is never "
+                                    "written",
+                                    path));
+  if (read_only_) return fail(EROFS, "merge: the stack is read-only");
+  if (write_layer_.load() + 1 != n) return fail(EBUSY, "merge: a merge is already running");
+  LayerFile& from = *layers_[j];
+  LayerFile& into_old = *layers_[j - 1];
+  if (::flock(into_old.fd(), LOCK_EX | LOCK_NB) < 0)
+    return fail(EBUSY, fmt::format("merge: layer {} is shared with another process", into_old.path()));
+  auto rw = LayerFile::open(into_old.path(), true, false);
+  if (!rw) return fail(rw.error());
+  LayerFile& into = **rw;
+  auto fs = from.read_bitmap();
+  if (!fs) return fail(fs.error());
+  auto is = into.read_bitmap();
+  if (!is) return fail(is.error());
+  std::vector<uint8_t>& into_states = *is;
+  uint64_t total = 0, done = 0;
+  for (uint8_t st : *fs) total += st != kAbsent;
+  Buffer buf = Buffer::get(1 << 20);
+  const uint64_t per_run = buf.size() / chunk_;
+  for (uint64_t c = 0; c < chunks_;) {
+    uint8_t st = (*fs)[c];
+    if (st == kAbsent) {
+      ++c;
+      continue;
+    }
+    uint64_t e = c + 1;
+    while (e < chunks_ && e - c < per_run && (*fs)[e] == st) ++e;
+    const uint64_t off = c * chunk_, len = std::min<uint64_t>((e - c) * chunk_, size_ - off);
+    if (st == kPresent) {
+      ssize_t got = ::pread(from.fd(), buf.data(), len, from.header().data_offset + off);
+      if (got != static_cast<ssize_t>(len))
+        return posix_error(fmt::format("merge: read {} at {}", from.path(), off), got < 0 ? errno : EIO);
+      ssize_t put = ::pwrite(into.fd(), buf.data(), len, into.header().data_offset + off);
+      if (put != static_cast<ssize_t>(len))
+        return posix_error(fmt::format("merge: write {} at {}", into.path(), off), put < 0 ? errno : EIO);
+    } else {
+      // "Zeros here": no data needed (the hole is punched if the filesystem can).
+      (void)::fallocate(into.fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, into.header().data_offset + off,
+                        len);
+    }
+    for (uint64_t k = c; k < e; ++k) into_states[k] = st;
+    done += e - c;
+    if (progress) progress(done, total);
+    c = e;
+  }
+  // Data, then the bitmap, durable in `into`.
+  TRY(into.sync());
+  const uint64_t pages = (into.header().bitmap_bytes + 4095) / 4096;
+  if (pages) TRY(into.write_bitmap_pages(into_states, 0, pages - 1));
+  TRY(into.sync());
+
+  // Relink and switch, with all I/O held.
+  freeze_all(true);
+  Result<> r;
+  LayerFile& child = *layers_[j + 1];
+  std::filesystem::path cdir = std::filesystem::absolute(child.path()).parent_path();
+  std::string rel = std::filesystem::absolute(into.path()).lexically_relative(cdir).string();
+  {
+    auto crw = LayerFile::open(child.path(), true, false);
+    if (!crw) {
+      r = fail(crw.error());
+    } else {
+      (*crw)->mutable_header().parent_uuid = into.header().uuid;
+      (*crw)->mutable_header().parent_path = rel;
+      r = (*crw)->write_header();
+      if (r) r = (*crw)->sync();
+    }
+  }
+  if (r) {
+    child.mutable_header().parent_uuid = into.header().uuid;
+    child.mutable_header().parent_path = rel;
+    const uint8_t hf = static_cast<uint8_t>(j + 1);  // holder number of `from`
+    for (uint64_t c = 0; c < chunks_; ++c) {
+      uint8_t h = index_[c].load(std::memory_order_relaxed);
+      uint8_t l = h & ~kZeroBit;
+      if (l >= hf) index_[c].store(static_cast<uint8_t>((l - 1) | (h & kZeroBit)), std::memory_order_relaxed);
+    }
+    (void)::flock(into.fd(), LOCK_SH | LOCK_NB);
+    retired_.push_back(std::move(layers_[j - 1]));  // old fds stay open until exit
+    layers_[j - 1] = std::move(*rw);
+    retired_.push_back(std::move(layers_[j]));
+    layers_.erase(layers_.begin() + static_cast<std::ptrdiff_t>(j));
+    nlayers_.store(n - 1);
+    write_layer_.store(n - 2);
+  }
+  freeze_all(false);
+  if (!r) return fail(r.error().code, "merge: relinking " + child.path() + ": " + r.error().message +
+                                          " (the stack still has every layer)");
+  std::string gone = retired_.back()->path();
+  ::unlink(gone.c_str());
+  LOG_INFO("merge: {} folded into {} ({} chunks); {} now names it as parent", gone, layers_[j - 1]->path(), done,
+           layers_[j]->path());
+  return done;
 }
 
 }  // namespace strata

@@ -132,6 +132,8 @@ class CowTarget final : public Target {
   // the top's parent.
   std::atomic<std::size_t> write_layer_{0};
   std::vector<std::unique_ptr<LayerFile>> retired_;  // merged away; fds stay valid
+  // Moves a layer out of the stack into retired_, dropping its flock.
+  void retire(std::unique_ptr<LayerFile>& slot);
   void freeze_all(bool on);
   Task<Result<uint64_t>> merge_copy(Queue& q, uint8_t from, const std::function<void(uint64_t, uint64_t)>& progress);
   std::unique_ptr<std::atomic<uint8_t>[]> index_;

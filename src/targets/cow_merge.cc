@@ -15,6 +15,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <future>
 
@@ -25,6 +26,11 @@
 #include "targets/cow.h"
 
 namespace strata {
+
+void CowTarget::retire(std::unique_ptr<LayerFile>& slot) {
+  (void)::flock(slot->fd(), LOCK_UN);
+  retired_.push_back(std::move(slot));
+}
 
 void CowTarget::freeze_all(bool on) {
   std::vector<Queue*> qs;
@@ -131,8 +137,11 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
         if (r) r = (*rw)->sync();
       }
       if (r) {
-        (void)::flock((*rw)->fd(), LOCK_EX | LOCK_NB);
-        retired_.push_back(std::move(layers_[n - 2]));  // keep the old fd open until exit
+        // The lock moves to the new fd (a retired fd must hold none: flock
+        // is per open file, and a later snapshot or merge locks this file).
+        retire(layers_[n - 2]);
+        if (::flock((*rw)->fd(), LOCK_EX | LOCK_NB) < 0)
+          LOG_WARN("merge: cannot lock {} again: {}", (*rw)->path(), std::strerror(errno));
         layers_[n - 2] = std::move(*rw);
       }
     }
@@ -158,7 +167,7 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
     std::string top_path = top.path();
     LayerFile& p = *layers_[n - 2];
     bool same_dir = std::filesystem::path(top_path).parent_path() == std::filesystem::path(p.path()).parent_path();
-    retired_.push_back(std::move(layers_[n - 1]));
+    retire(layers_[n - 1]);
     layers_.pop_back();
     nlayers_.store(n - 1);
     if (same_dir && ::rename(p.path().c_str(), top_path.c_str()) == 0) {
@@ -271,10 +280,11 @@ Result<uint64_t> CowTarget::merge_layer(Queue& q, const std::string& path,
       uint8_t l = h & ~kZeroBit;
       if (l >= hf) index_[c].store(static_cast<uint8_t>((l - 1) | (h & kZeroBit)), std::memory_order_relaxed);
     }
-    (void)::flock(into.fd(), LOCK_SH | LOCK_NB);
-    retired_.push_back(std::move(layers_[j - 1]));  // old fds stay open until exit
+    retire(layers_[j - 1]);  // old fds stay open until exit, without their locks
+    if (::flock(into.fd(), LOCK_SH | LOCK_NB) < 0)
+      LOG_WARN("merge: cannot lock {} again: {}", into.path(), std::strerror(errno));
     layers_[j - 1] = std::move(*rw);
-    retired_.push_back(std::move(layers_[j]));
+    retire(layers_[j]);
     layers_.erase(layers_.begin() + static_cast<std::ptrdiff_t>(j));
     nlayers_.store(n - 1);
     write_layer_.store(n - 2);

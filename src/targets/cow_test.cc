@@ -10,7 +10,10 @@
 // Started: a started Queue driven through post(), batches of ops with
 // disjoint byte ranges in flight at once (partial writes to one chunk race
 // for its copy-up), and online snapshots, quiet ones (their layer alone must
-// serve the device as it was) and ones taken with a batch in flight.
+// serve the device as it was) and ones taken with a batch in flight, and
+// merges between batches, alternating the top into its parent and a random
+// middle layer into the one below (the device must read the same, depths
+// move down; a quiet snapshot merged into keeps the merged one's data).
 // Flush: a second flush must not return before the bitmap bits of the writes
 // it covers are in the file, while an earlier flush is still writing them;
 // a flush in flight across a snapshot writes its page into the snapshot.
@@ -367,7 +370,7 @@ T on_queue(Queue& q, Task<T> task) {
   return fut.get();
 }
 
-TEST_P(CowModelTest, StartedQueueConcurrentBatchesAndSnapshots) {
+TEST_P(CowModelTest, StartedQueueConcurrentBatchesSnapshotsAndMerges) {
   const int kOps = chunk_ <= 4096 ? 30000 : 20000;
   create_layer("l1.layer", "");
   create_layer("top.layer", "l1.layer");
@@ -386,7 +389,7 @@ TEST_P(CowModelTest, StartedQueueConcurrentBatchesAndSnapshots) {
     ASSERT_TRUE(t) << t.error().message;
     auto* cow = dynamic_cast<CowTarget*>(t->get());
     ASSERT_TRUE((*t)->attach_queue(q));
-    int done = 0, next_snap = 3000, snaps = 0;
+    int done = 0, next_snap = 2000, snaps = 0, next_merge = 3000, merges = 0;
     while (done < kOps) {
       // A batch of ops whose byte ranges do not overlap (they may share chunks).
       std::vector<Op> batch;
@@ -419,7 +422,7 @@ TEST_P(CowModelTest, StartedQueueConcurrentBatchesAndSnapshots) {
         ASSERT_TRUE(s) << s.error().message;
         ++nlayers;
         ++snaps;
-        next_snap += 3000;
+        next_snap += 2000;
         EXPECT_EQ(cow->layer_paths().size(), static_cast<std::size_t>(nlayers));
         if (!busy_snap) {
           // The batch is in the model below; the snapshot holds it.
@@ -450,8 +453,40 @@ TEST_P(CowModelTest, StartedQueueConcurrentBatchesAndSnapshots) {
         check_status(**t, q, off, len, nlayers, run_x);
         if (HasFailure()) return;
       }
+      // Merges in all but the last 8000 ops, so that snapshots taken after
+      // the last merge are still checked alone at the end.
+      if (done >= next_merge && done < kOps - 8000 && nlayers >= 3) {
+        // A merge between batches: the top into its parent, or a middle
+        // layer (level k, 1 = bottom) into the one below. The device reads
+        // the same; holders move down.
+        next_merge += 3000;
+        auto paths = cow->layer_paths();
+        bool top = merges++ % 2 == 1;
+        int k = top ? nlayers : 2 + static_cast<int>(rng_() % (nlayers - 2));
+        std::string gone = paths[k - 1], into = paths[k - 2];
+        auto r = top ? cow->merge(q, nullptr) : cow->merge_layer(q, gone, nullptr);
+        ASSERT_TRUE(r) << (top ? "top merge: " : "middle merge of " + gone + ": ") << r.error().message;
+        for (auto& h : model_.holder)
+          if (h >= k) --h;
+        --nlayers;
+        EXPECT_EQ(cow->layer_paths().size(), static_cast<std::size_t>(nlayers));
+        // Alone, the layer merged into now reads what the merged one did
+        // (if that one was a quiet snapshot); a renamed or deleted file is
+        // no longer checked alone.
+        auto g = std::find_if(quiet.begin(), quiet.end(), [&](const Snap& x) { return x.path == gone; });
+        auto i = std::find_if(quiet.begin(), quiet.end(), [&](const Snap& x) { return x.path == into; });
+        if (!top && i != quiet.end() && g != quiet.end()) i->data = g->data;
+        std::erase_if(quiet, [&](const Snap& x) {
+          return x.path == gone || (x.path == into && (top || g == quiet.end()));
+        });
+        expect_device(**t, model_.data, top ? "after a top merge" : "after a middle merge", run, q);
+        uint64_t off = rng_() % size_, len = 1 + rng_() % (size_ - off);
+        check_status(**t, q, off, len, nlayers, run_x);
+        if (HasFailure()) return;
+      }
     }
     expect_device(**t, model_.data, "before close", run, q);
+    ASSERT_GE(merges, 3);
     ASSERT_GE(quiet.size(), 2u);
   }
   // Reopened: the whole stack, then each quiet snapshot alone, read-only.

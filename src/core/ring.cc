@@ -1,5 +1,8 @@
 #include "core/ring.h"
 
+#include <sys/uio.h>
+#include <unistd.h>
+
 #include <cstring>
 
 #include "core/log.h"
@@ -93,6 +96,13 @@ void Ring::Sleep::await_suspend(std::coroutine_handle<> h) {
   io_uring_sqe* sqe = ring.get_sqe();
   io_uring_prep_timeout(sqe, &ts, 0, 0);
   io_uring_sqe_set_data(sqe, &c);
+}
+
+bool Ring::buffered_writes_block(int fd, uint64_t offset) {
+  char b;
+  if (::pread(fd, &b, 1, static_cast<off_t>(offset)) != 1) return false;
+  iovec one{&b, 1};
+  return ::pwritev2(fd, &one, 1, static_cast<off_t>(offset), RWF_NOWAIT) < 0 && errno == EOPNOTSUPP;
 }
 
 }  // namespace strata

@@ -130,6 +130,11 @@ class Ring {
   TimedOp<Prep> timed(Prep prep, std::chrono::nanoseconds timeout) {
     return TimedOp<Prep>{*this, std::move(prep), to_timespec(timeout), {}};
   }
+  // True when buffered writes to fd cannot be done without blocking
+  // (RWF_NOWAIT unsupported: ext4), so io_uring would first try them inline,
+  // get EAGAIN and then punt them: better send them IOSQE_ASYNC at once.
+  // Probes by rewriting the byte at `offset` with its own value.
+  static bool buffered_writes_block(int fd, uint64_t offset);
   // Two consecutive SQEs in one submission batch (for linked operations).
   std::pair<io_uring_sqe*, io_uring_sqe*> get_sqe_pair();
   static __kernel_timespec to_timespec(std::chrono::nanoseconds d);

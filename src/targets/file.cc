@@ -74,15 +74,8 @@ Result<std::shared_ptr<Target>> FileTarget::create(Params& p, Resolver& r) {
       return posix_error(fmt::format("file {}: BLKGETSIZE64", t->path_), errno);
   }
   if (!t->direct_ && t->regular_ && !t->read_only_) {
-    // Probe: can this filesystem write to the page cache without blocking?
-    // Rewrite one byte with its own value under RWF_NOWAIT (the data stays
-    // the same whatever the answer).
-    char b;
-    if (::pread(t->fd_, &b, 1, static_cast<off_t>(t->offset_)) == 1) {
-      iovec one{&b, 1};
-      if (::pwritev2(t->fd_, &one, 1, static_cast<off_t>(t->offset_), RWF_NOWAIT) < 0 && errno == EOPNOTSUPP)
-        t->async_writes_ = true;
-    }
+    // Can this filesystem write to the page cache without blocking?
+    t->async_writes_ = Ring::buffered_writes_block(t->fd_, t->offset_);
   }
   if (t->offset_ > file_size)
     return fail(EINVAL, fmt::format("file {}: offset {} is beyond the end of the file ({} bytes)", t->path_,

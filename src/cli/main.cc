@@ -5,6 +5,9 @@
 
 #include "cli/serve.h"
 #include "control/client.h"
+#include "control/sync.h"
+#include "core/queue.h"
+#include "targets/table.h"
 #include "targets/registry.h"
 #include "targets/track.h"
 #include "targets/layer.h"
@@ -73,23 +76,61 @@ void print_status(const json& r) {
 
 // A long request (sync, merge, flatten): a progress bar on stderr from the
 // server's progress lines ("round N" when no label is given).
+void print_progress(const json& pr, const std::string& label, bool tty) {
+  uint64_t done = pr.value("copied_bytes", uint64_t{0});
+  uint64_t total = std::max<uint64_t>(1, pr.value("total_bytes", uint64_t{1}));
+  bool chunks = pr.value("unit", std::string()) == "chunks";
+  auto amount = [&](uint64_t v) { return chunks ? std::to_string(v) : human_size(v); };
+  std::string what = label.empty() ? fmt::format("round {}", pr.value("round", 0)) : label;
+  int width = 40, fill = static_cast<int>(width * std::min(done, total) / total);
+  fmt::print(stderr, "{}{} [{}{}] {:>3}% {}/{}{}{}", tty ? "\r" : "", what, std::string(fill, '#'),
+             std::string(width - fill, '.'), 100 * done / total, amount(done), amount(total),
+             chunks ? " chunks" : "", tty ? "" : "\n");
+}
+
 strata::Result<json> call_with_progress(const std::string& ctl, const std::string& method, const json& params,
                                         const std::string& label) {
   bool tty = ::isatty(STDERR_FILENO);
-  auto r = strata::control::call(
-      ctl.empty() ? strata::control::default_control_path() : ctl, method, params, [&](const json& pr) {
-        uint64_t done = pr.value("copied_bytes", uint64_t{0});
-        uint64_t total = std::max<uint64_t>(1, pr.value("total_bytes", uint64_t{1}));
-        bool chunks = pr.value("unit", std::string()) == "chunks";
-        auto amount = [&](uint64_t v) { return chunks ? std::to_string(v) : human_size(v); };
-        std::string what = label.empty() ? fmt::format("round {}", pr.value("round", 0)) : label;
-        int width = 40, fill = static_cast<int>(width * std::min(done, total) / total);
-        fmt::print(stderr, "{}{} [{}{}] {:>3}% {}/{}{}{}", tty ? "\r" : "", what, std::string(fill, '#'),
-                   std::string(width - fill, '.'), 100 * done / total, amount(done), amount(total),
-                   chunks ? " chunks" : "", tty ? "" : "\n");
-      });
+  auto r = strata::control::call(ctl.empty() ? strata::control::default_control_path() : ctl, method, params,
+                                 [&](const json& pr) { print_progress(pr, label, tty); });
   if (tty) fmt::print(stderr, "\n");
   return r;
+}
+
+// `strata flatten DEVICE --to RAW --table T`: no server; the table is loaded
+// here read-only (a layer a server holds for writing is refused by its lock).
+int flatten_offline(const std::vector<std::string>& tables, const std::string& device, const std::string& to,
+                    bool as_json) {
+  strata::cli::ServeOptions o;
+  o.tables = tables;
+  o.read_only = true;
+  auto devs = strata::cli::load_devices(o);
+  if (!devs) {
+    fmt::print(stderr, "strata: {}\n", devs.error().message);
+    return 1;
+  }
+  const strata::DeviceSet::Device* dev = nullptr;
+  for (const auto& d : (*devs)->devices())
+    if (d.name == device) dev = &d;
+  if (!dev) {
+    fmt::print(stderr, "strata: no device named '{}' in the table\n", device);
+    return 1;
+  }
+  strata::Queue q(0);
+  if (auto r = q.start(); !r) {
+    fmt::print(stderr, "strata: {}\n", r.error().message);
+    return 1;
+  }
+  bool tty = ::isatty(STDERR_FILENO);
+  auto r = strata::control::flatten_device(*dev->table, q, to, [&](const json& pr) { print_progress(pr, "flatten", tty); });
+  if (tty) fmt::print(stderr, "\n");
+  q.stop();
+  if (!r) {
+    fmt::print(stderr, "strata: {}\n", r.error().message);
+    return 1;
+  }
+  fmt::print("{}\n", as_json ? json{{"to", to}, {"bytes", *r}}.dump(2) : fmt::format("flattened {} bytes into {}", *r, to));
+  return 0;
 }
 
 }  // namespace
@@ -233,9 +274,12 @@ int main(int argc, char** argv) {
                     "it instead of the top into its parent");
   merge->add_option("--control", ctl, "Control socket of the server");
   merge->add_flag("--json", as_json, "Print the raw JSON reply");
-  auto* flat = app.add_subcommand("flatten", "Online: the whole device as it reads now into one raw file");
+  auto* flat = app.add_subcommand("flatten", "The whole device as it reads now into one raw file (online, or "
+                                              "offline with --table)");
   flat->add_option("device", device, "Device name")->required();
   flat->add_option("--to", to, "Raw file to write")->required();
+  std::vector<std::string> flat_tables;
+  flat->add_option("--table", flat_tables, "Offline: load this table here (read-only) instead of asking a server");
   flat->add_option("--control", ctl, "Control socket of the server");
   flat->add_flag("--json", as_json, "Print the raw JSON reply");
 
@@ -429,6 +473,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (flat->parsed()) {
+    if (!flat_tables.empty()) return flatten_offline(flat_tables, device, to, as_json);
     auto r = call_with_progress(ctl, "device_flatten", json{{"device", device}, {"to", to}}, "flatten");
     if (!r) {
       fmt::print(stderr, "strata: {}\n", r.error().message);

@@ -33,6 +33,8 @@ Result<std::string> read_file(const std::string& path) {
   return ss.str();
 }
 
+}  // namespace
+
 Result<std::unique_ptr<DeviceSet>> load_devices(const ServeOptions& o) {
   std::vector<DeviceSpec> specs;
   std::string source;
@@ -90,8 +92,6 @@ Result<std::unique_ptr<DeviceSet>> load_devices(const ServeOptions& o) {
   }
   return DeviceSet::build(specs, source, o.read_only);
 }
-
-}  // namespace
 
 int serve(const ServeOptions& o) {
   if (o.verbose) set_log_level(LogLevel::kDebug);

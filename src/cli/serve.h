@@ -2,8 +2,12 @@
 // and the control socket together, then waits for SIGINT/SIGTERM.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "core/result.h"
+#include "targets/table.h"
 
 namespace strata::cli {
 
@@ -32,5 +36,7 @@ struct ServeOptions {
 };
 
 int serve(const ServeOptions& o);
+// The devices of --table/--file, built (targets opened and checked).
+Result<std::unique_ptr<DeviceSet>> load_devices(const ServeOptions& o);
 
 }  // namespace strata::cli

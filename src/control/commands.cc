@@ -250,27 +250,9 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
       return err(ap.error().message);
     else
       to = *ap;
-    int fd = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return err(fmt::format("{}: {}", to, std::strerror(errno)));
-    auto& t = *it->second;
-    uint64_t size = t.size(), chunk = 4 << 20;
-    Buffer buf = Buffer::get(chunk);
-    std::string error;
-    for (uint64_t off = 0; off < size && error.empty(); off += chunk) {
-      uint64_t n = std::min(chunk, size - off);
-      auto r = d.queue->call([&] { return t.read(*d.queue, {buf.data(), n}, off); });
-      if (!r) {
-        error = r.error().message;
-        break;
-      }
-      // Zero runs stay holes: the raw file is as sparse as the data allows.
-      bool all_zero = std::all_of(buf.data(), buf.data() + n, [](std::byte b) { return b == std::byte{0}; });
-      if (!all_zero && ::pwrite(fd, buf.data(), n, off) != static_cast<ssize_t>(n)) error = std::strerror(errno);
-      if (progress) progress({{"round", 1}, {"copied_bytes", off + n}, {"total_bytes", size}});
-    }
-    if (error.empty() && (::ftruncate(fd, size) < 0 || ::fdatasync(fd) < 0)) error = std::strerror(errno);
-    ::close(fd);
-    if (!error.empty()) return err(fmt::format("flatten to {}: {}", to, error));
+    auto r = flatten_device(*it->second, *d.queue, to, progress);
+    if (!r) return err(r.error().message);
+    uint64_t size = *r;
     return ok({{"to", to}, {"bytes", size}});
   }
   if (method == "export_fuse_start") {

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <future>
 
@@ -220,6 +221,30 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
                         {"converged", converged},
                         {"final", o.final},
                         {"dirty_bytes_left", left->dirty_blocks() * left->granularity()}};
+}
+
+Result<uint64_t> flatten_device(Target& t, Queue& q, const std::string& to,
+                                const std::function<void(const nlohmann::json&)>& progress) {
+  int fd = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return posix_error(fmt::format("flatten to {}", to), errno);
+  uint64_t size = t.size(), chunk = 4 << 20;
+  Buffer buf = Buffer::get(chunk);
+  Result<> r;
+  for (uint64_t off = 0; off < size && r; off += chunk) {
+    uint64_t n = std::min(chunk, size - off);
+    r = q.call([&] { return t.read(q, {buf.data(), n}, off); });
+    if (!r) break;
+    // Zero runs stay holes: the raw file is as sparse as the data allows.
+    bool all_zero = std::all_of(buf.data(), buf.data() + n, [](std::byte b) { return b == std::byte{0}; });
+    if (!all_zero && ::pwrite(fd, buf.data(), n, static_cast<off_t>(off)) != static_cast<ssize_t>(n))
+      r = posix_error(fmt::format("flatten to {}", to), errno ? errno : EIO);
+    if (r && progress) progress({{"round", 1}, {"copied_bytes", off + n}, {"total_bytes", size}});
+  }
+  if (r && (::ftruncate(fd, static_cast<off_t>(size)) < 0 || ::fdatasync(fd) < 0))
+    r = posix_error(fmt::format("flatten to {}", to), errno);
+  ::close(fd);
+  if (!r) return fail(with_context(r.error(), fmt::format("flatten to {}", to)));
+  return size;
 }
 
 }  // namespace strata::control

@@ -26,4 +26,10 @@ struct SyncOptions {
 Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& o,
                                    const std::function<void(const nlohmann::json&)>& progress);
 
+// The whole device as it reads now into one raw file `to` (created or
+// truncated; zero runs stay holes), then fdatasync. Reads go through `q`
+// from the calling thread (never a queue thread). Returns the bytes.
+Result<uint64_t> flatten_device(Target& t, Queue& q, const std::string& to,
+                                const std::function<void(const nlohmann::json&)>& progress);
+
 }  // namespace strata::control

@@ -60,7 +60,7 @@ start() { # NAME: start the server NAME on $SOCK
   rm -f "$SOCK"
   case $1 in   # exec: $! is the server itself
     strata-file) exec "$STRATA" serve --unix "$SOCK" --control "$D/ctl" --file "$D/file.raw" --export d ;;
-    strata-cow|strata-l1|strata-l2) exec "$STRATA" serve --unix "$SOCK" --control "$D/ctl" --table "$D/$1.conf" ;;
+    strata-cow|strata-l1|strata-l2) exec "$STRATA" serve --unix "$SOCK" --control "$D/ctl" --allow-path "$D" --table "$D/$1.conf" ;;
     qemu-nbd) exec qemu-nbd -k "$SOCK" -x d --persistent --shared=8 -f qcow2 --cache=writeback "$D/top.qcow2" ;;
     qemu-l1) exec qemu-nbd -k "$SOCK" -x d --persistent -f qcow2 "$D/l1.qcow2" ;;
     qemu-l2) exec qemu-nbd -k "$SOCK" -x d --persistent -f qcow2 "$D/l2.qcow2" ;;
@@ -165,7 +165,8 @@ for server in strata-file strata-cow qemu-nbd nbdkit-cow; do
   wait $FIO || { echo "fio failed during the snapshots: $(cat "$D/load.err")" >&2; exit 1; }
   load=$(jq -r '.jobs[0] as $x | "\($x.write.iops | floor) IOPS, p99 \($x.write.clat_ns.percentile["99.000000"] / 1000 | floor) µs, max \($x.write.clat_ns.max / 1000 | floor) µs, errors \($x.error)"' "$D/load.json")
   t0=$(date +%s.%N)
-  "$STRATA" flatten d --to "$D/flat.raw" --control "$D/ctl" >/dev/null 2>&1
+  "$STRATA" flatten d --to "$D/flat.raw" --control "$D/ctl" >/dev/null 2>"$D/flatten.err" ||
+    { echo "flatten failed: $(cat "$D/flatten.err")" >&2; exit 1; }
   t1=$(date +%s.%N)
   flat=$(awk -v a="$t0" -v b="$t1" -v n="$BYTES" 'BEGIN {printf "%.0f MiB/s (%.2f s for %.0f MiB)", n / 1048576 / (b - a), b - a, n / 1048576}')
   layers=$("$STRATA" status d --control "$D/ctl" --json | jq '.[0].segments[0].info.layers')

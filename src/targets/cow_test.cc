@@ -371,7 +371,7 @@ T on_queue(Queue& q, Task<T> task) {
 }
 
 TEST_P(CowModelTest, StartedQueueConcurrentBatchesSnapshotsAndMerges) {
-  const int kOps = chunk_ <= 4096 ? 30000 : 20000;
+  const int kOps = chunk_ <= 4096 ? 100000 : 20000;  // 10^5 ops with snapshots and merges
   create_layer("l1.layer", "");
   create_layer("top.layer", "l1.layer");
   Queue q(1);

@@ -159,7 +159,6 @@ class CowTarget final : public Target {
   std::vector<Queue*> queues_;
   mutable IoStats stats_;
   std::atomic<uint64_t> copy_ups_{0};
-  bool async_writes_ = false;  // top writes IOSQE_ASYNC (filesystem without NOWAIT writes)
 };
 
 }  // namespace strata

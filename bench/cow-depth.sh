@@ -60,26 +60,7 @@ CONF
 }
 stop() { kill "$SRV"; wait "$SRV" 2>/dev/null || true; SRV=; }
 
-populate() { # SEED: random data into a random ~6% of the chunks
-  $PYTHON - "$URI" "$BYTES" "$1" <<'PY'
-import nbd, random, sys
-uri, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-rng, data = random.Random(seed), random.Random(seed + 1000)
-chunks = [c for c in range(size // 4096) if rng.random() < 0.06]
-h = nbd.NBD(); h.connect_uri(uri)
-pending = {}
-def reap():
-    h.poll(-1)
-    for c in list(pending):
-        if h.aio_command_completed(c): del pending[c]
-for c in chunks:
-    while len(pending) >= 64: reap()
-    buf = nbd.Buffer.from_bytearray(bytearray(data.randbytes(4096)))
-    pending[h.aio_pwrite(buf, c * 4096)] = buf
-while pending: reap()
-h.flush()
-PY
-}
+populate() { $PYTHON "$HERE/populate.py" "$URI" "$BYTES" "$1" 0.06; }
 
 echo "strata cow depth benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $(uname -r), size $SIZE, depth $DEPTH"
 head -c "$BYTES" /dev/urandom >"$D/base.raw"

@@ -73,26 +73,7 @@ stop() { kill "$SRV"; wait "$SRV" 2>/dev/null || true; SRV=; }
 
 # populate SEED: random data into a random ~30% of the 4 KiB chunks (the same
 # chunks and bytes for every server), through $URI, 64 writes in flight.
-populate() {
-  $PYTHON - "$URI" "$BYTES" "$1" <<'PY'
-import nbd, random, sys
-uri, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-rng, data = random.Random(seed), random.Random(seed + 1000)
-chunks = [c for c in range(size // 4096) if rng.random() < 0.3]
-h = nbd.NBD(); h.connect_uri(uri)
-pending = {}
-def reap():
-    h.poll(-1)
-    for c in list(pending):
-        if h.aio_command_completed(c): del pending[c]
-for c in chunks:
-    while len(pending) >= 64: reap()
-    buf = nbd.Buffer.from_bytearray(bytearray(data.randbytes(4096)))
-    pending[h.aio_pwrite(buf, c * 4096)] = buf
-while pending: reap()
-h.flush()
-PY
-}
+populate() { $PYTHON "$HERE/populate.py" "$URI" "$BYTES" "$1" 0.3; }
 
 echo "strata cow benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $(uname -r), $(free -g | awk '/Mem/ {print $2}') GiB RAM"
 echo "uptime before: $(uptime)"

@@ -277,7 +277,6 @@ Result<std::shared_ptr<Target>> NfsTarget::create(Params& p, Resolver& r) {
     return fail(load_error(fmt::format("file {} on {}:{}", t->file_, t->server_, t->export_), nfs_get_error(nfs)));
   if (!S_ISREG(st.nfs_mode))
     return fail(EINVAL, fmt::format("file {} on {}:{}: not a regular file", t->file_, t->server_, t->export_));
-  t->file_size_ = st.nfs_size;
   if (t->offset_ > st.nfs_size)
     return fail(EINVAL, fmt::format("offset {} is beyond the end of {} ({} bytes)", t->offset_, t->file_,
                                     st.nfs_size));
@@ -492,6 +491,14 @@ Task<Result<>> NfsTarget::write_range(Queue& q, const std::byte* data, uint64_t 
   co_return Result<>{};
 }
 
+Task<Result<>> NfsTarget::wait_rewrite(Queue& q, NfsClock::time_point dl) {
+  while (rewriting_.load(std::memory_order_acquire)) {
+    if (NfsClock::now() >= dl) co_return fail(EIO, fmt::format("{}: timed out waiting for a rewrite", where()));
+    co_await q.ring().sleep(1ms);
+  }
+  co_return Result<>{};
+}
+
 Task<Result<>> NfsTarget::write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {
   IoStats::Scope scope(stats_);
   IoStats::bump(stats_.writes);
@@ -499,10 +506,7 @@ Task<Result<>> NfsTarget::write(Queue& q, std::span<const std::byte> buf, uint64
   const auto dl = deadline();
   // Wait while data lost by a server restart is being written again.
   for (;;) {
-    while (rewriting_.load(std::memory_order_acquire)) {
-      if (NfsClock::now() >= dl) co_return fail(EIO, fmt::format("{}: timed out waiting for a rewrite", where()));
-      co_await q.ring().sleep(1ms);
-    }
+    CO_TRY(co_await wait_rewrite(q, dl));
     writes_in_flight_.fetch_add(1, std::memory_order_acq_rel);
     if (!rewriting_.load(std::memory_order_acquire)) break;
     writes_in_flight_.fetch_sub(1, std::memory_order_acq_rel);
@@ -567,10 +571,7 @@ Task<Result<>> NfsTarget::flush(Queue& q) {
 Task<Result<>> NfsTarget::settle(Queue& q, NfsClock::time_point dl) {
   for (;;) {
     // A rewrite in progress holds pointers into the log: let it finish.
-    while (rewriting_.load(std::memory_order_acquire)) {
-      if (NfsClock::now() >= dl) co_return fail(EIO, fmt::format("{}: timed out waiting for a rewrite", where()));
-      co_await q.ring().sleep(1ms);
-    }
+    CO_TRY(co_await wait_rewrite(q, dl));
     uint64_t upto;
     {
       std::lock_guard lk(mu_);

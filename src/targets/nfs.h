@@ -129,6 +129,8 @@ class NfsTarget final : public Target {
   Task<Result<>> settle(Queue& q, NfsClock::time_point dl);
   Task<Result<>> rewrite_all(Queue& q, NfsClock::time_point dl);
   Task<void> background_settle(Queue& q);
+  // Waits (polling, 1 ms) while a rewrite after a verifier change runs.
+  Task<Result<>> wait_rewrite(Queue& q, NfsClock::time_point dl);
   void note_verf(uint64_t v);
   std::string where() const;
 
@@ -142,7 +144,6 @@ class NfsTarget final : public Target {
   std::atomic<bool> background_commit_{false};
   NfsEndpoint ep_;
   uint32_t rsize_ = 65536, wsize_ = 65536;
-  uint64_t file_size_ = 0;
 
   std::unique_ptr<std::atomic<NfsClient*>[]> clients_{new std::atomic<NfsClient*>[kMaxQueues]{}};
 

@@ -315,6 +315,18 @@ bool NfsClient::finish_send(Call* c, RpcCall* rc, int r) {
   return true;
 }
 
+void NfsClient::send_waiting() {
+  while (Call* c = waiting_.head) {
+    waiting_.remove(c);
+    --n_waiting_;
+    if (!send(c)) {
+      waiting_.push_front(c);
+      ++n_waiting_;
+      break;
+    }
+  }
+}
+
 void NfsClient::on_reply(rpc_context* rpc, int status, void* data, void* priv) {
   (void)rpc;
   auto* rc = static_cast<RpcCall*>(priv);
@@ -438,15 +450,7 @@ void NfsClient::on_connect(rpc_context* rpc, int status, void* data, void* priv)
   // Send everything that waited for the connection (we are inside
   // rpc_service, which writes them out before it returns or on the next
   // POLLOUT).
-  while (Call* c = self->waiting_.head) {
-    self->waiting_.remove(c);
-    --self->n_waiting_;
-    if (!self->send(c)) {
-      self->waiting_.push_front(c);
-      ++self->n_waiting_;
-      break;
-    }
-  }
+  self->send_waiting();
 }
 
 void NfsClient::on_poll(Completion* cc) {
@@ -674,15 +678,7 @@ Task<void> NfsClient::ticker() {
     }
     if (!conn_ && n_waiting_ > 0 && now >= next_connect_) connect();
     if (up_ && n_waiting_ > 0) {
-      while (Call* c = waiting_.head) {
-        waiting_.remove(c);
-        --n_waiting_;
-        if (!send(c)) {
-          waiting_.push_front(c);
-          ++n_waiting_;
-          break;
-        }
-      }
+      send_waiting();
       if (broken_) {
         broken_ = false;
         teardown(broken_why_);

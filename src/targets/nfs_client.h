@@ -127,6 +127,7 @@ class NfsClient {
   void submit(Call* c);
   bool send(Call* c);  // false: the connection is broken
   bool finish_send(Call* c, RpcCall* rc, int r);
+  void send_waiting();  // sends waiting calls in order until one cannot be sent
   void connect();
   void teardown(std::string_view why);
   void service(Conn* conn, int revents);

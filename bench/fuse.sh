@@ -2,7 +2,11 @@
 # bench/fuse.sh: a loop device over strata's FUSE file against a loop device
 # over the raw file, in one run.
 #
-#   bench/fuse.sh [--runtime S] [--ramp S] [--size 1G]
+#   bench/fuse.sh [--runtime S] [--ramp S] [--size 1G] [--strata-args "ARGS"]
+#                 [--jobs "randread:4k:32 ..."]
+#
+# --strata-args: more `strata serve` arguments for (b) and (c), e.g.
+# "--fuse-io-uring off" to measure the /dev/fuse transport.
 #
 # One random-data file, copied twice (one copy for the kernel alone, one for
 # strata). fio (io_uring, O_DIRECT, one job) runs on:
@@ -21,11 +25,15 @@ STRATA=${STRATA:-$ROOT/build/strata}
 RUNTIME=8
 RAMP=2
 SIZE=1G
+EXTRA=
+JOBS="randread:4k:32 randwrite:4k:32 read:1M:8 write:1M:8"
 while [ $# -gt 0 ]; do
   case $1 in
     --runtime) RUNTIME=$2; shift ;;
     --ramp) RAMP=$2; shift ;;
     --size) SIZE=$2; shift ;;
+    --strata-args) EXTRA=$2; shift ;;
+    --jobs) JOBS=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -59,15 +67,15 @@ detach() {
   for _ in $(seq 100); do [ -z "$(losetup -j "$1")" ] && return; sleep 0.05; done
 }
 start_strata() {
+  # shellcheck disable=SC2086 # EXTRA is split on purpose
   "$STRATA" serve --unix "$D/sock" --control "$D/ctl.sock" --file "$D/strata.raw" --export disk --fuse "$D/mnt" \
-    "$@" >"$D/strata.log" 2>&1 &
+    $EXTRA "$@" >"$D/strata.log" 2>&1 &
   SRV=$!
   for _ in $(seq 200); do [ -e "$D/mnt/disk" ] && return; sleep 0.05; done
   cat "$D/strata.log" >&2; exit 1
 }
 stop_strata() { kill "$SRV"; wait "$SRV" || { echo "strata exited $?" >&2; cat "$D/strata.log" >&2; exit 1; }; SRV=; }
 
-JOBS="randread:4k:32 randwrite:4k:32 read:1M:8 write:1M:8"
 RES=$D/results.txt
 : >"$RES"
 run_jobs() {  # run_jobs CONFIG

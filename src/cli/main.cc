@@ -162,6 +162,10 @@ int main(int argc, char** argv) {
                     "A directory under which control clients may name files (sync --to, flatten --to, fuse start); "
                     "repeatable; none by default");
   serve->add_option("--fuse", so.fuse, "Also show every device as a file in a FUSE mount here (repeatable)");
+  serve->add_option("--fuse-io-uring", so.fuse_io_uring,
+                    "FUSE over io_uring where the kernel has it (on: turns on the fuse module's enable_uring as root)")
+      ->transform(CLI::CheckedTransformer(std::map<std::string, std::string>{{"on", "1"}, {"off", "0"}}))
+      ->default_str("on");
   serve->add_option("--state-dir", so.state_dir,
                     "Where dirty maps persist (default: $STRATA_STATE_DIR, else /var/lib/strata as root)");
   serve->add_option("--tls", so.tls, "TLS: off, on (offered), require (plaintext refused)")
@@ -489,6 +493,7 @@ int main(int argc, char** argv) {
                     [](const json& r) { fmt::print("{}\n", r["mountpoint"].get<std::string>()); });
     if (f_stop->parsed()) return client(ctl, "export_fuse_stop", p, as_json, [](const json&) {});
     return client(ctl, "export_fuse_list", p, as_json, [](const json& r) {
+      // One mountpoint per line (the transport and request counts: --json).
       for (const auto& e : r) fmt::print("{}\n", e["mountpoint"].get<std::string>());
     });
   }

@@ -210,10 +210,11 @@ int serve(const ServeOptions& o) {
   control::Daemon daemon{devices->get(), &server, std::chrono::steady_clock::now(), tracks, qptrs[0]};
   daemon.queues = qptrs;
   daemon.allowed_paths = o.allow_paths;
+  daemon.fuse_options.io_uring = o.fuse_io_uring;
   for (const auto& d : (*devices)->devices())
     daemon.fuse_devices.push_back({d.name, tracks[d.name], d.read_only || !d.table->caps().can_write});
   for (const auto& mp : o.fuse) {
-    auto e = std::make_unique<fuse::FuseExport>(qptrs, daemon.fuse_devices);
+    auto e = std::make_unique<fuse::FuseExport>(qptrs, daemon.fuse_devices, daemon.fuse_options);
     if (auto r = e->start(mp); !r) {
       LOG_ERROR("{}", r.error().message);
       return 1;

@@ -28,6 +28,7 @@ struct ServeOptions {
   bool verbose = false;
   std::string state_dir;
   std::vector<std::string> fuse;  // FUSE mountpoints
+  bool fuse_io_uring = true;      // FUSE over io_uring where the kernel has it
   std::vector<std::string> allow_paths;  // where control clients may name files  // dirty maps live here ("" = in memory only)
   std::string tls = "off";  // off | on | require
   std::string tls_certificates;

@@ -259,7 +259,7 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
     std::string mp = params.value("mountpoint", std::string());
     if (mp.empty()) return err("export_fuse_start: \"mountpoint\" is required");
     if (auto ap = allowed_path(d, mp); !ap) return err(ap.error().message);
-    auto e = std::make_unique<fuse::FuseExport>(d.queues, d.fuse_devices);
+    auto e = std::make_unique<fuse::FuseExport>(d.queues, d.fuse_devices, d.fuse_options);
     auto r = e->start(mp);
     if (!r) return err(r.error().message);
     std::string real = e->mountpoint();
@@ -279,7 +279,11 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
   }
   if (method == "export_fuse_list") {
     json out = json::array();
-    for (const auto& [mp, e] : d.fuse_exports) out.push_back({{"mountpoint", mp}});
+    for (const auto& [mp, e] : d.fuse_exports)
+      out.push_back({{"mountpoint", mp},
+                     {"transport", e->io_uring() ? "io_uring" : "/dev/fuse"},
+                     {"uring_requests", e->uring_requests()},
+                     {"dev_requests", e->dev_requests()}});
     return ok(out);
   }
   return err(fmt::format("unknown method '{}' (known: device_list, device_table, device_status, server_status, "

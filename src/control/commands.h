@@ -23,6 +23,7 @@ struct Daemon {
   std::vector<Queue*> queues;
   std::vector<fuse::Device> fuse_devices;  // what a FUSE export shows
   std::map<std::string, std::unique_ptr<fuse::FuseExport>> fuse_exports;  // by mountpoint
+  fuse::Options fuse_options;
   // Directories under which a control client may name files (sync and
   // flatten targets, FUSE mountpoints): serve --allow-path. Empty: none.
   std::vector<std::string> allowed_paths;

@@ -1,11 +1,14 @@
 #include "core/queue.h"
 
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <condition_variable>
 #include <deque>
 #include <future>
+
+#include <fmt/core.h>
 
 #include "core/log.h"
 
@@ -79,6 +82,8 @@ Result<> Queue::start() {
   std::promise<Result<>> started;
   auto fut = started.get_future();
   thread_ = std::thread([this, &started] {
+    // Named so that top, perf and taskset can tell the queues apart.
+    ::pthread_setname_np(::pthread_self(), fmt::format("strata-q{}", id_).c_str());
     auto r = ring_.init(1024);
     bool ok = r.has_value();
     started.set_value(std::move(r));

@@ -45,6 +45,9 @@ class Ring {
   // falling back to a plain ring on kernels without them).
   Result<> init(unsigned entries);
 
+  // True when SQEs are 128 bytes (IORING_OP_URING_CMD with a big command).
+  bool sqe128() const { return (ring_.flags & IORING_SETUP_SQE128) != 0; }
+
   // A free SQE; submits pending ones first if the SQ is full.
   io_uring_sqe* get_sqe();
 

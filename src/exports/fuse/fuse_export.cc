@@ -35,6 +35,61 @@ constexpr uint32_t kOurMinor = 38;
 constexpr std::size_t kWriteHeaders = sizeof(fuse_in_header) + sizeof(fuse_write_in);
 constexpr std::size_t kReadPad = kBufferAlign - kWriteHeaders;
 
+// FUSE over io_uring (linux/fuse.h of Linux 6.14, protocol 7.42); Debian 12's
+// kernel headers predate it.
+constexpr uint64_t kFuseOverIoUring = 1ULL << 41;  // in flags2 as bit 9
+constexpr uint32_t kUringCmdRegister = 1;
+constexpr uint32_t kUringCmdCommitAndFetch = 2;
+constexpr int kEntriesPerQid = 32;
+struct UringEntInOut {
+  uint64_t flags;
+  uint64_t commit_id;
+  uint32_t payload_sz;
+  uint32_t padding;
+  uint64_t reserved;
+};
+struct UringReqHeader {
+  std::byte in_out[128];  // fuse_in_header in, fuse_out_header out
+  std::byte op_in[128];   // the opcode's own argument (fuse_write_in, ...)
+  UringEntInOut ent;
+};
+struct UringCmdReq {  // the command area of a 128-byte SQE
+  uint64_t flags;
+  uint64_t commit_id;
+  uint16_t qid;
+  uint8_t padding[6];
+};
+static_assert(sizeof(UringReqHeader) == 288);
+static_assert(sizeof(UringCmdReq) <= 80);
+
+const char kEnableUring[] = "/sys/module/fuse/parameters/enable_uring";
+
+// Is FUSE over io_uring on in this kernel? Turns the module parameter on if it
+// is off and we may (root): it only lets servers that ask for it use it.
+bool enable_fuse_uring() {
+  char c = 0;
+  {
+    std::ifstream in(kEnableUring);
+    if (!(in >> c)) return false;  // no CONFIG_FUSE_IO_URING
+  }
+  if (c == 'Y' || c == '1') return true;
+  std::ofstream out(kEnableUring);
+  if (!(out << "Y" << std::flush)) return false;
+  LOG_INFO("FUSE: turned on FUSE over io_uring ({} = Y)", kEnableUring);
+  return true;
+}
+
+// The kernel keeps one request queue per possible CPU and serves a request on
+// the queue of the CPU that made it: every one needs entries.
+uint32_t possible_cpus() {
+  std::ifstream in("/sys/devices/system/cpu/possible");
+  std::string s;
+  if (!(in >> s)) return static_cast<uint32_t>(std::max(1L, ::sysconf(_SC_NPROCESSORS_CONF)));
+  std::size_t dash = s.rfind('-'), comma = s.rfind(',');
+  std::size_t at = dash == std::string::npos ? comma : (comma == std::string::npos ? dash : std::max(dash, comma));
+  return static_cast<uint32_t>(std::stoul(at == std::string::npos ? s : s.substr(at + 1)) + 1);
+}
+
 // Is `path` a FUSE mount of ours (fuse.strata)?
 bool is_strata_mount(const std::string& path) {
   std::ifstream in("/proc/self/mountinfo");
@@ -56,8 +111,46 @@ bool is_strata_mount(const std::string& path) {
 
 }  // namespace
 
-FuseExport::FuseExport(std::vector<Queue*> queues, std::vector<Device> devices)
-    : queues_(std::move(queues)), devices_(std::move(devices)) {
+// What handle() works on, wherever the request came from: the opcode's
+// argument and its payload (a LOOKUP's name, a WRITE's data) are apart in a
+// ring entry and back to back in a /dev/fuse read.
+struct FuseExport::Request {
+  const fuse_in_header* in;
+  const std::byte* arg;
+  std::span<std::byte> payload;
+  // Where a READ puts its data if it fits (a ring entry's payload buffer,
+  // which the kernel copies from); empty: a buffer of its own.
+  std::span<std::byte> out;
+};
+
+struct FuseExport::Reply {
+  bool none = false;  // FORGET, INTERRUPT: no reply at all
+  int error = 0;
+  const std::byte* data = nullptr;
+  std::size_t n = 0;
+  alignas(8) std::byte small[160];  // the fixed-size answers
+  Buffer buf;                       // a READ's data
+  std::vector<std::byte> vec;       // a READDIR's entries
+
+  static Reply err(int e) {
+    Reply r;
+    r.error = e;
+    return r;
+  }
+  template <typename T>
+  static Reply of(const T& v) {
+    static_assert(sizeof(T) <= sizeof small);
+    Reply r;
+    std::memcpy(r.small, &v, sizeof v);
+    r.n = sizeof v;
+    return r;
+  }
+  // data points into this object or its buffers: fixed up after a move.
+  const std::byte* bytes() const { return data ? data : small; }
+};
+
+FuseExport::FuseExport(std::vector<Queue*> queues, std::vector<Device> devices, Options opts)
+    : queues_(std::move(queues)), devices_(std::move(devices)), opts_(opts) {
   for (auto& d : devices_)
     if (d.name.empty()) d.name = "default";
   start_time_ = std::time(nullptr);
@@ -95,6 +188,13 @@ Result<> FuseExport::start(const std::string& mountpoint) {
   // io_uring may issue it inline on the queue thread (after a poll said
   // "readable"): the whole queue then stops, with the requests it holds,
   // until another request arrives (a QD1 reader never sends one).
+  // The kernel offers FUSE over io_uring in the INIT it sends at mount time;
+  // every queue's ring must take 128-byte SQEs to register entries.
+  bool rings_ok = true;
+  for (Queue* q : queues_) rings_ok = rings_ok && q->ring().sqe128();
+  if (opts_.io_uring && rings_ok) opts_.io_uring = enable_fuse_uring();
+  else opts_.io_uring = false;
+  nr_qids_ = possible_cpus();
   fd_ = ::open("/dev/fuse", O_RDWR | O_CLOEXEC | O_NONBLOCK);
   if (fd_ < 0) return posix_error("open /dev/fuse", errno);
   std::string opts = fmt::format("fd={},rootmode=40755,user_id={},group_id={},allow_other,default_permissions", fd_,
@@ -156,19 +256,13 @@ void FuseExport::fill_attr(void* out, uint64_t nodeid) const {
   a->blocks = (a->size + 511) / 512;
 }
 
-void FuseExport::reply(uint64_t unique, int error, const void* data, std::size_t n, const void* data2,
-                       std::size_t n2) {
+void FuseExport::reply_dev(uint64_t unique, const Reply& r) {
   fuse_out_header h{};
   h.unique = unique;
-  h.error = error;
-  iovec iov[3] = {{&h, sizeof h}, {const_cast<void*>(data), n}, {const_cast<void*>(data2), n2}};
-  int cnt = 1 + (n ? 1 : 0);
-  if (n2) {
-    iov[cnt] = iov[2];
-    ++cnt;
-  }
-  h.len = static_cast<uint32_t>(sizeof h + (error ? 0 : n + n2));
-  if (error) cnt = 1;
+  h.error = r.error;
+  iovec iov[2] = {{&h, sizeof h}, {const_cast<std::byte*>(r.bytes()), r.n}};
+  int cnt = r.error || r.n == 0 ? 1 : 2;
+  h.len = static_cast<uint32_t>(sizeof h + (cnt == 2 ? r.n : 0));
   // A reply to /dev/fuse is consumed at once by the kernel: it never blocks.
   if (::writev(fd_, iov, cnt) < 0 && errno != ENOENT)  // ENOENT: the request was interrupted
     LOG_DEBUG("FUSE reply {}: {}", unique, std::strerror(errno));
@@ -188,118 +282,197 @@ Task<void> FuseExport::slot(Queue& q) {
     }
     if (n == -EINTR || n == -ENOENT) continue;
     if (n < 0) break;  // ENODEV: unmounted
-    co_await handle(q, in.data(), static_cast<std::size_t>(n));
+    if (static_cast<std::size_t>(n) < sizeof(fuse_in_header)) continue;
+    auto* h = reinterpret_cast<const fuse_in_header*>(in.data());
+    std::byte* arg = in.data() + sizeof(fuse_in_header);
+    // A WRITE's data follows its fuse_write_in; a LOOKUP's name follows the
+    // header (its argument is empty).
+    std::size_t argsize = h->opcode == FUSE_WRITE ? sizeof(fuse_write_in) : 0;
+    std::size_t rest = static_cast<std::size_t>(n) - sizeof(fuse_in_header);
+    if (rest < argsize) continue;
+    Request req{h, arg, {arg + argsize, rest - argsize}, {}};
+    dev_requests_.fetch_add(1, std::memory_order_relaxed);
+    Reply r = co_await handle(q, req);
+    if (!r.none) reply_dev(h->unique, r);
+    if (h->opcode == FUSE_INIT && uring_.load() && r.error == 0) start_uring();
   }
   slots_.fetch_sub(1);
 }
 
-Task<void> FuseExport::handle(Queue& q, std::byte* req, std::size_t len) {
-  if (len < sizeof(fuse_in_header)) co_return;
-  auto* in = reinterpret_cast<fuse_in_header*>(req);
-  std::byte* arg = req + sizeof(fuse_in_header);
+void FuseExport::start_uring() {
+  // The INIT reply has been written: the connection is initialized, so
+  // registering entries no longer fails with EAGAIN.
+  const std::size_t nq = queues_.size();
+  for (uint32_t qid = 0; qid < nr_qids_; ++qid) {
+    Queue* q = queues_[qid % nq];
+    for (int i = 0; i < kEntriesPerQid; ++i) {
+      slots_.fetch_add(1);
+      q->post([this, q, qid] { spawn(uring_slot(*q, static_cast<uint16_t>(qid))); });
+    }
+  }
+}
+
+Task<void> FuseExport::uring_slot(Queue& q, uint16_t qid) {
+  // The header and the iovecs stay put in this frame while the kernel holds
+  // the entry.
+  UringReqHeader hdr{};
+  Buffer payload = Buffer::get(max_write_);
+  iovec iov[2] = {{&hdr, sizeof hdr}, {payload.data(), payload.size()}};
+  uint32_t cmd = kUringCmdRegister;
+  uint64_t commit_id = 0;
+  const int fd = fd_;
+  for (;;) {
+    int r = co_await q.ring().op([&, fd](io_uring_sqe* sqe) {
+      std::memset(sqe, 0, 128);
+      sqe->opcode = IORING_OP_URING_CMD;
+      sqe->fd = fd;
+      sqe->cmd_op = cmd;
+      if (cmd == kUringCmdRegister) {
+        sqe->addr = reinterpret_cast<uint64_t>(iov);
+        sqe->len = 2;
+      }
+      auto* c = reinterpret_cast<UringCmdReq*>(sqe->cmd);
+      c->qid = qid;
+      c->commit_id = commit_id;
+    });
+    if (r == -EAGAIN || r == -EINTR) continue;  // resend the same command
+    if (r < 0) {
+      // ENOTCONN / ECONNABORTED: unmounted; anything else is logged once.
+      if (r != -ENOTCONN && r != -ECONNABORTED && r != -ECANCELED && !stopping_.load())
+        LOG_WARN("FUSE io_uring entry (queue {}): {}", qid, std::strerror(-r));
+      break;
+    }
+    auto* h = reinterpret_cast<const fuse_in_header*>(hdr.in_out);
+    commit_id = hdr.ent.commit_id;
+    cmd = kUringCmdCommitAndFetch;
+    std::size_t plen = std::min<std::size_t>(hdr.ent.payload_sz, payload.size());
+    Request req{h, hdr.op_in, {payload.data(), plen}, payload.span()};
+    const uint64_t unique = h->unique;
+    uring_requests_.fetch_add(1, std::memory_order_relaxed);
+    Reply rep = co_await handle(q, req);
+    // Every request that arrives here expects an answer (FORGET and
+    // INTERRUPT keep to /dev/fuse).
+    std::size_t n = rep.error ? 0 : rep.n;
+    if (n > payload.size()) {
+      rep.error = -EIO;
+      n = 0;
+    }
+    if (n && rep.bytes() != payload.data()) std::memmove(payload.data(), rep.bytes(), n);
+    fuse_out_header oh{};
+    oh.unique = unique;
+    oh.error = rep.error;
+    oh.len = static_cast<uint32_t>(sizeof oh + n);
+    std::memcpy(hdr.in_out, &oh, sizeof oh);
+    hdr.ent.payload_sz = static_cast<uint32_t>(n);
+  }
+  slots_.fetch_sub(1);
+}
+
+Task<FuseExport::Reply> FuseExport::handle(Queue& q, const Request& req) {
+  const fuse_in_header* in = req.in;
+  const std::byte* arg = req.arg;
   const uint32_t op = in->opcode;
-  const uint64_t u = in->unique;
   const Device* dev = device_of(in->nodeid);
 
   // if/else, not switch: g++ 12 miscompiles co_await inside switch cases.
   if (op == FUSE_INIT) {
-    auto* i = reinterpret_cast<fuse_init_in*>(arg);
+    auto* i = reinterpret_cast<const fuse_init_in*>(arg);
+    if (i->major != FUSE_KERNEL_VERSION) co_return Reply::err(-EPROTO);
     fuse_init_out o{};
     o.major = FUSE_KERNEL_VERSION;
     o.minor = std::min<uint32_t>(i->minor, kOurMinor);
     o.max_readahead = i->max_readahead;
     uint32_t want = FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_ASYNC_DIO | FUSE_MAX_PAGES | FUSE_PARALLEL_DIROPS;
     o.flags = i->flags & want;
+    uint64_t offered = i->flags & FUSE_INIT_EXT ? static_cast<uint64_t>(i->flags2) << 32 : 0;
+    if (opts_.io_uring && (offered & kFuseOverIoUring)) {
+      o.flags |= FUSE_INIT_EXT;
+      o.flags2 = static_cast<uint32_t>(kFuseOverIoUring >> 32);
+      uring_.store(true);
+    } else if (opts_.io_uring) {
+      LOG_INFO("FUSE {}: the kernel does not offer FUSE over io_uring; serving through /dev/fuse", mountpoint_);
+    }
     o.max_background = 256;
     o.congestion_threshold = 192;
     o.max_write = max_write_;
     o.time_gran = 1;
     o.max_pages = kMaxPages;
-    if (i->major != FUSE_KERNEL_VERSION) {
-      reply(u, -EPROTO);
-      co_return;
-    }
-    reply(u, 0, &o, sizeof o);
-  } else if (op == FUSE_LOOKUP) {
-    std::string name(reinterpret_cast<const char*>(arg));
-    if (in->nodeid != kRootId) {
-      reply(u, -ENOENT);
-      co_return;
-    }
+    co_return Reply::of(o);
+  }
+  if (op == FUSE_LOOKUP) {
+    // The name, NUL-terminated, is the payload.
+    std::string name(reinterpret_cast<const char*>(req.payload.data()),
+                     ::strnlen(reinterpret_cast<const char*>(req.payload.data()), req.payload.size()));
+    if (in->nodeid != kRootId) co_return Reply::err(-ENOENT);
     for (std::size_t i = 0; i < devices_.size(); ++i) {
       if (devices_[i].name != name) continue;
       fuse_entry_out e{};
       e.nodeid = 2 + i;
       e.attr_valid = e.entry_valid = 1;
       fill_attr(&e.attr, e.nodeid);
-      reply(u, 0, &e, sizeof e);
-      co_return;
+      co_return Reply::of(e);
     }
-    reply(u, -ENOENT);
-  } else if (op == FUSE_FORGET || op == FUSE_BATCH_FORGET || op == FUSE_INTERRUPT) {
-    // No reply.
-  } else if (op == FUSE_GETATTR || op == FUSE_SETATTR) {
-    if (in->nodeid != kRootId && !dev) {
-      reply(u, -ENOENT);
-      co_return;
-    }
+    co_return Reply::err(-ENOENT);
+  }
+  if (op == FUSE_FORGET || op == FUSE_BATCH_FORGET || op == FUSE_INTERRUPT) {
+    Reply r;
+    r.none = true;
+    co_return r;
+  }
+  if (op == FUSE_GETATTR || op == FUSE_SETATTR) {
+    if (in->nodeid != kRootId && !dev) co_return Reply::err(-ENOENT);
     if (op == FUSE_SETATTR) {
-      auto* s = reinterpret_cast<fuse_setattr_in*>(arg);
-      if ((s->valid & FATTR_SIZE) && dev && s->size != dev->target->size()) {
-        reply(u, -EPERM);  // a block device does not change size
-        co_return;
-      }
+      auto* s = reinterpret_cast<const fuse_setattr_in*>(arg);
+      if ((s->valid & FATTR_SIZE) && dev && s->size != dev->target->size())
+        co_return Reply::err(-EPERM);  // a block device does not change size
     }
     fuse_attr_out o{};
     o.attr_valid = 1;
     fill_attr(&o.attr, in->nodeid);
-    reply(u, 0, &o, sizeof o);
-  } else if (op == FUSE_OPEN) {
-    auto* i = reinterpret_cast<fuse_open_in*>(arg);
-    if (!dev) {
-      reply(u, -ENOENT);
-      co_return;
-    }
-    if ((i->flags & O_ACCMODE) != O_RDONLY && dev->read_only) {
-      reply(u, -EROFS);
-      co_return;
-    }
+    co_return Reply::of(o);
+  }
+  if (op == FUSE_OPEN) {
+    auto* i = reinterpret_cast<const fuse_open_in*>(arg);
+    if (!dev) co_return Reply::err(-ENOENT);
+    if ((i->flags & O_ACCMODE) != O_RDONLY && dev->read_only) co_return Reply::err(-EROFS);
     fuse_open_out o{};
     o.fh = in->nodeid;
     o.open_flags = FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
-    reply(u, 0, &o, sizeof o);
-  } else if (op == FUSE_READ) {
-    auto* i = reinterpret_cast<fuse_read_in*>(arg);
-    if (!dev) {
-      reply(u, -EBADF);
-      co_return;
-    }
+    co_return Reply::of(o);
+  }
+  if (op == FUSE_READ) {
+    auto* i = reinterpret_cast<const fuse_read_in*>(arg);
+    if (!dev) co_return Reply::err(-EBADF);
     uint64_t size = dev->target->size();
     uint64_t n = i->offset >= size ? 0 : std::min<uint64_t>(i->size, size - i->offset);
-    Buffer data = Buffer::get(n);
+    Reply rep;
+    std::span<std::byte> dst;
+    if (n <= req.out.size()) {
+      dst = req.out.first(n);
+    } else {
+      rep.buf = Buffer::get(n);
+      dst = rep.buf.span();
+    }
     Result<> r;
-    if (n > 0) r = co_await dev->target->read(q, data.span(), i->offset);
+    if (n > 0) r = co_await dev->target->read(q, dst, i->offset);
     if (!r) {
       LOG_WARN("FUSE read {}@{}+{}: {}", dev->name, i->offset, n, r.error().message);
-      reply(u, -r.error().code);
-    } else {
-      reply(u, 0, data.data(), n);
+      co_return Reply::err(-r.error().code);
     }
-  } else if (op == FUSE_WRITE) {
-    auto* i = reinterpret_cast<fuse_write_in*>(arg);
-    const std::byte* payload = arg + sizeof(fuse_write_in);
-    if (!dev || dev->read_only) {
-      reply(u, dev ? -EROFS : -EBADF);
-      co_return;
-    }
+    rep.n = n;
+    rep.data = dst.data();
+    co_return rep;
+  }
+  if (op == FUSE_WRITE) {
+    auto* i = reinterpret_cast<const fuse_write_in*>(arg);
+    const std::byte* payload = req.payload.data();
+    if (!dev || dev->read_only) co_return Reply::err(dev ? -EROFS : -EBADF);
+    if (req.payload.size() < i->size) co_return Reply::err(-EINVAL);
     uint64_t size = dev->target->size();
-    if (i->offset >= size || i->size > size - i->offset) {
-      reply(u, -ENOSPC);
-      co_return;
-    }
+    if (i->offset >= size || i->size > size - i->offset) co_return Reply::err(-ENOSPC);
     IoFlags f;
     f.fua = (i->flags & (O_DSYNC | O_SYNC)) != 0;
-    Buffer copy;  // only if the data is not where kReadPad puts it
+    Buffer copy;  // only if the data is not on a 4096-byte boundary
     if (reinterpret_cast<uintptr_t>(payload) % kBufferAlign != 0) {
       copy = Buffer::get(i->size);
       std::memcpy(copy.data(), payload, i->size);
@@ -308,26 +481,21 @@ Task<void> FuseExport::handle(Queue& q, std::byte* req, std::size_t len) {
     auto r = co_await dev->target->write(q, {payload, i->size}, i->offset, f);
     if (!r) {
       LOG_WARN("FUSE write {}@{}+{}: {}", dev->name, i->offset, i->size, r.error().message);
-      reply(u, -r.error().code);
-    } else {
-      fuse_write_out o{};
-      o.size = i->size;
-      reply(u, 0, &o, sizeof o);
+      co_return Reply::err(-r.error().code);
     }
-  } else if (op == FUSE_FSYNC || op == FUSE_FLUSH) {
+    fuse_write_out o{};
+    o.size = i->size;
+    co_return Reply::of(o);
+  }
+  if (op == FUSE_FSYNC || op == FUSE_FLUSH) {
     Result<> r;
     if (dev && !dev->read_only) r = co_await dev->target->flush(q);
-    reply(u, r ? 0 : -r.error().code);
-  } else if (op == FUSE_FALLOCATE) {
-    auto* i = reinterpret_cast<fuse_fallocate_in*>(arg);
-    if (!dev || dev->read_only) {
-      reply(u, dev ? -EROFS : -EBADF);
-      co_return;
-    }
-    if (!in_range(dev->target->size(), i->offset, i->length)) {
-      reply(u, -EINVAL);
-      co_return;
-    }
+    co_return Reply::err(r ? 0 : -r.error().code);
+  }
+  if (op == FUSE_FALLOCATE) {
+    auto* i = reinterpret_cast<const fuse_fallocate_in*>(arg);
+    if (!dev || dev->read_only) co_return Reply::err(dev ? -EROFS : -EBADF);
+    if (!in_range(dev->target->size(), i->offset, i->length)) co_return Reply::err(-EINVAL);
     Result<> r;
     if (i->mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) {
       r = co_await dev->target->zero(q, i->offset, i->length, IoFlags{.may_trim = true});
@@ -338,15 +506,17 @@ Task<void> FuseExport::handle(Queue& q, std::byte* req, std::size_t len) {
     } else {
       r = fail(EOPNOTSUPP, "fallocate mode");
     }
-    reply(u, r ? 0 : -r.error().code);
-  } else if (op == FUSE_RELEASE || op == FUSE_RELEASEDIR || op == FUSE_ACCESS) {
-    reply(u, 0);
-  } else if (op == FUSE_OPENDIR) {
-    fuse_open_out o{};
-    reply(u, in->nodeid == kRootId ? 0 : -ENOTDIR, &o, sizeof o);
-  } else if (op == FUSE_READDIR) {
-    auto* i = reinterpret_cast<fuse_read_in*>(arg);
-    std::vector<std::byte> out;
+    co_return Reply::err(r ? 0 : -r.error().code);
+  }
+  if (op == FUSE_RELEASE || op == FUSE_RELEASEDIR || op == FUSE_ACCESS) co_return Reply::err(0);
+  if (op == FUSE_OPENDIR) {
+    if (in->nodeid != kRootId) co_return Reply::err(-ENOTDIR);
+    co_return Reply::of(fuse_open_out{});
+  }
+  if (op == FUSE_READDIR) {
+    auto* i = reinterpret_cast<const fuse_read_in*>(arg);
+    Reply rep;
+    std::vector<std::byte>& out = rep.vec;
     // Entries: ".", "..", then the devices; `off` is the index of the next one.
     uint64_t idx = i->offset;
     for (; idx < devices_.size() + 2; ++idx) {
@@ -362,19 +532,20 @@ Task<void> FuseExport::handle(Queue& q, std::byte* req, std::size_t len) {
       de->type = idx < 2 ? DT_DIR : DT_REG;
       std::memcpy(de->name, name.data(), name.size());
     }
-    reply(u, 0, out.data(), out.size());
-  } else if (op == FUSE_STATFS) {
+    rep.data = out.data();
+    rep.n = out.size();
+    co_return rep;
+  }
+  if (op == FUSE_STATFS) {
     fuse_statfs_out o{};
     o.st.bsize = o.st.frsize = 4096;
     o.st.namelen = 255;
     for (const auto& d : devices_) o.st.blocks += d.target->size() / 4096;
     o.st.files = devices_.size();
-    reply(u, 0, &o, sizeof o);
-  } else if (op == FUSE_DESTROY) {
-    reply(u, 0);
-  } else {
-    reply(u, -ENOSYS);
+    co_return Reply::of(o);
   }
+  if (op == FUSE_DESTROY) co_return Reply::err(0);
+  co_return Reply::err(-ENOSYS);
 }
 
 }  // namespace strata::fuse

@@ -12,6 +12,16 @@
 // hand-off on the data path. The protocol subset is small: one directory of
 // fixed-size files.
 //
+// Transport: where the kernel offers FUSE over io_uring (Linux 6.14+, the fuse
+// module's enable_uring parameter), requests arrive as completions of
+// IORING_OP_URING_CMD entries registered on the queues' own rings, and each
+// reply is committed by the SQE that also fetches the next request: no
+// read(2)/writev(2) of /dev/fuse per request, the request's data lands in a
+// per-entry 4096-aligned buffer that O_DIRECT targets use as is, and a READ's
+// data is read straight into the buffer the kernel copies it from. /dev/fuse
+// still carries INIT, FORGET and INTERRUPT, and every request until the
+// kernel has an entry for every CPU.
+//
 // Files are opened FOPEN_DIRECT_IO (no page cache in FUSE; the loop device or
 // the application above has its own). fsync and close (FLUSH) of a file are
 // a FLUSH of the device; fallocate punch-hole / zero-range are TRIM and
@@ -36,9 +46,15 @@ struct Device {
   bool read_only = false;
 };
 
+struct Options {
+  // Use FUSE over io_uring when the kernel has it (turning on the fuse
+  // module's enable_uring parameter if it is off and we may write it).
+  bool io_uring = true;
+};
+
 class FuseExport {
  public:
-  FuseExport(std::vector<Queue*> queues, std::vector<Device> devices);
+  FuseExport(std::vector<Queue*> queues, std::vector<Device> devices, Options opts = {});
   ~FuseExport();
   FuseExport(const FuseExport&) = delete;
   FuseExport& operator=(const FuseExport&) = delete;
@@ -49,12 +65,21 @@ class FuseExport {
   // Unmounts and waits until no request is being served.
   void stop();
   const std::string& mountpoint() const { return mountpoint_; }
+  // Requests served so far through ring entries and through /dev/fuse.
+  uint64_t uring_requests() const { return uring_requests_.load(std::memory_order_relaxed); }
+  uint64_t dev_requests() const { return dev_requests_.load(std::memory_order_relaxed); }
+  // Whether INIT negotiated FUSE over io_uring.
+  bool io_uring() const { return uring_; }
+
+  struct Request;
+  struct Reply;
 
  private:
   Task<void> slot(Queue& q);
-  Task<void> handle(Queue& q, std::byte* req, std::size_t len);
-  void reply(uint64_t unique, int error, const void* data = nullptr, std::size_t n = 0,
-             const void* data2 = nullptr, std::size_t n2 = 0);
+  Task<void> uring_slot(Queue& q, uint16_t qid);
+  void start_uring();
+  Task<Reply> handle(Queue& q, const Request& req);
+  void reply_dev(uint64_t unique, const Reply& r);
   const Device* device_of(uint64_t nodeid) const;
   void fill_attr(void* attr, uint64_t nodeid) const;
 
@@ -64,6 +89,11 @@ class FuseExport {
   int fd_ = -1;
   uint32_t max_write_ = 1 << 20;
   int64_t start_time_ = 0;
+  Options opts_;
+  std::atomic<bool> uring_{false};  // negotiated at INIT
+  uint32_t nr_qids_ = 1;
+  std::atomic<uint64_t> uring_requests_{0};
+  std::atomic<uint64_t> dev_requests_{0};
   std::atomic<int> slots_{0};
   std::atomic<bool> stopping_{false};
 };

@@ -150,6 +150,7 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
     std::lock_guard<std::mutex> l(mu_);
     top_state_ = std::move(pstates);
     dirty_pages_.clear();
+    layers_[n - 2]->prepare_for_writes();
     write_layer_.store(n - 2);
   }
   freeze_all(false);
@@ -287,6 +288,7 @@ Result<uint64_t> CowTarget::merge_layer(Queue& q, const std::string& path,
     retire(layers_[j]);
     layers_.erase(layers_.begin() + static_cast<std::ptrdiff_t>(j));
     nlayers_.store(n - 1);
+    layers_[n - 2]->prepare_for_writes();
     write_layer_.store(n - 2);
   }
   freeze_all(false);

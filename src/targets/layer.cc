@@ -171,7 +171,13 @@ Result<std::unique_ptr<LayerFile>> LayerFile::create(const std::string& path, ui
   if (::ftruncate(l->fd_, h.data_offset + size) < 0) return posix_error(fmt::format("layer {}", path), errno);
   TRY(l->write_header());
   TRY(l->sync());
+  l->prepare_for_writes();
   return l;
+}
+
+void LayerFile::prepare_for_writes() const {
+  (void)::posix_fadvise(fd_, static_cast<off_t>(h_.data_offset), 0, POSIX_FADV_DONTNEED);
+  (void)::posix_fadvise(fd_, 0, 0, POSIX_FADV_RANDOM);
 }
 
 Result<std::unique_ptr<LayerFile>> LayerFile::open(const std::string& path, bool writable, bool lock) {
@@ -194,6 +200,7 @@ Result<std::unique_ptr<LayerFile>> LayerFile::open(const std::string& path, bool
   struct stat st;
   if (::fstat(l->fd_, &st) == 0 && static_cast<uint64_t>(st.st_size) < l->h_.data_offset)
     return fail(EINVAL, fmt::format("layer {}: file is shorter than its header and bitmap", path));
+  if (writable) l->prepare_for_writes();
   return l;
 }
 

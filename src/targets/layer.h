@@ -63,6 +63,14 @@ class LayerFile {
   const std::string& path() const { return path_; }
   int fd() const { return fd_; }
   uint64_t chunks() const { return (h_.size + h_.chunk_size - 1) / h_.chunk_size; }
+  // Called on the layer writes go to: drops the page cache of its data region
+  // and turns readahead off. Someone who read the sparse file (a `cat`, a
+  // backup) leaves large folios over its holes in the page cache, and every
+  // 4 KiB write into such a folio then walks all of its buffer heads
+  // (ext4_block_write_begin): fresh-chunk writes measured 6-10x slower.
+  // strata never reads where the layer holds nothing, and without readahead
+  // its own reads of held chunks do not pull holes in either.
+  void prepare_for_writes() const;
   // The parent's path resolved against this layer's directory.
   std::string parent_full_path() const;
 

@@ -145,7 +145,7 @@ for server in strata-file strata-cow qemu-nbd nbdkit-cow; do
   pauses=()
   for s in 1 2; do
     sleep 2
-    pauses+=("$("$STRATA" snapshot d --control "$D/ctl" --json | jq '.[0].pause_us')")
+    pauses+=("$("$STRATA" snapshot d --control "$D/ctl" --json | jq -r '.[0] | "\(.pause_us)/\(.total_us)"')")
   done
   wait $FIO || { echo "fio failed during the snapshots: $(cat "$D/load.err")" >&2; exit 1; }
   load=$(jq -r '.jobs[0] as $x | "\($x.write.iops | floor) IOPS, p99 \($x.write.clat_ns.percentile["99.000000"] / 1000 | floor) µs, max \($x.write.clat_ns.max / 1000 | floor) µs, errors \($x.error)"' "$D/load.json")
@@ -170,6 +170,6 @@ for s, j, iops, p99, cpu, err in rows:
     print(f'| {s} | {j}{" (errors " + err + ")" if err != "0" else ""} | {iops:,.0f} | {p99:,.0f} | {cpu:.1f} | {ratio("strata-file")} | {ratio("qemu-nbd")} |')
 PY
 echo
-echo "strata snapshot under 4k randwrite QD32 (fio, 6 s): pause_us ${pauses[*]}; the load: $load; layers after: $layers"
+echo "strata snapshot under 4k randwrite QD32 (fio, 6 s): writes held / whole operation, µs: ${pauses[*]}; the load: $load; layers after: $layers"
 echo "strata flatten of the stack: $flat"
 echo "uptime after: $(uptime)"

@@ -459,7 +459,8 @@ int main(int argc, char** argv) {
   if (snap->parsed())
     return client(ctl, "device_snapshot", json{{"device", device}}, as_json, [](const json& r) {
       for (const auto& s : r)
-        fmt::print("snapshot {} (writes held {} us)\n", s["snapshot"].get<std::string>(), s["pause_us"].get<int64_t>());
+        fmt::print("snapshot {} (writes held {} us; {} us in all)\n", s["snapshot"].get<std::string>(),
+                   s["pause_us"].get<int64_t>(), s.value("total_us", int64_t{0}));
     });
   if (merge->parsed()) {
     json mp{{"device", device}};

@@ -211,11 +211,16 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
     if (cows.empty()) return err(fmt::format("device '{}' has no cow segment to snapshot", dev));
     json out = json::array();
     for (auto* c : cows) {
-      auto t0 = std::chrono::steady_clock::now();
-      auto r = c->snapshot(*d.queue);
-      auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
+      CowTarget::SnapshotStats st;
+      auto r = c->snapshot(*d.queue, &st);
       if (!r) return err(r.error().message);
-      out.push_back({{"snapshot", *r}, {"pause_us", us}, {"layers", c->layer_paths()}});
+      // pause_us: how long writes were held; total_us: the whole operation
+      // (flushes with writes flowing included).
+      out.push_back({{"snapshot", *r},
+                     {"pause_us", st.held_us},
+                     {"total_us", st.total_us},
+                     {"flush_rounds", st.flush_rounds},
+                     {"layers", c->layer_paths()}});
     }
     return ok(out);
   }

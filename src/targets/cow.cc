@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <future>
@@ -541,7 +542,9 @@ Task<Result<Extents>> CowTarget::context_extents(Queue& q, std::string_view cont
 
 // ---------------------------------------------------------------- snapshot
 
-Result<std::string> CowTarget::snapshot(Queue& fq) {
+Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
+  using Clock = std::chrono::steady_clock;
+  const auto t_start = Clock::now();
   if (read_only_) return fail(EROFS, "snapshot: the stack is read-only");
   if (write_layer_.load() + 1 != nlayers_.load()) return fail(EBUSY, "snapshot: a merge is running");
   if (nlayers_.load() >= kMaxLayers) return fail(EMLINK, "snapshot: too many layers");
@@ -560,11 +563,19 @@ Result<std::string> CowTarget::snapshot(Queue& fq) {
     for (auto& d : done) d.get_future().get();
   };
   // Flush first with writes flowing, so the flush under the hold below has
-  // little left to do and the pause stays short.
-  {
+  // little left to do and the pause stays short. A flush writes back at disk
+  // speed what the writes dirtied meanwhile, so each round leaves less for
+  // the next: repeat until one is quick (a few rounds converge even under a
+  // write load; the bound keeps a disk slower than the load from looping).
+  int rounds = 0;
+  while (rounds < 4) {
+    auto t0 = Clock::now();
     auto pre = fq.call([&] { return flush(fq); });
     if (!pre) return fail(pre.error());
+    ++rounds;
+    if (Clock::now() - t0 < std::chrono::milliseconds(20)) break;
   }
+  const auto t_hold = Clock::now();
   // Quiesce: new writes park, those in flight finish.
   std::vector<std::shared_ptr<std::promise<void>>> drained;
   std::mutex dm;
@@ -638,6 +649,13 @@ Result<std::string> CowTarget::snapshot(Queue& fq) {
   nlayers_.store(layers_.size());
   write_layer_.store(layers_.size() - 1);
   thaw();
+  if (stats) {
+    auto us = [](Clock::duration d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); };
+    const auto now = Clock::now();
+    stats->held_us = us(now - t_hold);
+    stats->total_us = us(now - t_start);
+    stats->flush_rounds = rounds;
+  }
   return snap;
 }
 

@@ -78,8 +78,14 @@ class CowTarget final : public Target {
                                         uint64_t length) override;
 
   // Control thread: snapshot the top; returns the snapshot layer's path.
-  // `q` runs the flush.
-  Result<std::string> snapshot(Queue& q);
+  // `q` runs the flush. `stats`, if given, says how long writes were held
+  // (what a client sees) and how long the whole operation took.
+  struct SnapshotStats {
+    int64_t held_us = 0;
+    int64_t total_us = 0;
+    int flush_rounds = 0;  // flushes with writes flowing, before the hold
+  };
+  Result<std::string> snapshot(Queue& q, SnapshotStats* stats = nullptr);
   // Layers bottom to top, for status.
   std::vector<std::string> layer_paths() const;
   // Control thread: folds the top layer into its parent while I/O goes on

@@ -59,6 +59,12 @@ snap() {
   local us
   us=$(jq '.[0].pause_us' <<<"$out")
   [[ $us =~ ^[0-9]+$ ]] && [ "$us" -gt 0 ] && [ "$us" -lt 5000000 ] || die "snapshot $1: pause_us missing or absurd: $out"
+  # pause_us is the hold alone; total_us adds the flushes done with writes
+  # flowing before it (1 to 4 rounds).
+  local total rounds
+  total=$(jq '.[0].total_us' <<<"$out") rounds=$(jq '.[0].flush_rounds' <<<"$out")
+  [[ $total =~ ^[0-9]+$ ]] && [ "$total" -ge "$us" ] || die "snapshot $1: total_us missing or below pause_us: $out"
+  [[ $rounds =~ ^[1-4]$ ]] || die "snapshot $1: flush_rounds not 1-4: $out"
   [ "$(jq '.[0].layers | length' <<<"$out")" = $(($1 + 1)) ] || die "snapshot $1: wrong layer list: $out"
   echo "snapshot $1: writes held $us us" >&2
 }

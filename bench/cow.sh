@@ -18,8 +18,10 @@
 # cache): 4k randread QD32, QD1, QD16 (--runtime s each), then 4k randwrite
 # QD32 to fresh chunks (256 MiB, each block once: the top holds none of them).
 # Server CPU is utime+stime from /proc over the job, per million I/Os.
-# Then, on strata-cow: the pause of `strata snapshot` under a randwrite QD32
-# load (pause_us, twice), and `strata flatten` of the whole device (MiB/s).
+# Then, on strata-cow: `strata snapshot` twice under a randwrite QD32 load
+# (how long writes were held, and the whole operation), `strata merge` of the
+# top into its parent under the same load (MiB/s of chunks copied down), and
+# `strata flatten` of the whole device (MiB/s).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -149,6 +151,18 @@ for server in strata-file strata-cow qemu-nbd nbdkit-cow; do
   done
   wait $FIO || { echo "fio failed during the snapshots: $(cat "$D/load.err")" >&2; exit 1; }
   load=$(jq -r '.jobs[0] as $x | "\($x.write.iops | floor) IOPS, p99 \($x.write.clat_ns.percentile["99.000000"] / 1000 | floor) µs, max \($x.write.clat_ns.max / 1000 | floor) µs, errors \($x.error)"' "$D/load.json")
+  # ---- merge of the top (what the load wrote after the second snapshot)
+  # into its parent, while the same load goes on
+  fio --name=load --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=32 --numjobs=1 --size="$BYTES" \
+    --time_based=1 --runtime=6 --norandommap=1 --randrepeat=0 --output-format=json --output="$D/mload.json" \
+    >/dev/null 2>"$D/mload.err" &
+  FIO=$!
+  sleep 1
+  m=$("$STRATA" merge d --control "$D/ctl" --json 2>/dev/null) || { echo "merge failed: $m" >&2; exit 1; }
+  wait $FIO || { echo "fio failed during the merge: $(cat "$D/mload.err")" >&2; exit 1; }
+  merge=$(jq -r '(.chunks_copied * 4096 / 1048576) as $mib |
+    "\(.chunks_copied) chunks (\($mib | floor) MiB) in \(.milliseconds) ms: \($mib / (.milliseconds / 1000) | floor) MiB/s"' <<<"$m")
+  mload=$(jq -r '.jobs[0] as $x | "\($x.write.iops | floor) IOPS, max \($x.write.clat_ns.max / 1000 | floor) µs, errors \($x.error)"' "$D/mload.json")
   t0=$(date +%s.%N)
   "$STRATA" flatten d --to "$D/flat.raw" --control "$D/ctl" >/dev/null 2>"$D/flatten.err" ||
     { echo "flatten failed: $(cat "$D/flatten.err")" >&2; exit 1; }
@@ -170,6 +184,7 @@ for s, j, iops, p99, cpu, err in rows:
     print(f'| {s} | {j}{" (errors " + err + ")" if err != "0" else ""} | {iops:,.0f} | {p99:,.0f} | {cpu:.1f} | {ratio("strata-file")} | {ratio("qemu-nbd")} |')
 PY
 echo
-echo "strata snapshot under 4k randwrite QD32 (fio, 6 s): writes held / whole operation, µs: ${pauses[*]}; the load: $load; layers after: $layers"
+echo "strata snapshot under 4k randwrite QD32 (fio, 6 s): writes held / whole operation, µs: ${pauses[*]}; the load: $load"
+echo "strata merge of the top into its parent under the same load: $merge; the load: $mload; layers after: $layers"
 echo "strata flatten of the stack: $flat"
 echo "uptime after: $(uptime)"

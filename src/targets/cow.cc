@@ -542,6 +542,24 @@ Task<Result<Extents>> CowTarget::context_extents(Queue& q, std::string_view cont
 
 // ---------------------------------------------------------------- snapshot
 
+// Flushes with writes flowing, so that a flush with writes held (snapshot,
+// merge) has little left to do and the pause stays short. A flush writes
+// back at disk speed what the writes dirtied meanwhile, so each round leaves
+// less for the next: repeat until one is quick (a few rounds converge even
+// under a write load; the bound keeps a disk slower than the load from
+// looping). Returns the number of rounds.
+Result<int> CowTarget::flush_until_quick(Queue& q) {
+  int rounds = 0;
+  while (rounds < 4) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = q.call([&] { return flush(q); });
+    if (!r) return fail(r.error());
+    ++rounds;
+    if (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(20)) break;
+  }
+  return rounds;
+}
+
 Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
   using Clock = std::chrono::steady_clock;
   const auto t_start = Clock::now();
@@ -562,19 +580,7 @@ Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
       });
     for (auto& d : done) d.get_future().get();
   };
-  // Flush first with writes flowing, so the flush under the hold below has
-  // little left to do and the pause stays short. A flush writes back at disk
-  // speed what the writes dirtied meanwhile, so each round leaves less for
-  // the next: repeat until one is quick (a few rounds converge even under a
-  // write load; the bound keeps a disk slower than the load from looping).
-  int rounds = 0;
-  while (rounds < 4) {
-    auto t0 = Clock::now();
-    auto pre = fq.call([&] { return flush(fq); });
-    if (!pre) return fail(pre.error());
-    ++rounds;
-    if (Clock::now() - t0 < std::chrono::milliseconds(20)) break;
-  }
+  const int rounds = TRY(flush_until_quick(fq));
   const auto t_hold = Clock::now();
   // Quiesce: new writes park, those in flight finish.
   std::vector<std::shared_ptr<std::promise<void>>> drained;

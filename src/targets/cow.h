@@ -86,6 +86,8 @@ class CowTarget final : public Target {
     int flush_rounds = 0;  // flushes with writes flowing, before the hold
   };
   Result<std::string> snapshot(Queue& q, SnapshotStats* stats = nullptr);
+  // Control thread: flushes until one flush is quick (see cow.cc).
+  Result<int> flush_until_quick(Queue& q);
   // Layers bottom to top, for status.
   std::vector<std::string> layer_paths() const;
   // Control thread: folds the top layer into its parent while I/O goes on

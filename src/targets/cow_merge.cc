@@ -84,19 +84,28 @@ Task<Result<uint64_t>> CowTarget::merge_copy(Queue& q, uint8_t from,
     CO_TRY(co_await lock_chunks(q, c, e - 1));
     // Under the locks: copy what the top still holds (a write may have taken
     // some chunks meanwhile; those are newer in the parent already).
+    // Consecutive chunks with data are read and written in one I/O each.
     Result<> res;
-    for (uint64_t k = c; k < e && res; ++k) {
+    for (uint64_t k = c; k < e && res;) {
       uint8_t h = holder(k);
-      if ((h & ~kZeroBit) != from) continue;
+      if ((h & ~kZeroBit) != from) {
+        ++k;
+        continue;
+      }
       if (h & kZeroBit) {
         set_states(k, k, kZero);
-      } else {
-        uint64_t cs = k * chunk_, n = std::min<uint64_t>(chunk_, size_ - cs);
-        res = co_await read_run(q, h, buf.data(), cs, n);
-        if (res) res = co_await write_top(q, buf.data(), cs, n, false);
-        if (res) set_states(k, k, kPresent);
+        ++done;
+        ++k;
+        continue;
       }
-      ++done;
+      uint64_t ke = k + 1;
+      while (ke < e && holder(ke) == h) ++ke;
+      uint64_t cs = k * chunk_, n = std::min<uint64_t>(ke * chunk_, size_) - cs;
+      res = co_await read_run(q, h, buf.data(), cs, n);
+      if (res) res = co_await write_top(q, buf.data(), cs, n, false);
+      if (res) set_states(k, ke - 1, kPresent);
+      done += ke - k;
+      k = ke;
     }
     unlock_chunks(c, e - 1);
     if (!res) co_return fail(res.error());
@@ -114,6 +123,7 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
   LayerFile& top = *layers_[n - 1];
   LayerFile& parent = *layers_[n - 2];
   // 1. Make the parent the write layer.
+  TRY(flush_until_quick(q));
   freeze_all(true);
   Result<> r = q.call([&] { return flush(q); });
   std::vector<uint8_t> pstates;
@@ -162,6 +172,7 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
   if (!cr) return fail(cr.error().code, "merge: " + cr.error().message + " (the stack still has every layer)");
 
   // 3. Drop the top.
+  TRY(flush_until_quick(q));
   freeze_all(true);
   r = q.call([&] { return flush(q); });
   if (r) {

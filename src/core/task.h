@@ -128,4 +128,28 @@ struct Detached {
 // references alive until it ends.
 inline Detached spawn(Task<void> t) { co_await std::move(t); }
 
+// Waits for spawned tasks on one thread: add() before each spawn, done() at
+// the end of each task (its last touch of shared state), `co_await
+// join.wait()` resumes once every added task is done.
+class Join {
+ public:
+  void add(int n = 1) { pending_ += n; }
+  void done() {
+    if (--pending_ == 0 && waiter_) std::exchange(waiter_, {}).resume();
+  }
+  auto wait() {
+    struct Awaiter {
+      Join& j;
+      bool await_ready() const noexcept { return j.pending_ == 0; }
+      void await_suspend(std::coroutine_handle<> h) noexcept { j.waiter_ = h; }
+      void await_resume() const noexcept {}
+    };
+    return Awaiter{*this};
+  }
+
+ private:
+  int pending_ = 0;
+  std::coroutine_handle<> waiter_;
+};
+
 }  // namespace strata

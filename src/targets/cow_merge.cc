@@ -70,49 +70,70 @@ void CowTarget::freeze_all(bool on) {
 
 Task<Result<uint64_t>> CowTarget::merge_copy(Queue& q, uint8_t from,
                                              const std::function<void(uint64_t, uint64_t)>& progress) {
-  uint64_t total = 0, done = 0;
-  for (uint64_t c = 0; c < chunks_; ++c) total += (holder(c) & ~kZeroBit) == from;
-  Buffer buf = Buffer::get(std::max<uint64_t>(chunk_, 1 << 20));
-  const uint64_t per_run = buf.size() / chunk_;
-  for (uint64_t c = 0; c < chunks_;) {
-    if ((holder(c) & ~kZeroBit) != from) {
-      ++c;
-      continue;
-    }
-    uint64_t e = c + 1;
-    while (e < chunks_ && e - c < per_run && (holder(e) & ~kZeroBit) == from) ++e;
-    CO_TRY(co_await lock_chunks(q, c, e - 1));
-    // Under the locks: copy what the top still holds (a write may have taken
-    // some chunks meanwhile; those are newer in the parent already).
-    // Consecutive chunks with data are read and written in one I/O each.
+  // kWorkers runs are copied at once: the chunks a top holds after random
+  // writes are mostly alone, and one chunk at a time (a read, then a write
+  // that ext4 hands to an io-wq worker) copied 13 MiB/s under a write load.
+  constexpr int kWorkers = 16;
+  struct Shared {
+    uint64_t next = 0, done = 0, total = 0;
     Result<> res;
-    for (uint64_t k = c; k < e && res;) {
-      uint8_t h = holder(k);
-      if ((h & ~kZeroBit) != from) {
-        ++k;
-        continue;
+    Join join;
+  } sh;
+  for (uint64_t c = 0; c < chunks_; ++c) sh.total += (holder(c) & ~kZeroBit) == from;
+  const uint64_t per_run = std::max<uint64_t>(1, (1 << 20) / chunk_);
+  auto worker = [](CowTarget& t, Queue& q, uint8_t from, uint64_t per_run, Shared& sh,
+                   const std::function<void(uint64_t, uint64_t)>& progress) -> Task<void> {
+    Buffer buf = Buffer::get(per_run * t.chunk_);
+    while (sh.res) {
+      // Take the next run of chunks `from` holds (the cursor is shared by the
+      // workers, all on this queue's thread).
+      uint64_t c = sh.next;
+      while (c < t.chunks_ && (t.holder(c) & ~kZeroBit) != from) ++c;
+      if (c >= t.chunks_) break;
+      uint64_t e = c + 1;
+      while (e < t.chunks_ && e - c < per_run && (t.holder(e) & ~kZeroBit) == from) ++e;
+      sh.next = e;
+      auto lk = co_await t.lock_chunks(q, c, e - 1);
+      if (!lk) {
+        if (sh.res) sh.res = fail(lk.error());
+        break;
       }
-      if (h & kZeroBit) {
-        set_states(k, k, kZero);
-        ++done;
-        ++k;
-        continue;
+      // Under the locks: copy what the top still holds (a write may have
+      // taken some chunks meanwhile; those are newer in the parent already).
+      // Consecutive chunks with data are read and written in one I/O each.
+      Result<> res;
+      for (uint64_t k = c; k < e && res;) {
+        uint8_t h = t.holder(k);
+        if ((h & ~kZeroBit) != from) {
+          ++k;
+          continue;
+        }
+        if (h & kZeroBit) {
+          t.set_states(k, k, kZero);
+          ++sh.done;
+          ++k;
+          continue;
+        }
+        uint64_t ke = k + 1;
+        while (ke < e && t.holder(ke) == h) ++ke;
+        uint64_t cs = k * t.chunk_, n = std::min<uint64_t>(ke * t.chunk_, t.size_) - cs;
+        res = co_await t.read_run(q, h, buf.data(), cs, n);
+        if (res) res = co_await t.write_top(q, buf.data(), cs, n, false);
+        if (res) t.set_states(k, ke - 1, kPresent);
+        sh.done += ke - k;
+        k = ke;
       }
-      uint64_t ke = k + 1;
-      while (ke < e && holder(ke) == h) ++ke;
-      uint64_t cs = k * chunk_, n = std::min<uint64_t>(ke * chunk_, size_) - cs;
-      res = co_await read_run(q, h, buf.data(), cs, n);
-      if (res) res = co_await write_top(q, buf.data(), cs, n, false);
-      if (res) set_states(k, ke - 1, kPresent);
-      done += ke - k;
-      k = ke;
+      t.unlock_chunks(c, e - 1);
+      if (!res && sh.res) sh.res = std::move(res);
+      if (progress) progress(sh.done, sh.total);
     }
-    unlock_chunks(c, e - 1);
-    if (!res) co_return fail(res.error());
-    if (progress) progress(done, total);
-    c = e;
-  }
-  co_return done;
+    sh.join.done();
+  };
+  sh.join.add(kWorkers);
+  for (int i = 0; i < kWorkers; ++i) spawn(worker(*this, q, from, per_run, sh, progress));
+  co_await sh.join.wait();
+  if (!sh.res) co_return fail(sh.res.error());
+  co_return sh.done;
 }
 
 Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, uint64_t)>& progress) {

@@ -9,6 +9,9 @@
 #   uri [EXPORT]            NBD URI of an export on $SOCK
 #   ctl ARGS...             run the strata CLI against $CTL
 #   nbdsh_py SCRIPT         run nbdsh's python (Debian's python3 with libnbd)
+#   cow_table OUT SIZE BASE LAYER   write a table: device "base" (the file
+#                           BASE, read-only) and device "d", a cow stack of
+#                           SIZE bytes whose top is LAYER over "base"
 #
 # Every test runs in its own $WORK directory, removed on exit; the server is
 # stopped by its pid.
@@ -52,6 +55,15 @@ requires() {
 }
 
 uri() { echo "nbd+unix:///${1:-}?socket=$SOCK"; }
+
+cow_table() {
+  cat >"$1" <<CONF
+[base]
+0 $(($2 / 512)) file $3 0 ro
+[d]
+0 $(($2 / 512)) cow $4 base=base
+CONF
+}
 
 start_strata() {
   rm -f "$SOCK"

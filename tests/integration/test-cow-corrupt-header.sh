@@ -10,12 +10,7 @@ M=1048576
 SIZE=$((16 * M + 4096))
 B=$WORK/base.img
 truncate -s $SIZE "$B"
-cat >"$WORK/t.conf" <<CONF
-[base]
-0 $((SIZE / 512)) file $B 0 ro
-[d]
-0 $((SIZE / 512)) cow $WORK/top.layer base=base
-CONF
+cow_table "$WORK/t.conf" $SIZE "$B" "$WORK/top.layer"
 
 # A healthy stack with data in both layers, closed cleanly.
 fresh() {

@@ -9,12 +9,7 @@ SIZE=$((NB * BS))
 CH=16384
 B=$WORK/base.img
 head -c $SIZE /dev/urandom >"$B"
-cat >"$WORK/t.conf" <<CONF
-[base]
-0 $((SIZE / 512)) file $B 0 ro
-[d]
-0 $((SIZE / 512)) cow $WORK/top.layer base=base
-CONF
+cow_table "$WORK/t.conf" $SIZE "$B" "$WORK/top.layer"
 
 # Block values: "DURA" + block + seq, repeated; lower layers use seq >= 10^9.
 cat >"$WORK/lib.py" <<'PY'

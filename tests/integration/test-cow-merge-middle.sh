@@ -9,12 +9,7 @@ B=$WORK/base.img
 truncate -s $SIZE "$B"
 fill "$B" 0 $((6 * M)) 0x11
 cp "$B" "$WORK/expect.img"
-cat >"$WORK/t.conf" <<CONF
-[base]
-0 $((SIZE / 512)) file $B 0 ro
-[d]
-0 $((SIZE / 512)) cow $WORK/top.layer base=base
-CONF
+cow_table "$WORK/t.conf" $SIZE "$B" "$WORK/top.layer"
 put() { # OFF LEN BYTE
   if [ "$3" = 0x00 ]; then qio "$(uri d)" "write -z $1 $2"; else qio "$(uri d)" "write -P $3 $1 $2"; fi
   fill "$WORK/expect.img" "$1" "$2" "$3"

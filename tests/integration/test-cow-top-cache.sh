@@ -8,12 +8,7 @@ SIZE=$((64 * M))
 B=$WORK/base.img
 truncate -s $SIZE "$B"
 fill "$B" 0 $SIZE 0x11
-cat >"$WORK/t.conf" <<CONF
-[base]
-0 $((SIZE / 512)) file $B 0 ro
-[d]
-0 $((SIZE / 512)) cow $WORK/top.layer base=base
-CONF
+cow_table "$WORK/t.conf" $SIZE "$B" "$WORK/top.layer"
 cached() { fincore -b -n -o RES "$1" | tr -d ' '; }  # bytes of FILE in the page cache
 
 "$STRATA" layer create "$WORK/top.layer" --size $SIZE >/dev/null

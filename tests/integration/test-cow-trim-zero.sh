@@ -10,12 +10,7 @@ for CH in 4096 65536; do
   fill "$B" 0 $SIZE 0x11
   "$STRATA" layer create "$WORK/l1.layer" --size $SIZE --chunk-size $CH >/dev/null
   "$STRATA" layer create "$WORK/top.layer" --parent "$WORK/l1.layer" --chunk-size $CH >/dev/null
-  cat >"$WORK/t.conf" <<CONF
-[base]
-0 $((SIZE / 512)) file $B 0 ro
-[d]
-0 $((SIZE / 512)) cow $WORK/l1.layer base=base
-CONF
+  cow_table "$WORK/t.conf" $SIZE "$B" "$WORK/l1.layer"
   # l1 holds 0x22 over chunks [16, 48); then the top is served over it.
   start_strata --table "$WORK/t.conf"
   nbdsh_py "

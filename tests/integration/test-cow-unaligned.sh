@@ -12,12 +12,7 @@ for CH in 4096 65536; do
   BASE_SUM=$(sha256sum <"$B")
   "$STRATA" layer create "$WORK/l1.layer" --size $SIZE --chunk-size $CH >/dev/null
   "$STRATA" layer create "$WORK/top.layer" --parent "$WORK/l1.layer" --chunk-size $CH >/dev/null
-  cat >"$WORK/t.conf" <<CONF
-[base]
-0 $((SIZE / 512)) file $B 0 ro
-[d]
-0 $((SIZE / 512)) cow $WORK/l1.layer base=base
-CONF
+  cow_table "$WORK/t.conf" $SIZE "$B" "$WORK/l1.layer"
   # l1: random data over [1M, 2M) + 12345 (its last chunk partly: a copy-up in l1).
   head -c $((1048576 + 12345)) /dev/urandom >"$WORK/l1.data"
   start_strata --table "$WORK/t.conf"

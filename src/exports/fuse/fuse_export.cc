@@ -85,8 +85,8 @@ uint32_t possible_cpus() {
   std::ifstream in("/sys/devices/system/cpu/possible");
   std::string s;
   if (!(in >> s)) return static_cast<uint32_t>(std::max(1L, ::sysconf(_SC_NPROCESSORS_CONF)));
-  std::size_t dash = s.rfind('-'), comma = s.rfind(',');
-  std::size_t at = dash == std::string::npos ? comma : (comma == std::string::npos ? dash : std::max(dash, comma));
+  // "0-1", "0-3,8-11", "0": the highest CPU number is the last one.
+  std::size_t at = s.find_last_of("-,");
   return static_cast<uint32_t>(std::stoul(at == std::string::npos ? s : s.substr(at + 1)) + 1);
 }
 

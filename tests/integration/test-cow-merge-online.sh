@@ -20,10 +20,12 @@ qemu-io -f raw "$U" -c "write -P 0xcd 0 4096" -c "write -P 0xee 2M 8192" -c "wri
 layers() { ctl status vm --json | jq '.[0].segments[0].info.layers'; }
 [ "$(layers)" = 3 ] || die "expected 3 layers before the merge, got $(layers)"
 nbdcopy "$U" "$WORK/before.img"
-# A writer on the upper half during the merge, verified afterwards.
+# A writer on the upper half during the merge, verified afterwards. fio keeps
+# its verify state in the current directory (not --directory), so run it in $WORK.
+cd "$WORK"
 fio --name=w --ioengine=nbd --uri="$U" --rw=randwrite --bs=4k --iodepth=16 --offset=32M --size=32M \
   --time_based --runtime=4 --verify=crc32c --do_verify=0 --verify_state_save=1 \
-  --directory="$WORK" >"$WORK/fio.log" 2>&1 &
+  >"$WORK/fio.log" 2>&1 &
 F=$!
 sleep 1
 out=$(ctl merge vm --json) || die "merge failed: $out"
@@ -35,7 +37,7 @@ wait $F || { cat "$WORK/fio.log"; die "fio failed during the merge"; }
 nbdcopy "$U" "$WORK/after.img"
 cmp -n 32M "$WORK/before.img" "$WORK/after.img" || die "the lower half changed across the merge"
 fio --name=w --ioengine=nbd --uri="$U" --rw=randwrite --bs=4k --iodepth=16 --offset=32M --size=32M \
-  --verify=crc32c --verify_only --verify_state_load=1 --directory="$WORK" >"$WORK/fio2.log" 2>&1 ||
+  --verify=crc32c --verify_only --verify_state_load=1 >"$WORK/fio2.log" 2>&1 ||
   { cat "$WORK/fio2.log"; die "data written during the merge does not verify"; }
 stop_strata
 "$S" layer check "$WORK/top.layer" >/dev/null || die "layer check after the merge"

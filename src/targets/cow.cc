@@ -111,6 +111,13 @@ CowTarget::~CowTarget() {
     if (pages && top.write_bitmap_pages(top_state_, 0, pages - 1) && top.sync()) {
       top.mutable_header().flags &= ~LayerFile::kFlagInUse;
       if (!top.write_header() || !top.sync()) LOG_ERROR("layer {}: cannot mark it closed", top.path());
+      // A merge that stopped part-way: the top's bits for chunks its parent
+      // took, after the parent's (see merge_top_).
+      if (merge_top_ && !merge_top_dirty_.empty()) {
+        uint64_t mpages = (merge_top_state_.size() + 4 * 4096 - 1) / (4 * 4096);
+        if (!merge_top_->write_bitmap_pages(merge_top_state_, 0, mpages - 1) || !merge_top_->sync())
+          LOG_ERROR("layer {}: cannot write its bitmap", merge_top_->path());
+      }
     }
   }
 }
@@ -327,6 +334,13 @@ void CowTarget::set_states(uint64_t c0, uint64_t c1, uint8_t state) {
     index_[c].store(state == kZero ? (top | kZeroBit) : top, std::memory_order_release);
     dirty_pages_.insert(c / (4 * 4096));
     ++page_gen_[c / (4 * 4096)];
+    if (merge_top_ && merge_top_state_[c] != kAbsent) {
+      // The parent holds this chunk now (newer, or a copy): the merged top
+      // must not claim it after a restart.
+      merge_top_state_[c] = kAbsent;
+      merge_top_dirty_.insert(c / (4 * 4096));
+      ++merge_top_gen_[c / (4 * 4096)];
+    }
   }
 }
 
@@ -467,8 +481,9 @@ Task<Result<>> CowTarget::flush(Queue& q) {
   // than returning before the bits of the writes it covers are in the file.
   // The layer is taken with the copy: a snapshot or merge may change the
   // write layer meanwhile, and these states belong to this one.
-  std::vector<PageCopy> pages;
+  std::vector<PageCopy> pages, merge_pages;
   LayerFile* wl;
+  LayerFile* mt;
   {
     std::lock_guard<std::mutex> l(mu_);
     wl = layers_[write_layer_.load()].get();
@@ -476,6 +491,15 @@ Task<Result<>> CowTarget::flush(Queue& q) {
       uint64_t c0 = p * 4 * 4096, c1 = std::min<uint64_t>(c0 + 4 * 4096, top_state_.size());
       pages.push_back({p, page_gen_[p], std::vector<uint8_t>(top_state_.begin() + c0, top_state_.begin() + c1)});
     }
+    // During a merge: the top's cleared bits, written only once the parent's
+    // data and bits for those chunks are durable (below).
+    mt = merge_top_;
+    if (mt)
+      for (uint64_t p : merge_top_dirty_) {
+        uint64_t c0 = p * 4 * 4096, c1 = std::min<uint64_t>(c0 + 4 * 4096, merge_top_state_.size());
+        merge_pages.push_back(
+            {p, merge_top_gen_[p], std::vector<uint8_t>(merge_top_state_.begin() + c0, merge_top_state_.begin() + c1)});
+      }
   }
   int r;
   do {
@@ -484,11 +508,16 @@ Task<Result<>> CowTarget::flush(Queue& q) {
   Result<> res;
   if (r < 0) res = posix_error(fmt::format("fdatasync {}", wl->path()), -r);
   if (res && !pages.empty()) res = co_await q.blocking([this, wl, &pages] { return persist(*wl, pages); });
+  if (res && !merge_pages.empty())
+    res = co_await q.blocking([this, mt, &merge_pages] { return persist(*mt, merge_pages); });
   if (res) {
     // Clean again unless changed since the copy.
     std::lock_guard<std::mutex> l(mu_);
     for (const auto& pg : pages)
       if (page_gen_[pg.page] == pg.gen) dirty_pages_.erase(pg.page);
+    if (merge_top_ == mt)
+      for (const auto& pg : merge_pages)
+        if (merge_top_gen_[pg.page] == pg.gen) merge_top_dirty_.erase(pg.page);
   } else {
     IoStats::bump(stats_.errors);
   }

@@ -146,6 +146,17 @@ class CowTarget final : public Target {
   Task<Result<uint64_t>> merge_copy(Queue& q, uint8_t from, const std::function<void(uint64_t, uint64_t)>& progress);
   std::unique_ptr<std::atomic<uint8_t>[]> index_;
 
+  // During a merge (writes go to the top's parent): the merged top's chunk
+  // states and its changed bitmap pages. A chunk written in the parent loses
+  // its bit here, and a FLUSH writes these pages after the parent's data and
+  // bitmap: so after a crash (or a merge that failed part-way) the top's
+  // older copy never hides a flushed write. Under mu_.
+  LayerFile* merge_top_ = nullptr;
+  std::vector<uint8_t> merge_top_state_;
+  std::set<uint64_t> merge_top_dirty_;
+  std::map<uint64_t, uint64_t> merge_top_gen_;
+  std::atomic<bool> merging_{false};  // a merge call is running
+
   mutable std::mutex mu_;                 // guards top_state_, dirty_pages_, busy_
   std::vector<uint8_t> top_state_;        // ChunkState of the top, per chunk
   std::set<uint64_t> dirty_pages_;        // bitmap pages changed and not yet in the file

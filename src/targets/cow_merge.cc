@@ -27,6 +27,14 @@
 
 namespace strata {
 
+namespace {
+void sync_dir(const std::filesystem::path& dir) {
+  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || ::fsync(fd) < 0) LOG_WARN("merge: fsync directory {}: {}", dir.string(), std::strerror(errno));
+  if (fd >= 0) ::close(fd);
+}
+}  // namespace
+
 void CowTarget::retire(std::unique_ptr<LayerFile>& slot) {
   (void)::flock(slot->fd(), LOCK_UN);
   retired_.push_back(std::move(slot));
@@ -140,66 +148,97 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
   if (read_only_) return fail(EROFS, "merge: the stack is read-only");
   const std::size_t n = nlayers_.load();
   if (n < 2) return fail(EINVAL, "merge: the top layer has no parent layer (the base is never written)");
-  if (write_layer_.load() + 1 != n) return fail(EBUSY, "merge: a merge is already running");
+  if (merging_.exchange(true)) return fail(EBUSY, "merge: a merge is already running");
+  struct Done {
+    std::atomic<bool>& b;
+    ~Done() { b.store(false); }
+  } done{merging_};
+  // A merge of this top that stopped in its copy (an I/O error, no space)
+  // left the parent as the write layer: go on from step 2.
+  const bool resume = write_layer_.load() + 2 == n;
+  if (!resume && write_layer_.load() + 1 != n) return fail(EBUSY, "merge: a merge is already running");
   LayerFile& top = *layers_[n - 1];
-  LayerFile& parent = *layers_[n - 2];
-  // 1. Make the parent the write layer.
-  TRY(flush_until_quick(q));
-  freeze_all(true);
-  Result<> r = q.call([&] { return flush(q); });
-  std::vector<uint8_t> pstates;
-  if (r) {
-    // Exclusive use of the parent: no other stack may share it while it changes.
-    if (::flock(parent.fd(), LOCK_EX | LOCK_NB) < 0)
-      r = fail(EBUSY, fmt::format("merge: layer {} is shared with another process", parent.path()));
-  }
-  if (r) {
-    auto rw = LayerFile::open(parent.path(), true, false);
-    if (!rw) {
-      r = fail(rw.error());
-    } else {
-      auto st = (*rw)->read_bitmap();
-      if (!st) r = fail(st.error());
-      if (r) {
-        pstates = std::move(*st);
-        (*rw)->mutable_header().flags &= ~LayerFile::kFlagReadOnly;
-        (*rw)->mutable_header().flags |= LayerFile::kFlagInUse;
-        r = (*rw)->write_header();
-        if (r) r = (*rw)->sync();
-      }
-      if (r) {
-        // The lock moves to the new fd (a retired fd must hold none: flock
-        // is per open file, and a later snapshot or merge locks this file).
-        retire(layers_[n - 2]);
-        if (::flock((*rw)->fd(), LOCK_EX | LOCK_NB) < 0)
-          LOG_WARN("merge: cannot lock {} again: {}", (*rw)->path(), std::strerror(errno));
-        layers_[n - 2] = std::move(*rw);
+  if (resume) LOG_INFO("merge: resuming the merge of {}", top.path());
+  if (!resume) {
+    LayerFile& parent = *layers_[n - 2];
+    // 1. Make the parent the write layer.
+    TRY(flush_until_quick(q));
+    freeze_all(true);
+    Result<> r = q.call([&] { return flush(q); });
+    std::vector<uint8_t> pstates;
+    if (r) {
+      // Exclusive use of the parent: no other stack may share it while it
+      // changes.
+      if (::flock(parent.fd(), LOCK_EX | LOCK_NB) < 0)
+        r = fail(EBUSY, fmt::format("merge: layer {} is shared with another process", parent.path()));
+    }
+    if (r) {
+      auto rw = LayerFile::open(parent.path(), true, false);
+      if (!rw) {
+        r = fail(rw.error());
+      } else {
+        auto st = (*rw)->read_bitmap();
+        if (!st) r = fail(st.error());
+        if (r) {
+          pstates = std::move(*st);
+          (*rw)->mutable_header().flags &= ~LayerFile::kFlagReadOnly;
+          (*rw)->mutable_header().flags |= LayerFile::kFlagInUse;
+          r = (*rw)->write_header();
+          if (r) r = (*rw)->sync();
+        }
+        if (r) {
+          // The lock moves to the new fd (a retired fd must hold none: flock
+          // is per open file, and a later snapshot or merge locks this file).
+          retire(layers_[n - 2]);
+          if (::flock((*rw)->fd(), LOCK_EX | LOCK_NB) < 0)
+            LOG_WARN("merge: cannot lock {} again: {}", (*rw)->path(), std::strerror(errno));
+          layers_[n - 2] = std::move(*rw);
+        }
       }
     }
+    if (r) {
+      std::lock_guard<std::mutex> l(mu_);
+      // The flush above left no dirty page: top_state_ is the top's bitmap.
+      merge_top_state_ = std::move(top_state_);
+      merge_top_dirty_.clear();
+      // Page generations go on from the top's: persist() skips a page whose
+      // generation is not newer than the one in the file.
+      merge_top_gen_ = page_gen_;
+      merge_top_ = &top;
+      top_state_ = std::move(pstates);
+      dirty_pages_.clear();
+      layers_[n - 2]->prepare_for_writes();
+      write_layer_.store(n - 2);
+    }
+    freeze_all(false);
+    if (!r) {
+      (void)::flock(layers_[n - 2]->fd(), LOCK_SH);  // shared again, as before the merge
+      return fail(r.error());
+    }
+    LOG_INFO("merge: writes now go to {}; copying down what {} holds", layers_[n - 2]->path(), top.path());
   }
-  if (r) {
-    std::lock_guard<std::mutex> l(mu_);
-    top_state_ = std::move(pstates);
-    dirty_pages_.clear();
-    layers_[n - 2]->prepare_for_writes();
-    write_layer_.store(n - 2);
-  }
-  freeze_all(false);
-  if (!r) return fail(r.error());
-  LOG_INFO("merge: writes now go to {}; copying down what {} holds", layers_[n - 2]->path(), top.path());
 
   // 2. Copy down.
   auto cr = q.call([&] { return merge_copy(q, static_cast<uint8_t>(n), progress); });
-  if (!cr) return fail(cr.error().code, "merge: " + cr.error().message + " (the stack still has every layer)");
+  if (!cr)
+    return fail(cr.error().code, "merge: " + cr.error().message +
+                                     " (the stack still has every layer; run the merge again to finish it)");
 
   // 3. Drop the top.
   TRY(flush_until_quick(q));
   freeze_all(true);
-  r = q.call([&] { return flush(q); });
+  Result<> r = q.call([&] { return flush(q); });
   if (r) {
     std::string top_path = top.path();
     LayerFile& p = *layers_[n - 2];
     bool same_dir = std::filesystem::path(top_path).parent_path() == std::filesystem::path(p.path()).parent_path();
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      merge_top_ = nullptr;
+      merge_top_state_.clear();
+      merge_top_dirty_.clear();
+      merge_top_gen_.clear();
+    }
     retire(layers_[n - 1]);
     layers_.pop_back();
     nlayers_.store(n - 1);
@@ -209,6 +248,8 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
       ::unlink(top_path.c_str());
       top_path_ = p.path();
     }
+    // The rename (or unlink) durable: a crash must not bring the top back.
+    sync_dir(std::filesystem::path(top_path).parent_path());
   }
   freeze_all(false);
   if (!r) return fail(r.error());

@@ -35,6 +35,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 
 #include <fmt/core.h>
 
@@ -140,7 +141,37 @@ struct NfsClient::Conn {
   // per reply).
   std::unique_ptr<char[]> rx;
   size_t rx_cap = 0, rx_head = 0, rx_tail = 0;
+  bool parked = false;  // in parked_conns(): see ~NfsClient
 };
+
+namespace {
+// Connections whose client went away while a poll or a recv into rx was
+// still armed on a ring that may never report it (at exit the rings are
+// closed before the targets). They stay reachable here for the life of the
+// process, so the kernel never writes into freed memory; if the ring does
+// report the poll, on_poll unparks and frees the connection.
+std::mutex& parked_mu() {
+  static std::mutex mu;
+  return mu;
+}
+std::vector<NfsClient::Conn*>& parked_conns() {
+  static auto* v = new std::vector<NfsClient::Conn*>();
+  return *v;
+}
+void park(NfsClient::Conn* c) {
+  std::lock_guard lk(parked_mu());
+  c->parked = true;
+  parked_conns().push_back(c);
+}
+void delete_conn(NfsClient::Conn* c) {
+  if (c->parked) {
+    std::lock_guard lk(parked_mu());
+    auto& v = parked_conns();
+    v.erase(std::remove(v.begin(), v.end(), c), v.end());
+  }
+  delete c;
+}
+}  // namespace
 
 void NfsClient::List::push_back(Call* c) {
   c->next = nullptr;
@@ -165,8 +196,8 @@ NfsClient::NfsClient(Queue& q, const NfsEndpoint& ep) : q_(q), ep_(ep) {}
 NfsClient::~NfsClient() {
   *alive_ = false;
   // Only at shutdown (no request is running): drop the connection without
-  // touching the ring, which may already be gone. A poll still armed keeps
-  // its Conn alive (the ring's CQE, if it ever comes, frees it).
+  // touching the ring, which may already be gone. A poll still armed parks
+  // its Conn (the ring's CQE, if it ever comes, frees it).
   if (conn_) {
     Conn* conn = conn_;
     conn_ = nullptr;
@@ -175,7 +206,10 @@ NfsClient::~NfsClient() {
     conn->dead = true;
     rpc_destroy_context(conn->rpc);
     conn->rpc = nullptr;
-    if (!conn->in_armed && !conn->out_armed) delete conn;
+    if (!conn->in_armed && !conn->out_armed)
+      delete conn;
+    else
+      park(conn);
   }
 }
 
@@ -458,7 +492,7 @@ void NfsClient::on_poll(Completion* cc) {
   Conn* conn = pc->conn;
   if (pc->out) conn->out_armed = false; else conn->in_armed = false;
   if (conn->dead) {
-    if (!conn->in_armed && !conn->out_armed) delete conn;
+    if (!conn->in_armed && !conn->out_armed) delete_conn(conn);
     return;
   }
   if (!pc->out && pc->is_recv) {

@@ -46,7 +46,7 @@ EOT
 P2=$!
 for _ in $(seq 100); do [ -e "$WORK/fmnt2/snap" ] && break; sleep 0.05; done
 [ -e "$WORK/fmnt2/snap" ] || die "snapshot server did not start"
-[ "$(stat -c %a "$WORK/fmnt2/snap")" = 444 ] || die "the snapshot file is not read-only"
+[ "$(stat -c %a "$WORK/fmnt2/snap")" = 400 ] || die "the snapshot file is not read-only"
 LOOP2=$(losetup -r --direct-io=on -f --show "$WORK/fmnt2/snap")
 fsck.ext4 -fn "$LOOP2" >"$WORK/fsck.log" 2>&1 || { cat "$WORK/fsck.log"; die "fsck of the snapshot is not clean"; }
 mount -o ro,noload "$LOOP2" "$WORK/fs2"

@@ -12,7 +12,7 @@ start_strata --file "$IMG" --export disk --fuse "$MNT"
 [ "$(ls "$MNT")" = disk ] || die "the mount shows '$(ls "$MNT")', want 'disk'"
 [ -f "$MNT/disk" ] || die "$MNT/disk is not a regular file"
 [ "$(stat -c %s "$MNT/disk")" = $SIZE ] || die "$MNT/disk is $(stat -c %s "$MNT/disk") bytes, want $SIZE"
-[ "$(stat -c %a "$MNT/disk")" = 644 ] || die "$MNT/disk has mode $(stat -c %a "$MNT/disk"), want 644"
+[ "$(stat -c %a "$MNT/disk")" = 600 ] || die "$MNT/disk has mode $(stat -c %a "$MNT/disk"), want 600"
 
 attach_loop "$MNT/disk"
 [ "$(blockdev --getsize64 "$LOOP")" = $SIZE ] || die "$LOOP is $(blockdev --getsize64 "$LOOP") bytes"

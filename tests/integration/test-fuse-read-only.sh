@@ -1,5 +1,5 @@
 #!/bin/bash
-# FUSE export of read-only devices (`[name ro]` table header, and serve --read-only): the file is 0444, opening it for writing fails with EROFS even for root, reads work, a loop device over it comes up read-only, the image never changes; a writable device beside it is 0644 and writes reach its image.
+# FUSE export of read-only devices (`[name ro]` table header, and serve --read-only): the file is 0400 (only the server's user), opening it for writing fails with EROFS even for root, reads work, a loop device over it comes up read-only, the image never changes; a writable device beside it is 0600 and writes reach its image, and another user cannot read it.
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/fuse-lib.sh"
 requires losetup blockdev md5sum cmp
@@ -19,7 +19,7 @@ start_strata --table "$WORK/t.conf" --fuse "$MNT"
 
 check_ro_file() {  # check_ro_file FILE IMAGE
   local f=$1 img=$2 e
-  [ "$(stat -c %a "$f")" = 444 ] || die "$f has mode $(stat -c %a "$f"), want 444"
+  [ "$(stat -c %a "$f")" = 400 ] || die "$f has mode $(stat -c %a "$f"), want 400"
   [ "$(stat -c %s "$f")" = $((4 << 20)) ] || die "$f is $(stat -c %s "$f") bytes"
   # Root ignores the mode bits: the server itself must refuse a writable open.
   for mode in O_WRONLY O_RDWR "O_WRONLY | os.O_TRUNC" "O_RDWR | os.O_APPEND"; do
@@ -45,8 +45,12 @@ check_ro_file "$MNT/rodev" "$R"
 [ "$(seg_counter rodev writes)" = 0 ] || die "writes reached the read-only device"
 
 # The writable device beside it.
-[ "$(stat -c %a "$MNT/rwdev")" = 644 ] || die "$MNT/rwdev has mode $(stat -c %a "$MNT/rwdev"), want 644"
+[ "$(stat -c %a "$MNT/rwdev")" = 600 ] || die "$MNT/rwdev has mode $(stat -c %a "$MNT/rwdev"), want 600"
 [ "$(errno_of "os.close(os.open('$MNT/rwdev', os.O_RDWR))")" = ok ] || die "cannot open $MNT/rwdev read-write"
+# Another user cannot read the raw device.
+if setpriv --reuid=65534 --regid=65534 --clear-groups head -c 1 "$MNT/rwdev" >/dev/null 2>&1; then
+  die "user 65534 can read $MNT/rwdev"
+fi
 fill "$MNT/rwdev" 1048576 65536 0x77
 expect_bytes "$W" 1048576 65536 0x77
 expect_bytes "$W" 0 1048576 0x44

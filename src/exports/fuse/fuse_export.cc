@@ -250,7 +250,7 @@ void FuseExport::fill_attr(void* out, uint64_t nodeid) const {
     return;
   }
   const Device* d = device_of(nodeid);
-  a->mode = S_IFREG | (d->read_only ? 0444 : 0644);
+  a->mode = S_IFREG | (d->read_only ? 0400 : 0600);
   a->nlink = 1;
   a->size = d->target->size();
   a->blocks = (a->size + 511) / 512;

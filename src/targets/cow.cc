@@ -211,7 +211,7 @@ Task<Result<>> CowTarget::read(Queue& q, std::span<std::byte> buf, uint64_t offs
   while (pq.frozen_all) co_await ParkRead{pq.parked};
   ++pq.in_flight;
   auto r = co_await read_stack(q, buf, offset);
-  leave(q);
+  leave(q, false);
   co_return r;
 }
 
@@ -246,11 +246,13 @@ Task<Result<>> CowTarget::enter(Queue& q) {
   PerQueue& pq = per_queue_[q.id()];
   while (pq.frozen) co_await Park{pq.parked};
   ++pq.in_flight;
+  ++pq.writes_in_flight;
   co_return Result<>{};
 }
 
-void CowTarget::leave(Queue& q) {
+void CowTarget::leave(Queue& q, bool write) {
   PerQueue& pq = per_queue_[q.id()];
+  if (write && --pq.writes_in_flight == 0 && pq.on_writes_drained) std::exchange(pq.on_writes_drained, nullptr)();
   if (--pq.in_flight == 0 && pq.on_drained) std::exchange(pq.on_drained, nullptr)();
 }
 
@@ -611,7 +613,8 @@ Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
   };
   const int rounds = TRY(flush_until_quick(fq));
   const auto t_hold = Clock::now();
-  // Quiesce: new writes park, those in flight finish.
+  // Quiesce: new writes park, those in flight finish. Reads go on (they
+  // never wait for a snapshot, so a steady read load cannot hold it off).
   std::vector<std::shared_ptr<std::promise<void>>> drained;
   std::mutex dm;
   on_every_queue([&](PerQueue& pq) {
@@ -621,10 +624,10 @@ Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
       std::lock_guard<std::mutex> l(dm);
       drained.push_back(p);
     }
-    if (pq.in_flight == 0)
+    if (pq.writes_in_flight == 0)
       p->set_value();
     else
-      pq.on_drained = [p] { p->set_value(); };
+      pq.on_writes_drained = [p] { p->set_value(); };
   });
   for (auto& p : drained) p->get_future().get();
   auto thaw = [&] {

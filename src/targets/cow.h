@@ -116,7 +116,7 @@ class CowTarget final : public Target {
   Task<Result<>> lock_chunks(Queue& q, uint64_t c0, uint64_t c1);
   void unlock_chunks(uint64_t c0, uint64_t c1);
   Task<Result<>> enter(Queue& q);
-  void leave(Queue& q);
+  void leave(Queue& q, bool write = true);
   // A copy of one bitmap page (4 * 4096 chunk states) taken by a flush, and
   // the page's generation when it was taken.
   struct PageCopy {
@@ -170,9 +170,11 @@ class CowTarget final : public Target {
   struct PerQueue {
     bool frozen = false;      // writes wait
     bool frozen_all = false;  // reads wait too
-    uint64_t in_flight = 0;
+    uint64_t in_flight = 0;         // reads and writes
+    uint64_t writes_in_flight = 0;  // writes, trims, zeroes
     std::vector<std::coroutine_handle<>> parked;
-    std::function<void()> on_drained;
+    std::function<void()> on_drained;         // in_flight reached 0 (a merge's hold)
+    std::function<void()> on_writes_drained;  // writes_in_flight reached 0 (a snapshot's hold)
   };
   std::unique_ptr<PerQueue[]> per_queue_{new PerQueue[kMaxQueues]};
   std::vector<Queue*> queues_;

@@ -303,7 +303,10 @@ int NfsClient::send4(Call* c, RpcCall* rc) {
 int NfsClient::parse4(Call* c, void* data) {
   auto* res = static_cast<COMPOUND4res*>(data);
   if (res->resarray.resarray_len < 2) return res->status != NFS4_OK ? res->status : NFS4ERR_SERVERFAULT;
-  const nfs_resop4& op = res->resarray.resarray_val[1];
+  // libnfs 4.0 lays the result array out 4-byte aligned: copy the entry
+  // rather than bind a reference to it (UBSan: misaligned nfs_resop4).
+  nfs_resop4 op;
+  std::memcpy(&op, reinterpret_cast<const char*>(res->resarray.resarray_val) + sizeof(nfs_resop4), sizeof op);
   switch (c->kind) {
     case Kind::kRead: {
       const READ4res& r = op.nfs_resop4_u.opread;

@@ -278,7 +278,7 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
     if (::realpath(mp.c_str(), real)) mp = real;
     auto it = d.fuse_exports.find(mp);
     if (it == d.fuse_exports.end()) return err(fmt::format("no FUSE export at '{}'", mp));
-    it->second->stop();
+    if (!it->second->stop()) d.fuse_detached.push_back(std::move(it->second));
     d.fuse_exports.erase(it);
     return ok(json::object());
   }

@@ -7,6 +7,7 @@
 
 #include "exports/nbd/server.h"
 #include <map>
+#include <vector>
 
 #include "targets/table.h"
 #include "targets/track.h"
@@ -23,6 +24,10 @@ struct Daemon {
   std::vector<Queue*> queues;
   std::vector<fuse::Device> fuse_devices;  // what a FUSE export shows
   std::map<std::string, std::unique_ptr<fuse::FuseExport>> fuse_exports;  // by mountpoint
+  // Stopped exports whose mount was still in use (a loop device on a file):
+  // unmounted (detached), still answering the requests of files open on them,
+  // kept until the server exits.
+  std::vector<std::unique_ptr<fuse::FuseExport>> fuse_detached;
   fuse::Options fuse_options;
   // Directories under which a control client may name files (sync and
   // flatten targets, FUSE mountpoints): serve --allow-path. Empty: none.

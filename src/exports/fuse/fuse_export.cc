@@ -214,8 +214,8 @@ Result<> FuseExport::start(const std::string& mountpoint) {
   return {};
 }
 
-void FuseExport::stop() {
-  if (fd_ < 0 || stopping_.exchange(true)) return;
+bool FuseExport::stop() {
+  if (fd_ < 0 || stopping_.exchange(true)) return slots_.load() == 0;
   // Unmounting ends the connection: every posted read fails with ENODEV.
   if (::umount2(mountpoint_.c_str(), 0) < 0 && ::umount2(mountpoint_.c_str(), MNT_DETACH) < 0)
     LOG_ERROR("unmount {}: {}", mountpoint_, std::strerror(errno));
@@ -223,12 +223,16 @@ void FuseExport::stop() {
   // finish, and closing /dev/fuse below aborts the connection, so its I/O
   // then fails with ENOTCONN instead of hanging.
   for (int i = 0; i < 500 && slots_.load() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  if (slots_.load() == 0) {
-    ::close(fd_);
-  } else {
-    LOG_WARN("FUSE {}: {} requests still outstanding at exit", mountpoint_, slots_.load());
+  if (slots_.load() > 0) {
+    // Still in use: /dev/fuse stays open (the slots read fd_), and the files
+    // open on the detached mount go on working until they are closed.
+    LOG_WARN("FUSE {}: still in use ({} request slots outstanding): detached; files open on it keep working",
+             mountpoint_, slots_.load());
+    return false;
   }
+  ::close(fd_);
   fd_ = -1;
+  return true;
 }
 
 const Device* FuseExport::device_of(uint64_t nodeid) const {

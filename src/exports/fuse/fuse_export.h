@@ -63,7 +63,10 @@ class FuseExport {
   // server) and starts serving.
   Result<> start(const std::string& mountpoint);
   // Unmounts and waits until no request is being served.
-  void stop();
+  // Unmounts and ends the connection. false: the mount was busy (a loop device
+  // holds a file), so it was detached and requests may still come: the export
+  // must stay alive (and keeps /dev/fuse open) until the process exits.
+  bool stop();
   const std::string& mountpoint() const { return mountpoint_; }
   // Requests served so far through ring entries and through /dev/fuse.
   uint64_t uring_requests() const { return uring_requests_.load(std::memory_order_relaxed); }

@@ -107,14 +107,14 @@ CowTarget::~CowTarget() {
   auto& top = *layers_[write_layer_.load()];
   if (::fdatasync(top.fd()) == 0) {
     std::lock_guard<std::mutex> l(mu_);
-    uint64_t pages = (top_state_.size() + 4 * 4096 - 1) / (4 * 4096);
+    uint64_t pages = (top_state_.size() + kStatesPerPage - 1) / kStatesPerPage;
     if (pages && top.write_bitmap_pages(top_state_, 0, pages - 1) && top.sync()) {
       top.mutable_header().flags &= ~LayerFile::kFlagInUse;
       if (!top.write_header() || !top.sync()) LOG_ERROR("layer {}: cannot mark it closed", top.path());
       // A merge that stopped part-way: the top's bits for chunks its parent
       // took, after the parent's (see merge_top_).
-      if (merge_top_ && !merge_top_dirty_.empty()) {
-        uint64_t mpages = (merge_top_state_.size() + 4 * 4096 - 1) / (4 * 4096);
+      if (merge_top_ && !merge_top_dirty_.pages.empty()) {
+        uint64_t mpages = (merge_top_state_.size() + kStatesPerPage - 1) / kStatesPerPage;
         if (!merge_top_->write_bitmap_pages(merge_top_state_, 0, mpages - 1) || !merge_top_->sync())
           LOG_ERROR("layer {}: cannot write its bitmap", merge_top_->path());
       }
@@ -334,14 +334,12 @@ void CowTarget::set_states(uint64_t c0, uint64_t c1, uint8_t state) {
   for (uint64_t c = c0; c <= c1; ++c) {
     top_state_[c] = state;
     index_[c].store(state == kZero ? (top | kZeroBit) : top, std::memory_order_release);
-    dirty_pages_.insert(c / (4 * 4096));
-    ++page_gen_[c / (4 * 4096)];
+    dirty_.touch(c);
     if (merge_top_ && merge_top_state_[c] != kAbsent) {
       // The parent holds this chunk now (newer, or a copy): the merged top
       // must not claim it after a restart.
       merge_top_state_[c] = kAbsent;
-      merge_top_dirty_.insert(c / (4 * 4096));
-      ++merge_top_gen_[c / (4 * 4096)];
+      merge_top_dirty_.touch(c);
     }
   }
 }
@@ -453,6 +451,20 @@ Task<Result<>> CowTarget::zero(Queue& q, uint64_t offset, uint64_t length, IoFla
 
 // ------------------------------------------------------------------- flush
 
+std::vector<CowTarget::PageCopy> CowTarget::DirtyPages::copy(const std::vector<uint8_t>& states) {
+  std::vector<PageCopy> out;
+  for (uint64_t p : pages) {
+    uint64_t c0 = p * kStatesPerPage, c1 = std::min<uint64_t>(c0 + kStatesPerPage, states.size());
+    out.push_back({p, gen[p], std::vector<uint8_t>(states.begin() + c0, states.begin() + c1)});
+  }
+  return out;
+}
+
+void CowTarget::DirtyPages::clean(const std::vector<PageCopy>& copies) {
+  for (const auto& pg : copies)
+    if (gen[pg.page] == pg.gen) pages.erase(pg.page);
+}
+
 Result<> CowTarget::persist(LayerFile& layer, const std::vector<PageCopy>& pages) {
   {
     std::lock_guard<std::mutex> l(persist_mu_);
@@ -489,19 +501,11 @@ Task<Result<>> CowTarget::flush(Queue& q) {
   {
     std::lock_guard<std::mutex> l(mu_);
     wl = layers_[write_layer_.load()].get();
-    for (uint64_t p : dirty_pages_) {
-      uint64_t c0 = p * 4 * 4096, c1 = std::min<uint64_t>(c0 + 4 * 4096, top_state_.size());
-      pages.push_back({p, page_gen_[p], std::vector<uint8_t>(top_state_.begin() + c0, top_state_.begin() + c1)});
-    }
+    pages = dirty_.copy(top_state_);
     // During a merge: the top's cleared bits, written only once the parent's
     // data and bits for those chunks are durable (below).
     mt = merge_top_;
-    if (mt)
-      for (uint64_t p : merge_top_dirty_) {
-        uint64_t c0 = p * 4 * 4096, c1 = std::min<uint64_t>(c0 + 4 * 4096, merge_top_state_.size());
-        merge_pages.push_back(
-            {p, merge_top_gen_[p], std::vector<uint8_t>(merge_top_state_.begin() + c0, merge_top_state_.begin() + c1)});
-      }
+    if (mt) merge_pages = merge_top_dirty_.copy(merge_top_state_);
   }
   int r;
   do {
@@ -515,11 +519,8 @@ Task<Result<>> CowTarget::flush(Queue& q) {
   if (res) {
     // Clean again unless changed since the copy.
     std::lock_guard<std::mutex> l(mu_);
-    for (const auto& pg : pages)
-      if (page_gen_[pg.page] == pg.gen) dirty_pages_.erase(pg.page);
-    if (merge_top_ == mt)
-      for (const auto& pg : merge_pages)
-        if (merge_top_gen_[pg.page] == pg.gen) merge_top_dirty_.erase(pg.page);
+    dirty_.clean(pages);
+    if (merge_top_ == mt) merge_top_dirty_.clean(merge_pages);
   } else {
     IoStats::bump(stats_.errors);
   }
@@ -682,7 +683,7 @@ Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
     std::lock_guard<std::mutex> l(mu_);
     layers_.push_back(std::move(*fresh));  // capacity reserved: readers are safe
     top_state_.assign(chunks_, kAbsent);
-    dirty_pages_.clear();
+    dirty_.pages.clear();
   }
   nlayers_.store(layers_.size());
   write_layer_.store(layers_.size() - 1);

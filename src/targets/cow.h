@@ -117,11 +117,27 @@ class CowTarget final : public Target {
   void unlock_chunks(uint64_t c0, uint64_t c1);
   Task<Result<>> enter(Queue& q);
   void leave(Queue& q, bool write = true);
-  // A copy of one bitmap page (4 * 4096 chunk states) taken by a flush, and
-  // the page's generation when it was taken.
+  static constexpr uint64_t kStatesPerPage = 4 * 4096;  // chunk states in one bitmap page
+  // A copy of one bitmap page taken by a flush, and the page's generation
+  // when it was taken.
   struct PageCopy {
     uint64_t page, gen;
     std::vector<uint8_t> states;
+  };
+  // The bitmap pages of a layer's chunk states that changed and are not yet
+  // in its file, and per page a generation bumped by every change (so
+  // concurrent flushes never put an older copy back). Under mu_.
+  struct DirtyPages {
+    std::set<uint64_t> pages;
+    std::map<uint64_t, uint64_t> gen;
+    void touch(uint64_t chunk) {
+      pages.insert(chunk / kStatesPerPage);
+      ++gen[chunk / kStatesPerPage];
+    }
+    // Copies of the dirty pages of `states`, for a flush to persist.
+    std::vector<PageCopy> copy(const std::vector<uint8_t>& states);
+    // The copies are in the file: their pages are clean unless changed since.
+    void clean(const std::vector<PageCopy>& copies);
   };
   // Writes the copies into `layer`'s bitmap (skipping pages a newer copy of
   // which is in the file already) and syncs it. Blocking pool.
@@ -143,6 +159,7 @@ class CowTarget final : public Target {
   // Moves a layer out of the stack into retired_, dropping its flock.
   void retire(std::unique_ptr<LayerFile>& slot);
   void freeze_all(bool on);
+  Result<> merge_begin(Queue& q, std::size_t n);
   Task<Result<uint64_t>> merge_copy(Queue& q, uint8_t from, const std::function<void(uint64_t, uint64_t)>& progress);
   std::unique_ptr<std::atomic<uint8_t>[]> index_;
 
@@ -153,14 +170,12 @@ class CowTarget final : public Target {
   // older copy never hides a flushed write. Under mu_.
   LayerFile* merge_top_ = nullptr;
   std::vector<uint8_t> merge_top_state_;
-  std::set<uint64_t> merge_top_dirty_;
-  std::map<uint64_t, uint64_t> merge_top_gen_;
+  DirtyPages merge_top_dirty_;
   std::atomic<bool> merging_{false};  // a merge call is running
 
-  mutable std::mutex mu_;                 // guards top_state_, dirty_pages_, busy_
+  mutable std::mutex mu_;                 // guards top_state_, dirty_, busy_
   std::vector<uint8_t> top_state_;        // ChunkState of the top, per chunk
-  std::set<uint64_t> dirty_pages_;        // bitmap pages changed and not yet in the file
-  std::map<uint64_t, uint64_t> page_gen_;  // per bitmap page, bumped by every change (under mu_)
+  DirtyPages dirty_;                      // of top_state_
   // Bitmap page writes are ordered: a page is written only if newer than
   // what the file has, so concurrent flushes cannot put back an older copy.
   std::mutex persist_mu_;

@@ -144,6 +144,68 @@ Task<Result<uint64_t>> CowTarget::merge_copy(Queue& q, uint8_t from,
   co_return sh.done;
 }
 
+// Step 1 of merge(): with all I/O held, the top's parent (reopened for
+// writing) becomes the write layer; the top's bitmap is kept in
+// merge_top_state_ from here on (see cow.h).
+Result<> CowTarget::merge_begin(Queue& q, std::size_t n) {
+  LayerFile& top = *layers_[n - 1];
+  LayerFile& parent = *layers_[n - 2];
+  // 1. Make the parent the write layer.
+  TRY(flush_until_quick(q));
+  freeze_all(true);
+  Result<> r = q.call([&] { return flush(q); });
+  std::vector<uint8_t> pstates;
+  if (r) {
+    // Exclusive use of the parent: no other stack may share it while it changes.
+    if (::flock(parent.fd(), LOCK_EX | LOCK_NB) < 0)
+      r = fail(EBUSY, fmt::format("merge: layer {} is shared with another process", parent.path()));
+  }
+  if (r) {
+    auto rw = LayerFile::open(parent.path(), true, false);
+    if (!rw) {
+      r = fail(rw.error());
+    } else {
+      auto st = (*rw)->read_bitmap();
+      if (!st) r = fail(st.error());
+      if (r) {
+        pstates = std::move(*st);
+        (*rw)->mutable_header().flags &= ~LayerFile::kFlagReadOnly;
+        (*rw)->mutable_header().flags |= LayerFile::kFlagInUse;
+        r = (*rw)->write_header();
+        if (r) r = (*rw)->sync();
+      }
+      if (r) {
+        // The lock moves to the new fd (a retired fd must hold none: flock
+        // is per open file, and a later snapshot or merge locks this file).
+        retire(layers_[n - 2]);
+        if (::flock((*rw)->fd(), LOCK_EX | LOCK_NB) < 0)
+          LOG_WARN("merge: cannot lock {} again: {}", (*rw)->path(), std::strerror(errno));
+        layers_[n - 2] = std::move(*rw);
+      }
+    }
+  }
+  if (r) {
+    std::lock_guard<std::mutex> l(mu_);
+    // The flush above left no dirty page: top_state_ is the top's bitmap.
+    merge_top_state_ = std::move(top_state_);
+    // Page generations go on from the top's: persist() skips a page whose
+    // generation is not newer than the one in the file.
+    merge_top_dirty_ = dirty_;
+    merge_top_ = &top;
+    top_state_ = std::move(pstates);
+    dirty_.pages.clear();
+    layers_[n - 2]->prepare_for_writes();
+    write_layer_.store(n - 2);
+  }
+  freeze_all(false);
+  if (!r) {
+    (void)::flock(layers_[n - 2]->fd(), LOCK_SH);  // shared again, as before the merge
+    return fail(r.error());
+  }
+  LOG_INFO("merge: writes now go to {}; copying down what {} holds", layers_[n - 2]->path(), top.path());
+  return {};
+}
+
 Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, uint64_t)>& progress) {
   if (read_only_) return fail(EROFS, "merge: the stack is read-only");
   const std::size_t n = nlayers_.load();
@@ -158,65 +220,10 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
   const bool resume = write_layer_.load() + 2 == n;
   if (!resume && write_layer_.load() + 1 != n) return fail(EBUSY, "merge: a merge is already running");
   LayerFile& top = *layers_[n - 1];
-  if (resume) LOG_INFO("merge: resuming the merge of {}", top.path());
-  if (!resume) {
-    LayerFile& parent = *layers_[n - 2];
-    // 1. Make the parent the write layer.
-    TRY(flush_until_quick(q));
-    freeze_all(true);
-    Result<> r = q.call([&] { return flush(q); });
-    std::vector<uint8_t> pstates;
-    if (r) {
-      // Exclusive use of the parent: no other stack may share it while it
-      // changes.
-      if (::flock(parent.fd(), LOCK_EX | LOCK_NB) < 0)
-        r = fail(EBUSY, fmt::format("merge: layer {} is shared with another process", parent.path()));
-    }
-    if (r) {
-      auto rw = LayerFile::open(parent.path(), true, false);
-      if (!rw) {
-        r = fail(rw.error());
-      } else {
-        auto st = (*rw)->read_bitmap();
-        if (!st) r = fail(st.error());
-        if (r) {
-          pstates = std::move(*st);
-          (*rw)->mutable_header().flags &= ~LayerFile::kFlagReadOnly;
-          (*rw)->mutable_header().flags |= LayerFile::kFlagInUse;
-          r = (*rw)->write_header();
-          if (r) r = (*rw)->sync();
-        }
-        if (r) {
-          // The lock moves to the new fd (a retired fd must hold none: flock
-          // is per open file, and a later snapshot or merge locks this file).
-          retire(layers_[n - 2]);
-          if (::flock((*rw)->fd(), LOCK_EX | LOCK_NB) < 0)
-            LOG_WARN("merge: cannot lock {} again: {}", (*rw)->path(), std::strerror(errno));
-          layers_[n - 2] = std::move(*rw);
-        }
-      }
-    }
-    if (r) {
-      std::lock_guard<std::mutex> l(mu_);
-      // The flush above left no dirty page: top_state_ is the top's bitmap.
-      merge_top_state_ = std::move(top_state_);
-      merge_top_dirty_.clear();
-      // Page generations go on from the top's: persist() skips a page whose
-      // generation is not newer than the one in the file.
-      merge_top_gen_ = page_gen_;
-      merge_top_ = &top;
-      top_state_ = std::move(pstates);
-      dirty_pages_.clear();
-      layers_[n - 2]->prepare_for_writes();
-      write_layer_.store(n - 2);
-    }
-    freeze_all(false);
-    if (!r) {
-      (void)::flock(layers_[n - 2]->fd(), LOCK_SH);  // shared again, as before the merge
-      return fail(r.error());
-    }
-    LOG_INFO("merge: writes now go to {}; copying down what {} holds", layers_[n - 2]->path(), top.path());
-  }
+  if (resume)
+    LOG_INFO("merge: resuming the merge of {}", top.path());
+  else
+    TRY(merge_begin(q, n));
 
   // 2. Copy down.
   auto cr = q.call([&] { return merge_copy(q, static_cast<uint8_t>(n), progress); });
@@ -236,8 +243,7 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
       std::lock_guard<std::mutex> l(mu_);
       merge_top_ = nullptr;
       merge_top_state_.clear();
-      merge_top_dirty_.clear();
-      merge_top_gen_.clear();
+      merge_top_dirty_ = {};
     }
     retire(layers_[n - 1]);
     layers_.pop_back();

@@ -62,8 +62,7 @@ class FuseExport {
   // Mounts at `mountpoint` (replacing a stale mount left by a crashed
   // server) and starts serving.
   Result<> start(const std::string& mountpoint);
-  // Unmounts and waits until no request is being served.
-  // Unmounts and ends the connection. false: the mount was busy (a loop device
+  // Unmounts, waits until no request is being served and ends the connection. false: the mount was busy (a loop device
   // holds a file), so it was detached and requests may still come: the export
   // must stay alive (and keeps /dev/fuse open) until the process exits.
   bool stop();

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -123,6 +124,16 @@ class Target {
   }
 
   virtual Task<Result<>> read(Queue& q, std::span<std::byte> buf, uint64_t offset) = 0;
+  // The bytes read() would return, straight from memory the target already
+  // holds (a file's page cache, mapped), for the caller to send without
+  // copying them into a buffer first; valid while the target lives. Returns
+  // nothing when that could block (not in memory) or the target has no such
+  // memory: the caller then uses read(). Never waits. Default: nothing.
+  virtual std::optional<std::span<const std::byte>> read_view(uint64_t offset, uint64_t length) {
+    (void)offset;
+    (void)length;
+    return std::nullopt;
+  }
   virtual Task<Result<>> write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) = 0;
   virtual Task<Result<>> flush(Queue& q) = 0;
   // Default: ENOTSUP.
@@ -143,6 +154,8 @@ class Target {
 };
 
 // Forwards everything to a lower target; a layer overrides what it changes.
+// Except read_view: a layer that changes read() must not pass the lower
+// target's bytes on unchanged, so a layer forwards it only by choice.
 class ForwardingTarget : public Target {
  public:
   explicit ForwardingTarget(std::shared_ptr<Target> lower) : lower_(std::move(lower)) {}

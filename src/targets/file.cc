@@ -23,12 +23,16 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <cstring>
+
 #include <fmt/core.h>
 
+#include "core/log.h"
 #include "core/queue.h"
 
 namespace strata {
@@ -83,10 +87,27 @@ Result<std::shared_ptr<Target>> FileTarget::create(Params& p, Resolver& r) {
   if (t->length_ > file_size - t->offset_)
     return fail(EINVAL, fmt::format("file {}: file too small: need {} bytes from offset {}, file has {}", t->path_,
                                     t->length_, t->offset_, file_size));
+  if (!t->direct_ && t->regular_ && t->length_ > 0) t->map_segment();
   return std::shared_ptr<Target>(std::move(t));
 }
 
+void FileTarget::map_segment() {
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t start = offset_ / page * page;
+  map_skew_ = offset_ - start;
+  map_len_ = map_skew_ + length_;
+  void* m = ::mmap(nullptr, map_len_, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(start));
+  if (m == MAP_FAILED) {
+    // Not fatal: reads then all go through read().
+    LOG_DEBUG("file {}: mmap: {}; reads copy through a buffer", path_, std::strerror(errno));
+    map_len_ = 0;
+    return;
+  }
+  map_ = static_cast<std::byte*>(m);
+}
+
 FileTarget::~FileTarget() {
+  if (map_) ::munmap(map_, map_len_);
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -120,6 +141,7 @@ std::string FileTarget::table_line() const {
 void FileTarget::info(InfoSink& out) const {
   out.add("path", path_);
   stats_.report(out);
+  out.add("mapped_reads", mapped_reads_.load(std::memory_order_relaxed));
 }
 
 Task<Result<>> FileTarget::read(Queue& q, std::span<std::byte> buf, uint64_t offset) {
@@ -144,6 +166,28 @@ Task<Result<>> FileTarget::read(Queue& q, std::span<std::byte> buf, uint64_t off
     offset += n;
   }
   co_return Result<>{};
+}
+
+std::optional<std::span<const std::byte>> FileTarget::read_view(uint64_t offset, uint64_t length) {
+  if (!map_ || length == 0) return std::nullopt;
+  // Sending from a page that is not in memory would read it from disk on
+  // the queue thread (a page fault in the middle of sendmsg); only a range
+  // that is all in the page cache is offered. A page evicted between this
+  // check and the send is read in then: rare, and correct, only slower.
+  constexpr std::size_t kPage = 4096;
+  std::byte* p = map_ + map_skew_ + offset;
+  auto first = reinterpret_cast<uintptr_t>(p) / kPage * kPage;
+  std::size_t span = reinterpret_cast<uintptr_t>(p) + length - first;
+  std::size_t pages = (span + kPage - 1) / kPage;
+  thread_local std::vector<unsigned char> vec;
+  if (vec.size() < pages) vec.resize(pages);
+  if (::mincore(reinterpret_cast<void*>(first), span, vec.data()) < 0) return std::nullopt;
+  for (std::size_t i = 0; i < pages; ++i)
+    if (!(vec[i] & 1)) return std::nullopt;
+  IoStats::bump(stats_.reads);
+  IoStats::bump(stats_.read_bytes, length);
+  IoStats::bump(mapped_reads_);
+  return std::span<const std::byte>(p, length);
 }
 
 Task<Result<>> FileTarget::write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {

@@ -668,8 +668,18 @@ Detached Connection::serve(Request r, Buffer payload) {
   IoFlags f;
   f.fua = r.flags & kCmdFlagFua;
   if (r.type == kCmdRead) {
-    Buffer data = Buffer::get(r.length);
-    res = co_await t->read(q_, data.span(), r.offset);
+    // Straight from the target's memory when it has the bytes at hand (a
+    // mapped page cache): no buffer, no copy into it, no suspension. Not
+    // under TLS: there strata's own code would read the mapping, and a file
+    // truncated under it would be SIGBUS, where the kernel's copy in sendmsg
+    // fails the send with EFAULT (the connection is closed).
+    std::optional<std::span<const std::byte>> view;
+    if (!tls_) view = t->read_view(r.offset, r.length);
+    Buffer data;
+    if (!view) {
+      data = Buffer::get(r.length);
+      res = co_await t->read(q_, data.span(), r.offset);
+    }
     if (res && r.length > 0) {
       if (structured_) {
         put32(reply.hdr.data(), kStructuredReplyMagic);
@@ -686,6 +696,7 @@ Detached Connection::serve(Request r, Buffer payload) {
         reply.hdr_len = kSimpleReplySize;
       }
       reply.data = std::move(data);
+      reply.view = view ? view->data() : nullptr;
       reply.data_len = r.length;
     } else if (res && structured_) {
       // A zero-length read: no data chunk, but a read must never get a
@@ -832,7 +843,7 @@ Task<void> Connection::drain_send_queue() {
     for (std::size_t i = 0; i < batch; ++i) {
       Reply& r = out_[i];
       iov[niov++] = {r.hdr.data(), r.hdr_len};
-      if (r.data_len) iov[niov++] = {r.data.data(), r.data_len};
+      if (r.data_len) iov[niov++] = {const_cast<std::byte*>(r.payload()), r.data_len};
     }
     Result<> sent;
     if (tls_) {

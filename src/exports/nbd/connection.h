@@ -50,7 +50,11 @@ class Connection {
     std::array<std::byte, 40> hdr;
     uint32_t hdr_len = 0;
     Buffer data;
+    // Or the payload lives in the export's target (Target::read_view),
+    // which outlives this connection.
+    const std::byte* view = nullptr;
     uint32_t data_len = 0;
+    const std::byte* payload() const { return view ? view : data.data(); }
   };
 
   Detached run();

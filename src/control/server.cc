@@ -85,25 +85,54 @@ void Server::serve_client(int fd) {
     }
     std::string line = buf.substr(0, nl);
     buf.erase(0, nl + 1);
-    auto send_line = [fd](const std::string& text) {
-      std::size_t off = 0;
-      while (off < text.size()) {
-        ssize_t n = ::send(fd, text.data() + off, text.size() - off, MSG_NOSIGNAL);
-        if (n <= 0) return false;
-        off += n;
-      }
-      return true;
-    };
-    // Long requests (a sync) stream progress lines, at most ten a second.
-    auto last = std::chrono::steady_clock::now() - std::chrono::seconds(1);
-    auto progress = [&](const nlohmann::json& p) {
-      auto now = std::chrono::steady_clock::now();
-      if (now - last < std::chrono::milliseconds(100)) return;
-      last = now;
-      send_line(nlohmann::json{{"progress", p}}.dump() + "\n");
-    };
-    if (!send_line(dispatch(d_, line, progress).dump() + "\n")) return;
+    // Long requests (a sync, a merge) stream progress lines, at most ten a
+    // second.
+    LineWriter out(fd, std::chrono::milliseconds(100));
+    auto progress = [&out](const nlohmann::json& p) { out.progress(nlohmann::json{{"progress", p}}.dump() + "\n"); };
+    if (!out.reply(dispatch(d_, line, progress).dump() + "\n")) return;
   }
+}
+
+// ---------------------------------------------------------------- LineWriter
+
+bool LineWriter::send_pending(bool block) {
+  while (!broken_ && sent_ < pending_.size()) {
+    ssize_t n = ::send(fd_, pending_.data() + sent_, pending_.size() - sent_,
+                       MSG_NOSIGNAL | (block ? 0 : MSG_DONTWAIT));
+    if (n > 0) {
+      sent_ += static_cast<std::size_t>(n);
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && !block && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      return true;  // the rest waits for the next line
+    } else {
+      broken_ = true;  // gone, or stalled past the send timeout
+    }
+  }
+  if (sent_ == pending_.size()) {
+    pending_.clear();
+    sent_ = 0;
+  }
+  return !broken_;
+}
+
+void LineWriter::progress(const std::string& line) {
+  std::lock_guard lock(mu_);
+  auto now = std::chrono::steady_clock::now();
+  if (broken_ || now - last_ < interval_) return;
+  last_ = now;
+  if (pending_.size() - sent_ + line.size() > kMaxPending) {
+    ++dropped_;
+    return;
+  }
+  pending_ += line;
+  send_pending(false);
+}
+
+bool LineWriter::reply(const std::string& line) {
+  std::lock_guard lock(mu_);
+  pending_ += line;
+  return send_pending(true);
 }
 
 }  // namespace strata::control

@@ -4,6 +4,9 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -11,6 +14,37 @@
 #include "core/result.h"
 
 namespace strata::control {
+
+// Sends one control client its JSON lines. progress() may be called from any
+// thread (a merge reports from a queue thread) and never blocks: what the
+// socket has no room for waits in memory, whole lines only, up to
+// kMaxPending bytes, and later progress lines are dropped, so a client that
+// stops reading cannot stall the thread reporting. Progress lines come at
+// most one per `interval`. reply() sends what waits and then the reply,
+// blocking up to the socket's send timeout.
+class LineWriter {
+ public:
+  static constexpr std::size_t kMaxPending = 64 * 1024;
+  LineWriter(int fd, std::chrono::milliseconds interval) : fd_(fd), interval_(interval) {}
+  void progress(const std::string& line);
+  bool reply(const std::string& line);
+  uint64_t dropped() const {
+    std::lock_guard lock(mu_);
+    return dropped_;
+  }
+
+ private:
+  bool send_pending(bool block);  // under mu_; false: the client is gone
+
+  mutable std::mutex mu_;
+  const int fd_;
+  const std::chrono::milliseconds interval_;
+  std::chrono::steady_clock::time_point last_{};
+  std::string pending_;
+  std::size_t sent_ = 0;  // bytes of pending_ already sent
+  bool broken_ = false;
+  uint64_t dropped_ = 0;
+};
 
 class Server {
  public:

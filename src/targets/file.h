@@ -36,7 +36,7 @@ class FileTarget final : public Target {
 
   Task<Result<>> read(Queue& q, std::span<std::byte> buf, uint64_t offset) override;
   // From a shared read-only mapping of the segment, when every page of the
-  // range is in the page cache (mincore): the NBD reply is then copied once,
+  // range is in the page cache (cachestat): the NBD reply is then copied once,
   // page cache to socket, instead of twice. Not with direct=on.
   std::optional<std::span<const std::byte>> read_view(uint64_t offset, uint64_t length) override;
   Task<Result<>> write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) override;
@@ -49,6 +49,8 @@ class FileTarget final : public Target {
  private:
   FileTarget() = default;
   void map_segment();
+  // Every page of the file range is in the page cache (p: its mapping).
+  bool resident(std::byte* p, uint64_t file_off, uint64_t length) const;
   Task<Result<>> sync_if(Queue& q, bool fua);
   Task<Result<>> fdatasync(Queue& q);
 

@@ -1,5 +1,7 @@
 #include "core/target.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -19,6 +21,18 @@ Caps Caps::intersect(const Caps& a, const Caps& b) {
   c.can_cache = a.can_cache || b.can_cache;
   c.can_multi_conn = a.can_multi_conn && b.can_multi_conn;
   return c;
+}
+
+std::optional<std::span<const std::byte>> zero_view(std::size_t n) {
+  constexpr std::size_t kZeroMap = 32u << 20;
+  // Private and never written: every page reads as the kernel's zero page,
+  // so the mapping costs address space only.
+  static std::byte* const zeros = [] {
+    void* m = ::mmap(nullptr, kZeroMap, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return m == MAP_FAILED ? nullptr : static_cast<std::byte*>(m);
+  }();
+  if (!zeros || n > kZeroMap) return std::nullopt;
+  return std::span<const std::byte>(zeros, n);
 }
 
 void append_extent(Extents& e, uint64_t length, uint32_t flags) {

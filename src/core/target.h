@@ -129,7 +129,8 @@ class Target {
   // copying them into a buffer first; valid while the target lives. Returns
   // nothing when that could block (not in memory) or the target has no such
   // memory: the caller then uses read(). Never waits. Default: nothing.
-  virtual std::optional<std::span<const std::byte>> read_view(uint64_t offset, uint64_t length) {
+  virtual std::optional<std::span<const std::byte>> read_view(Queue& q, uint64_t offset, uint64_t length) {
+    (void)q;
     (void)offset;
     (void)length;
     return std::nullopt;
@@ -192,6 +193,10 @@ class ForwardingTarget : public Target {
  protected:
   std::shared_ptr<Target> lower_;
 };
+
+// n zero bytes for a read_view (a read-only mapping of the shared zero page:
+// no memory, always cached), or nothing when n is over 32 MiB.
+std::optional<std::span<const std::byte>> zero_view(std::size_t n);
 
 // Checks that [offset, offset+length) lies inside [0, size).
 inline bool in_range(uint64_t size, uint64_t offset, uint64_t length) {

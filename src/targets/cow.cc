@@ -215,6 +215,33 @@ Task<Result<>> CowTarget::read(Queue& q, std::span<std::byte> buf, uint64_t offs
   co_return r;
 }
 
+std::optional<uint8_t> CowTarget::single_holder(uint64_t offset, uint64_t length) const {
+  const uint64_t c0 = offset / chunk_, c1 = (offset + length - 1) / chunk_;
+  const uint8_t h = holder(c0);
+  for (uint64_t c = c0 + 1; c <= c1; ++c)
+    if (holder(c) != h) return std::nullopt;
+  return h;
+}
+
+std::optional<std::span<const std::byte>> CowTarget::read_view(Queue& q, uint64_t offset, uint64_t length) {
+  // Ranges that are all in the base (its own view: a file's page cache) or
+  // all zeros; a layer's data is read() (a merge may retire its file).
+  // While a merge swaps layers (frozen_all) reads wait in read() instead.
+  if (length == 0 || per_queue_[q.id()].frozen_all) return std::nullopt;
+  auto h = single_holder(offset, length);
+  if (!h) return std::nullopt;
+  std::optional<std::span<const std::byte>> v;
+  if ((*h & kZeroBit) || (*h == 0 && !base_))
+    v = zero_view(length);
+  else if (*h == 0)
+    v = base_->read_view(q, offset, length);
+  if (v) {
+    IoStats::bump(stats_.reads);
+    IoStats::bump(stats_.read_bytes, length);
+  }
+  return v;
+}
+
 Task<Result<>> CowTarget::read_stack(Queue& q, std::span<std::byte> buf, uint64_t offset) {
   IoStats::Scope scope(stats_);
   IoStats::bump(stats_.reads);

@@ -68,6 +68,7 @@ class CowTarget final : public Target {
   Result<> attach_queue(Queue& q) override;
 
   Task<Result<>> read(Queue& q, std::span<std::byte> buf, uint64_t offset) override;
+  std::optional<std::span<const std::byte>> read_view(Queue& q, uint64_t offset, uint64_t length) override;
   Task<Result<>> write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) override;
   Task<Result<>> flush(Queue& q) override;
   Task<Result<>> trim(Queue& q, uint64_t offset, uint64_t length, IoFlags f) override;
@@ -109,6 +110,9 @@ class CowTarget final : public Target {
 
   uint8_t holder(uint64_t chunk) const { return index_[chunk].load(std::memory_order_acquire); }
   Task<Result<>> read_run(Queue& q, uint8_t h, std::byte* buf, uint64_t offset, uint64_t length);
+  // The holder of every chunk of [offset, offset+length) when they all have
+  // the same one.
+  std::optional<uint8_t> single_holder(uint64_t offset, uint64_t length) const;
   Task<Result<>> read_stack(Queue& q, std::span<std::byte> buf, uint64_t offset);
   Task<Result<>> write_top(Queue& q, const std::byte* buf, uint64_t offset, uint64_t length, bool fua);
   Task<Result<>> modify(Queue& q, const std::byte* buf, uint64_t offset, uint64_t length, bool zero, IoFlags f);

@@ -203,7 +203,8 @@ bool FileTarget::resident(std::byte* p, uint64_t file_off, uint64_t length) cons
   return true;
 }
 
-std::optional<std::span<const std::byte>> FileTarget::read_view(uint64_t offset, uint64_t length) {
+std::optional<std::span<const std::byte>> FileTarget::read_view(Queue& q, uint64_t offset, uint64_t length) {
+  (void)q;
   if (!map_ || length == 0) return std::nullopt;
   // Sending from a page that is not in memory would read it from disk on
   // the queue thread (a page fault in the middle of sendmsg); only a range

@@ -25,8 +25,8 @@ class LinearTarget final : public Target {
   Task<Result<>> read(Queue& q, std::span<std::byte> buf, uint64_t offset) override {
     return lower_->read(q, buf, offset_ + offset);
   }
-  std::optional<std::span<const std::byte>> read_view(uint64_t offset, uint64_t length) override {
-    return lower_->read_view(offset_ + offset, length);
+  std::optional<std::span<const std::byte>> read_view(Queue& q, uint64_t offset, uint64_t length) override {
+    return lower_->read_view(q, offset_ + offset, length);
   }
   Task<Result<>> write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) override {
     return lower_->write(q, buf, offset_ + offset, f);

@@ -234,11 +234,11 @@ Task<Result<>> TableTarget::read(Queue& q, std::span<std::byte> buf, uint64_t of
   return split(q, Op::kRead, buf.data(), offset, buf.size(), {});
 }
 
-std::optional<std::span<const std::byte>> TableTarget::read_view(uint64_t offset, uint64_t length) {
+std::optional<std::span<const std::byte>> TableTarget::read_view(Queue& q, uint64_t offset, uint64_t length) {
   // Only within one segment: a view is one piece of memory.
   const Segment& s = segments_[find(offset)];
   if (offset + length > s.start + s.length) return std::nullopt;
-  return s.target->read_view(offset - s.start, length);
+  return s.target->read_view(q, offset - s.start, length);
 }
 
 Task<Result<>> TableTarget::write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {

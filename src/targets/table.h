@@ -66,7 +66,7 @@ class TableTarget final : public Target {
   Result<> attach_queue(Queue& q) override;
 
   Task<Result<>> read(Queue& q, std::span<std::byte> buf, uint64_t offset) override;
-  std::optional<std::span<const std::byte>> read_view(uint64_t offset, uint64_t length) override;
+  std::optional<std::span<const std::byte>> read_view(Queue& q, uint64_t offset, uint64_t length) override;
   Task<Result<>> write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) override;
   Task<Result<>> flush(Queue& q) override;
   Task<Result<>> trim(Queue& q, uint64_t offset, uint64_t length, IoFlags f) override;

@@ -129,8 +129,8 @@ class TrackTarget final : public ForwardingTarget {
   Result<> attach_queue(Queue& q) override;
 
   // Reads pass through unchanged, so views do too.
-  std::optional<std::span<const std::byte>> read_view(uint64_t offset, uint64_t length) override {
-    return lower_->read_view(offset, length);
+  std::optional<std::span<const std::byte>> read_view(Queue& q, uint64_t offset, uint64_t length) override {
+    return lower_->read_view(q, offset, length);
   }
   Task<Result<>> write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) override;
   Task<Result<>> trim(Queue& q, uint64_t offset, uint64_t length, IoFlags f) override;

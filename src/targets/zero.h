@@ -17,6 +17,11 @@ class ZeroTarget final : public Target {
   std::string table_line() const override { return "zero"; }
 
   Task<Result<>> read(Queue& q, std::span<std::byte> buf, uint64_t offset) override;
+  std::optional<std::span<const std::byte>> read_view(Queue& q, uint64_t offset, uint64_t length) override {
+    (void)q;
+    (void)offset;
+    return zero_view(length);
+  }
   Task<Result<>> write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) override;
   Task<Result<>> flush(Queue& q) override;
   Task<Result<>> trim(Queue& q, uint64_t offset, uint64_t length, IoFlags f) override;

@@ -674,7 +674,7 @@ Detached Connection::serve(Request r, Buffer payload) {
     // truncated under it would be SIGBUS, where the kernel's copy in sendmsg
     // fails the send with EFAULT (the connection is closed).
     std::optional<std::span<const std::byte>> view;
-    if (!tls_) view = t->read_view(r.offset, r.length);
+    if (!tls_) view = t->read_view(q_, r.offset, r.length);
     Buffer data;
     if (!view) {
       data = Buffer::get(r.length);

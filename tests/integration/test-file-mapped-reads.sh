@@ -1,5 +1,5 @@
 #!/bin/bash
-# file target reads from the mapped page cache (read_view): a range in the page cache is sent straight from the mapping (mapped_reads counts it), a cold range goes through io_uring read instead (so the queue thread never waits on the disk); both return the file's bytes at an unaligned table offset, see writes made through NBD and by another process at once, and a file truncated under the server gives the client an error (the server and a second client carry on).
+# file target reads from the mapped page cache (read_view): a range in the page cache is sent straight from the mapping (mapped_reads counts it), a cold range goes through io_uring read instead (so the queue thread never waits on the disk); both return the file's bytes at an unaligned table offset, see writes made through NBD and by another process at once, and a file truncated under the server gives the client an error (the server and a second client carry on). A zero segment reads as zeros from the zero page, next to a file segment.
 . "$(dirname "$0")/functions.sh"
 requires qemu-io nbdcopy jq cmp truncate
 
@@ -66,5 +66,18 @@ kill -0 "$STRATA_PID" || die "strata died after the file was truncated"
 truncate -s $((OFF + SIZE)) "$F"
 qio "$(uri t)" "read -P 0 $((14 * 1048576)) 4096" "read -P 0x5a 4095 8194"
 
+stop_strata
+
+# A zero segment reads from the zero page (no buffer); a read across the
+# zero|file boundary is split as before. 1 MiB zero + 1 MiB of the file.
+cat >"$WORK/z.conf" <<CONF
+0 2048 zero
+2048 2048 file $F 0
+CONF
+start_strata --table "$WORK/z.conf" --export z
+qio "$(uri z)" "read -P 0 0 1048576" "read -P 0 4097 5000"
+nbdcopy "$(uri z)" "$WORK/z.img"
+cmp <(head -c 1048576 "$WORK/z.img") <(head -c 1048576 /dev/zero) || die "the zero segment did not read as zeros"
+cmp <(tail -c 1048576 "$WORK/z.img") <(file_range "$F" 0 1048576) || die "the file segment after the zero segment differs"
 stop_strata
 echo PASS

@@ -25,6 +25,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -92,21 +93,6 @@ Result<std::shared_ptr<Target>> FileTarget::create(Params& p, Resolver& r) {
   return std::shared_ptr<Target>(std::move(t));
 }
 
-void FileTarget::map_segment() {
-  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  const uint64_t start = offset_ / page * page;
-  map_skew_ = offset_ - start;
-  map_len_ = map_skew_ + length_;
-  void* m = ::mmap(nullptr, map_len_, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(start));
-  if (m == MAP_FAILED) {
-    // Not fatal: reads then all go through read().
-    LOG_DEBUG("file {}: mmap: {}; reads copy through a buffer", path_, std::strerror(errno));
-    map_len_ = 0;
-    return;
-  }
-  map_ = static_cast<std::byte*>(m);
-}
-
 FileTarget::~FileTarget() {
   if (map_) ::munmap(map_, map_len_);
   if (fd_ >= 0) ::close(fd_);
@@ -171,8 +157,9 @@ Task<Result<>> FileTarget::read(Queue& q, std::span<std::byte> buf, uint64_t off
 
 namespace {
 // cachestat(2), Linux 6.5 (glibc 2.36 has no wrapper): page-cache counts of
-// a file range, looked up in the page cache itself (about half the cost of
-// mincore, which walks our page tables under the mmap lock).
+// a file range, looked up in the page cache itself. (mincore would cost
+// twice as much, walking our page tables under the mmap lock, and reports
+// every page resident for a file the caller could not write.)
 struct CachestatRange {
   uint64_t off, len;
 };
@@ -180,27 +167,63 @@ struct Cachestat {
   uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
 };
 constexpr long kSysCachestat = 451;
-std::atomic<bool> have_cachestat{true};
+
+int cachestat(int fd, uint64_t off, uint64_t len, Cachestat& cs) {
+  CachestatRange r{off, len};
+  return static_cast<int>(::syscall(kSysCachestat, fd, &r, &cs, 0));
+}
+
+// Filesystems whose page cache a mapping may read without the checks a
+// read() makes: not network or FUSE filesystems, where read() revalidates
+// cached pages against the server and a fault on a cached page does not.
+bool local_filesystem(int fd) {
+  struct statfs fs;
+  if (::fstatfs(fd, &fs) < 0) return false;
+  switch (static_cast<unsigned long>(fs.f_type)) {
+    case 0x6969:      // NFS
+    case 0xFF534D42:  // CIFS
+    case 0xFE534D42:  // SMB2
+    case 0x517B:      // SMB
+    case 0x65735546:  // FUSE
+    case 0x00C36400:  // Ceph
+    case 0x01021997:  // 9p
+    case 0x73757245:  // Coda
+    case 0x564C:      // NCP
+    case 0x6B414653:  // AFS
+    case 0x5346414F:  // OpenAFS
+    case 0x47504653:  // GPFS
+    case 0x0BD00BD0:  // Lustre
+      return false;
+    default:
+      return true;
+  }
+}
 }  // namespace
 
-bool FileTarget::resident(std::byte* p, uint64_t file_off, uint64_t length) const {
-  constexpr uint64_t kPage = 4096;
-  const uint64_t pages = (file_off + length + kPage - 1) / kPage - file_off / kPage;
-  if (have_cachestat.load(std::memory_order_relaxed)) {
-    CachestatRange r{file_off, length};
-    Cachestat cs{};
-    if (::syscall(kSysCachestat, fd_, &r, &cs, 0) == 0) return cs.nr_cache >= pages;
-    if (errno != ENOSYS) return false;
-    have_cachestat.store(false, std::memory_order_relaxed);
+void FileTarget::map_segment() {
+  if (!local_filesystem(fd_)) {
+    LOG_DEBUG("file {}: on a network or FUSE filesystem; reads copy through a buffer", path_);
+    return;
   }
-  auto first = reinterpret_cast<uintptr_t>(p) / kPage * kPage;
-  thread_local std::vector<unsigned char> vec;
-  if (vec.size() < pages) vec.resize(pages);
-  if (::mincore(reinterpret_cast<void*>(first), reinterpret_cast<uintptr_t>(p) + length - first, vec.data()) < 0)
-    return false;
-  for (uint64_t i = 0; i < pages; ++i)
-    if (!(vec[i] & 1)) return false;
-  return true;
+  // Without a usable cachestat (an older kernel, or a file this process may
+  // not ask about) there is no cheap way to know a range is cached: no views.
+  Cachestat cs{};
+  if (cachestat(fd_, offset_, 1, cs) < 0) {
+    LOG_DEBUG("file {}: cachestat: {}; reads copy through a buffer", path_, std::strerror(errno));
+    return;
+  }
+  page_ = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t start = offset_ / page_ * page_;
+  map_skew_ = offset_ - start;
+  map_len_ = map_skew_ + length_;
+  void* m = ::mmap(nullptr, map_len_, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(start));
+  if (m == MAP_FAILED) {
+    // Not fatal: reads then all go through read().
+    LOG_DEBUG("file {}: mmap: {}; reads copy through a buffer", path_, std::strerror(errno));
+    map_len_ = 0;
+    return;
+  }
+  map_ = static_cast<std::byte*>(m);
 }
 
 std::optional<std::span<const std::byte>> FileTarget::read_view(Queue& q, uint64_t offset, uint64_t length) {
@@ -210,12 +233,14 @@ std::optional<std::span<const std::byte>> FileTarget::read_view(Queue& q, uint64
   // the queue thread (a page fault in the middle of sendmsg); only a range
   // that is all in the page cache is offered. A page evicted between this
   // check and the send is read in then: rare, and correct, only slower.
-  std::byte* p = map_ + map_skew_ + offset;
-  if (!resident(p, offset_ + offset, length)) return std::nullopt;
+  const uint64_t at = offset_ + offset;
+  const uint64_t pages = (at + length + page_ - 1) / page_ - at / page_;
+  Cachestat cs{};
+  if (cachestat(fd_, at, length, cs) < 0 || cs.nr_cache < pages) return std::nullopt;
   IoStats::bump(stats_.reads);
   IoStats::bump(stats_.read_bytes, length);
   IoStats::bump(mapped_reads_);
-  return std::span<const std::byte>(p, length);
+  return std::span<const std::byte>(map_ + map_skew_ + offset, length);
 }
 
 Task<Result<>> FileTarget::write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {

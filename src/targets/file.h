@@ -49,8 +49,6 @@ class FileTarget final : public Target {
  private:
   FileTarget() = default;
   void map_segment();
-  // Every page of the file range is in the page cache (p: its mapping).
-  bool resident(std::byte* p, uint64_t file_off, uint64_t length) const;
   Task<Result<>> sync_if(Queue& q, bool fua);
   Task<Result<>> fdatasync(Queue& q);
 
@@ -75,6 +73,7 @@ class FileTarget final : public Target {
   std::byte* map_ = nullptr;
   std::size_t map_len_ = 0;
   std::size_t map_skew_ = 0;  // offset_ - the mapping's file offset
+  uint64_t page_ = 4096;
   uint64_t offset_ = 0;
   uint64_t length_ = 0;
   bool direct_ = false;

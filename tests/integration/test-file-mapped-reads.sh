@@ -1,6 +1,7 @@
 #!/bin/bash
 # file target reads from the mapped page cache (read_view): a range in the page cache is sent straight from the mapping (mapped_reads counts it), a cold range goes through io_uring read instead (so the queue thread never waits on the disk); both return the file's bytes at an unaligned table offset, see writes made through NBD and by another process at once, and a file truncated under the server gives the client an error (the server and a second client carry on). A zero segment reads as zeros from the zero page, next to a file segment.
 . "$(dirname "$0")/functions.sh"
+. "$(dirname "$0")/nbd-lib.sh"
 requires qemu-io nbdcopy jq cmp truncate
 
 F=$WORK/t.img
@@ -53,6 +54,34 @@ before=$(mapped)
 qio "$(uri t)" "read -P 0x3c $((1048576 + 100)) 5000" "read -P 0x5a 4095 8194"
 [ "$(mapped)" -gt "$before" ] || die "the re-reads were not mapped"
 expect_bytes "$F" $((OFF + 4095)) 8194 0x5a
+
+# A client that does not read its replies: once 4 MiB of replies wait to be
+# sent, further reads copy through a buffer (a mapped page is copied only
+# when its reply is sent, and must still be cached then). 64 reads of 1 MiB
+# in one send, no reply read until all are in; every one correct.
+cat "$F" >/dev/null
+before_m=$(mapped) before_r=$(reads)
+py "$F" $OFF <<'PY' || die "backlogged reads"
+import struct, sys
+from nbd_raw import *
+M = 1 << 20
+c = Raw().go("t")
+reqs = b"".join(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_READ, i + 1, (i % 16) * M, M) for i in range(64))
+for i in range(64):
+    c.pending[i + 1] = (CMD_READ, M)
+c.send(reqs)
+want = open(sys.argv[1], 'rb').read()[int(sys.argv[2]):]
+for _ in range(64):
+    r = c.reply()
+    i = r["cookie"] - 1
+    assert r["error"] == 0, r
+    assert r["data"] == want[(i % 16) * M:(i % 16 + 1) * M], "read %d differs" % i
+c.disconnect()
+PY
+nm=$(($(mapped) - before_m)) nr=$(($(reads) - before_r))
+[ "$nr" = 64 ] || die "expected 64 reads, counted $nr"
+[ "$nm" -ge 1 ] || die "no read was mapped before the backlog built up"
+[ "$nm" -le 5 ] || die "$nm of 64 backlogged 1 MiB reads were mapped (at most 4 MiB of replies may wait as views)"
 
 # The file shrinks under the server (the last 4 MiB of the segment go): a
 # read there fails for the client; a second client, reading the rest, is

@@ -38,6 +38,9 @@ constexpr std::size_t kRecvBuffer = 64 * 1024;
 constexpr std::size_t kTlsRecvBuffer = 64 * 1024;
 constexpr uint32_t kMaxInFlight = 256;
 constexpr uint64_t kMaxInFlightBytes = 128ull << 20;
+// Reads are answered from the target's memory (read_view) only while fewer
+// reply bytes than this wait to be sent.
+constexpr uint64_t kViewBacklog = 4ull << 20;
 constexpr std::string_view kBaseAllocation = "base:allocation";
 
 // Suspends the connection's reader (or closer) until maybe_wake() resumes it.
@@ -672,9 +675,12 @@ Detached Connection::serve(Request r, Buffer payload) {
     // mapped page cache): no buffer, no copy into it, no suspension. Not
     // under TLS: there strata's own code would read the mapping, and a file
     // truncated under it would be SIGBUS, where the kernel's copy in sendmsg
-    // fails the send with EFAULT (the connection is closed).
+    // fails the send with EFAULT (the connection is closed). Not behind a
+    // backlog of replies (a client that reads slowly): the target checked
+    // that the bytes are in memory now, and they are copied when sent, so
+    // the send must follow soon.
     std::optional<std::span<const std::byte>> view;
-    if (!tls_) view = t->read_view(q_, r.offset, r.length);
+    if (!tls_ && queued_bytes_ < kViewBacklog) view = t->read_view(q_, r.offset, r.length);
     Buffer data;
     if (!view) {
       data = Buffer::get(r.length);
@@ -860,7 +866,10 @@ Task<void> Connection::drain_send_queue() {
       sent = co_await raw_send_all(msg);
     }
     if (!sent) {
-      LOG_DEBUG("conn {}: {}", id_, sent.error().message);
+      if (sent.error().code == EFAULT)  // a mapped file shrank under a reply
+        LOG_WARN("conn {} ({}): {}; closing", id_, peer_, sent.error().message);
+      else
+        LOG_DEBUG("conn {}: {}", id_, sent.error().message);
       dead_ = true;
       out_.clear();
       queued_bytes_ = 0;

@@ -88,7 +88,9 @@ void Server::serve_client(int fd) {
     // Long requests (a sync, a merge) stream progress lines, at most ten a
     // second.
     LineWriter out(fd, std::chrono::milliseconds(100));
-    auto progress = [&out](const nlohmann::json& p) { out.progress(nlohmann::json{{"progress", p}}.dump() + "\n"); };
+    auto progress = [&out](const nlohmann::json& p) {
+      out.progress_lazy([&p] { return nlohmann::json{{"progress", p}}.dump() + "\n"; });
+    };
     if (!out.reply(dispatch(d_, line, progress).dump() + "\n")) return;
   }
 }
@@ -116,11 +118,18 @@ bool LineWriter::send_pending(bool block) {
   return !broken_;
 }
 
-void LineWriter::progress(const std::string& line) {
-  std::lock_guard lock(mu_);
+bool LineWriter::due() {
   auto now = std::chrono::steady_clock::now();
-  if (broken_ || now - last_ < interval_) return;
+  if (broken_ || now - last_ < interval_) return false;
   last_ = now;
+  return true;
+}
+
+void LineWriter::queue_progress(const std::string& line) {
+  if (sent_ > kMaxPending) {  // a client reading in trickles: drop what it has
+    pending_.erase(0, sent_);
+    sent_ = 0;
+  }
   if (pending_.size() - sent_ + line.size() > kMaxPending) {
     ++dropped_;
     return;

@@ -26,7 +26,17 @@ class LineWriter {
  public:
   static constexpr std::size_t kMaxPending = 64 * 1024;
   LineWriter(int fd, std::chrono::milliseconds interval) : fd_(fd), interval_(interval) {}
-  void progress(const std::string& line);
+  void progress(const std::string& line) {
+    progress_lazy([&] { return line; });
+  }
+  // The same, making the line only when it is due (no JSON built for lines
+  // the rate limit drops).
+  template <class MakeLine>
+  void progress_lazy(MakeLine make) {
+    std::lock_guard lock(mu_);
+    if (!due()) return;
+    queue_progress(make());
+  }
   bool reply(const std::string& line);
   uint64_t dropped() const {
     std::lock_guard lock(mu_);
@@ -35,6 +45,8 @@ class LineWriter {
 
  private:
   bool send_pending(bool block);  // under mu_; false: the client is gone
+  bool due();                     // under mu_: a progress line may go now
+  void queue_progress(const std::string& line);  // under mu_
 
   mutable std::mutex mu_;
   const int fd_;

@@ -1,5 +1,5 @@
 #!/bin/bash
-# file target reads from the mapped page cache (read_view): a range in the page cache is sent straight from the mapping (mapped_reads counts it), a cold range goes through io_uring read instead (so the queue thread never waits on the disk); both return the file's bytes at an unaligned table offset, see writes made through NBD and by another process at once, and a file truncated under the server gives the client an error (the server and a second client carry on). A zero segment reads as zeros from the zero page, next to a file segment.
+# file target reads from the mapped page cache (read_view): a range in the page cache is sent straight from the mapping (mapped_reads counts it), a cold range goes through io_uring read instead (so the queue thread never waits on the disk); both return the file's bytes at an unaligned table offset, see writes made through NBD and by another process at once, and a file truncated under the server gives the client an error (the server and a second client carry on). A client that leaves with 64 MiB of replies unread does not hurt the next. A zero segment reads as zeros from the zero page, next to a file segment.
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/nbd-lib.sh"
 requires qemu-io nbdcopy jq cmp truncate
@@ -82,6 +82,21 @@ nm=$(($(mapped) - before_m)) nr=$(($(reads) - before_r))
 [ "$nr" = 64 ] || die "expected 64 reads, counted $nr"
 [ "$nm" -ge 1 ] || die "no read was mapped before the backlog built up"
 [ "$nm" -le 5 ] || die "$nm of 64 backlogged 1 MiB reads were mapped (at most 4 MiB of replies may wait as views)"
+
+# A client that asks for 64 MiB and leaves without reading a byte (replies
+# stuck in the pipe and the socket): the server drops it, serves the next.
+py <<'PY' || die "a client leaving with replies unread"
+import struct
+from nbd_raw import *
+M = 1 << 20
+c = Raw().go("t")
+c.send(b"".join(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_READ, i + 1, (i % 16) * M, M) for i in range(64)))
+c.close()
+PY
+sleep 0.5
+server_alive
+read_at $((3 * 1048576)) 65536 "$WORK/e"
+cmp "$WORK/e" <(file_range "$F" $((OFF + 3 * 1048576)) 65536) || die "a read after a client left with replies unread"
 
 # The file shrinks under the server (the last 4 MiB of the segment go): a
 # read there fails for the client; a second client, reading the rest, is

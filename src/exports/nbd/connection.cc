@@ -24,6 +24,10 @@
 // request magic ends the connection (the stream can no longer be parsed).
 #include "exports/nbd/connection.h"
 
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/mman.h>
+
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -83,10 +87,19 @@ Connection::Connection(Server& server, Queue& q, int fd, uint64_t id, std::strin
     : server_(server), q_(q), fd_(fd), id_(id), peer_(std::move(peer)) {
   deadline_ = std::chrono::steady_clock::now() + server_.options().handshake_timeout;
   rbuf_ = Buffer::get(kRecvBuffer);
+  // splice(2) into the socket must not block the queue thread on a full
+  // socket: it does unless the socket is O_NONBLOCK (io_uring's own socket
+  // operations poll either way).
+  if (splice_enabled()) ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
 }
 
 Connection::~Connection() {
   if (fd_ >= 0) ::close(fd_);
+  if (pipe_[0] >= 0) {
+    ::close(pipe_[0]);
+    ::close(pipe_[1]);
+  }
+  if (hdr_arena_) ::munmap(hdr_arena_, kHeaderArena);
 }
 
 void Connection::start() { run(); }
@@ -859,6 +872,8 @@ Task<void> Connection::drain_send_queue() {
         sent = tls_->send(static_cast<const std::byte*>(iov[i].iov_base), iov[i].iov_len);
       if (sent) sent = tls_->uncork();
       if (sent) sent = co_await flush_tls();
+    } else if (splice_ok(batch)) {
+      sent = co_await splice_batch(batch);
     } else {
       msghdr msg{};
       msg.msg_iov = iov;
@@ -883,6 +898,94 @@ Task<void> Connection::drain_send_queue() {
   }
   sending_ = false;
   maybe_wake();
+}
+
+bool Connection::splice_enabled() {
+  static const bool on = [] {
+    const char* e = getenv("STRATA_SPLICE");
+    return !(e && std::string_view(e) == "off");
+  }();
+  return on;
+}
+
+bool Connection::splice_ok(std::size_t batch) {
+  if (!splice_enabled() || splice_broken_) return false;
+  // Only a batch that carries a view and nothing but views: data in
+  // buffers is sent by sendmsg (those buffers are reused at once; a pipe
+  // would still reference them), and header-only batches (write
+  // acknowledgements) cost fewer system calls there.
+  bool any = false;
+  for (std::size_t i = 0; i < batch; ++i) {
+    if (!out_[i].data_len) continue;
+    if (!out_[i].view) return false;
+    any = true;
+  }
+  if (!any) return false;
+  if (pipe_[0] < 0) {
+    if (::pipe2(pipe_, O_CLOEXEC | O_NONBLOCK) < 0) {
+      splice_broken_ = true;
+      return false;
+    }
+    (void)::fcntl(pipe_[1], F_SETPIPE_SZ, 1 << 20);  // else the default 64 KiB
+  }
+  return true;
+}
+
+Task<Result<>> Connection::splice_batch(std::size_t batch) {
+  // The headers go into an arena that is never written twice: vmsplice
+  // hands the pipe references to these pages, not copies, and the client
+  // may read them long after this batch. A used-up arena is unmapped (the
+  // kernel keeps the pages it still references) and a new one mapped.
+  constexpr std::size_t kBatchHeaders = 64 * sizeof(Reply::hdr);
+  if (!hdr_arena_ || hdr_pos_ + kBatchHeaders > kHeaderArena) {
+    if (hdr_arena_) ::munmap(hdr_arena_, kHeaderArena);
+    hdr_pos_ = 0;
+    void* m = ::mmap(nullptr, kHeaderArena, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    hdr_arena_ = m == MAP_FAILED ? nullptr : static_cast<std::byte*>(m);
+    if (!hdr_arena_) co_return posix_error("mmap", errno);
+  }
+  iovec iov[2 * 64];
+  std::size_t niov = 0, total = 0;
+  for (std::size_t i = 0; i < batch; ++i) {
+    const Reply& r = out_[i];
+    std::byte* h = hdr_arena_ + hdr_pos_;
+    std::memcpy(h, r.hdr.data(), r.hdr_len);
+    hdr_pos_ += r.hdr_len;
+    iov[niov++] = {h, r.hdr_len};
+    total += r.hdr_len;
+    if (r.data_len) {
+      iov[niov++] = {const_cast<std::byte*>(r.view), r.data_len};
+      total += r.data_len;
+    }
+  }
+  msghdr cursor{};
+  cursor.msg_iov = iov;
+  cursor.msg_iovlen = niov;
+  std::size_t in_pipe = 0;
+  while (total > 0) {
+    // Into the pipe as much as it takes (references to the pages)...
+    if (cursor.msg_iovlen > 0) {
+      ssize_t n = ::vmsplice(pipe_[1], cursor.msg_iov, cursor.msg_iovlen, SPLICE_F_NONBLOCK);
+      if (n < 0 && errno != EAGAIN) co_return posix_error("vmsplice", errno);
+      if (n > 0) {
+        advance(cursor, static_cast<std::size_t>(n));
+        in_pipe += static_cast<std::size_t>(n);
+      }
+    }
+    // ...and from the pipe into the socket, which takes the pages as they
+    // are (AF_UNIX and TCP: no copy); the client's read is the one copy.
+    ssize_t n = ::splice(pipe_[0], nullptr, fd_, nullptr, in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      in_pipe -= static_cast<std::size_t>(n);
+      total -= static_cast<std::size_t>(n);
+      continue;
+    }
+    if (n == 0) co_return fail(EPIPE, "splice: connection closed");
+    if (errno != EAGAIN) co_return posix_error("splice", errno);
+    const int fd = fd_;
+    (void)co_await q_.ring().op([fd](io_uring_sqe* sqe) { io_uring_prep_poll_add(sqe, fd, POLLOUT); });
+  }
+  co_return Result<>{};
 }
 
 bool Connection::reader_must_wait() const {

@@ -91,6 +91,18 @@ class Connection {
   // The reader must not read more requests: too many requests in flight or
   // replies queued, or too many bytes held for them.
   bool reader_must_wait() const;
+  // Zero-copy replies: a batch of read replies whose payloads are views goes
+  // out by vmsplice (headers and views into a pipe, as page references) and
+  // splice (pipe to socket), so strata copies no payload byte. STRATA_SPLICE=off
+  // turns it off (sendmsg for everything).
+  static bool splice_enabled();
+  bool splice_ok(std::size_t batch);
+  Task<Result<>> splice_batch(std::size_t batch);
+  static constexpr std::size_t kHeaderArena = 1 << 20;
+  int pipe_[2] = {-1, -1};
+  bool splice_broken_ = false;
+  std::byte* hdr_arena_ = nullptr;  // reply headers, each byte written once
+  std::size_t hdr_pos_ = 0;
   // Resumes the parked reader (or closer) if it may go on. Callers must not
   // touch the object afterwards: the closer may delete it.
   void maybe_wake();

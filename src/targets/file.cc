@@ -200,9 +200,27 @@ bool local_filesystem(int fd) {
 }
 }  // namespace
 
+// Filesystems whose hole punching and zeroing clear cached pages only over
+// the bytes asked for. XFS, for one, writes back and drops the page cache
+// over the range rounded out to whole pages or allocation units, zeroing a
+// large folio in place when it cannot split it: a reply still holding that
+// folio (sent by reference, see read_view) would then carry zeros for bytes
+// next to a TRIM that the TRIM did not cover.
+static bool exact_punch(int fd) {
+  struct statfs fs;
+  if (::fstatfs(fd, &fs) < 0) return false;
+  const auto t = static_cast<unsigned long>(fs.f_type);
+  return t == 0xEF53 /* ext2/3/4 */ || t == 0x01021994 /* tmpfs */;
+}
+
 void FileTarget::map_segment() {
   if (!local_filesystem(fd_)) {
     LOG_DEBUG("file {}: on a network or FUSE filesystem; reads copy through a buffer", path_);
+    return;
+  }
+  if (!read_only_ && !exact_punch(fd_)) {
+    LOG_DEBUG("file {}: writable on a filesystem that may clear more than a TRIM asks; reads copy through a buffer",
+              path_);
     return;
   }
   // Without a usable cachestat (an older kernel, or a file this process may

@@ -45,6 +45,8 @@ constexpr uint64_t kMaxInFlightBytes = 128ull << 20;
 // Reads are answered from the target's memory (read_view) only while fewer
 // reply bytes than this wait to be sent.
 constexpr uint64_t kViewBacklog = 4ull << 20;
+// Replies sent by one sendmsg (or one splice) at most.
+constexpr std::size_t kMaxBatch = 64;
 constexpr std::string_view kBaseAllocation = "base:allocation";
 
 // Suspends the connection's reader (or closer) until maybe_wake() resumes it.
@@ -90,7 +92,12 @@ Connection::Connection(Server& server, Queue& q, int fd, uint64_t id, std::strin
   // splice(2) into the socket must not block the queue thread on a full
   // socket: it does unless the socket is O_NONBLOCK (io_uring's own socket
   // operations poll either way).
-  if (splice_enabled()) ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) | O_NONBLOCK);
+  if (splice_enabled()) {
+    int fl = ::fcntl(fd_, F_GETFL);
+    if (fl < 0 || ::fcntl(fd_, F_SETFL, fl | O_NONBLOCK) < 0) splice_broken_ = true;
+  } else {
+    splice_broken_ = true;
+  }
 }
 
 Connection::~Connection() {
@@ -852,7 +859,6 @@ void Connection::queue_reply(Reply r) {
 }
 
 Task<void> Connection::drain_send_queue() {
-  constexpr std::size_t kMaxBatch = 64;
   iovec iov[2 * kMaxBatch];
   // Let every request completed in this batch queue its reply first.
   co_await q_.ring().defer();
@@ -872,13 +878,19 @@ Task<void> Connection::drain_send_queue() {
         sent = tls_->send(static_cast<const std::byte*>(iov[i].iov_base), iov[i].iov_len);
       if (sent) sent = tls_->uncork();
       if (sent) sent = co_await flush_tls();
-    } else if (splice_ok(batch)) {
-      sent = co_await splice_batch(batch);
     } else {
-      msghdr msg{};
-      msg.msg_iov = iov;
-      msg.msg_iovlen = niov;
-      sent = co_await raw_send_all(msg);
+      bool spliced = false;
+      if (splice_ok(batch)) {
+        auto r = co_await splice_batch(batch);
+        if (!r) sent = fail(std::move(r.error()));
+        spliced = !r || *r;
+      }
+      if (!spliced) {
+        msghdr msg{};
+        msg.msg_iov = iov;
+        msg.msg_iovlen = niov;
+        sent = co_await raw_send_all(msg);
+      }
     }
     if (!sent) {
       if (sent.error().code == EFAULT)  // a mapped file shrank under a reply
@@ -909,7 +921,7 @@ bool Connection::splice_enabled() {
 }
 
 bool Connection::splice_ok(std::size_t batch) {
-  if (!splice_enabled() || splice_broken_) return false;
+  if (splice_broken_) return false;
   // Only a batch that carries a view and nothing but views: data in
   // buffers is sent by sendmsg (those buffers are reused at once; a pipe
   // would still reference them), and header-only batches (write
@@ -926,12 +938,27 @@ bool Connection::splice_ok(std::size_t batch) {
       splice_broken_ = true;
       return false;
     }
-    (void)::fcntl(pipe_[1], F_SETPIPE_SZ, 1 << 20);  // else the default 64 KiB
+    // 1 MiB if allowed; less than 64 KiB (a user over its pipe page quota
+    // gets 2 slots) would cost a system call per page: sendmsg then.
+    (void)::fcntl(pipe_[1], F_SETPIPE_SZ, 1 << 20);
+    if (::fcntl(pipe_[1], F_GETPIPE_SZ) < (64 << 10)) {
+      stop_splicing();
+      return false;
+    }
   }
   return true;
 }
 
-Task<Result<>> Connection::splice_batch(std::size_t batch) {
+void Connection::stop_splicing() {
+  splice_broken_ = true;
+  if (pipe_[0] >= 0) {
+    ::close(pipe_[0]);
+    ::close(pipe_[1]);
+    pipe_[0] = pipe_[1] = -1;
+  }
+}
+
+Task<Result<bool>> Connection::splice_batch(std::size_t batch) {
   // The headers go into an arena that is never written twice: vmsplice
   // hands the pipe references to these pages, not copies, and the client
   // may read them long after this batch. A used-up arena is unmapped (the
@@ -942,9 +969,12 @@ Task<Result<>> Connection::splice_batch(std::size_t batch) {
     hdr_pos_ = 0;
     void* m = ::mmap(nullptr, kHeaderArena, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     hdr_arena_ = m == MAP_FAILED ? nullptr : static_cast<std::byte*>(m);
-    if (!hdr_arena_) co_return posix_error("mmap", errno);
+    if (!hdr_arena_) {
+      stop_splicing();
+      co_return false;
+    }
   }
-  iovec iov[2 * 64];
+  iovec iov[2 * kMaxBatch];
   std::size_t niov = 0, total = 0;
   for (std::size_t i = 0; i < batch; ++i) {
     const Reply& r = out_[i];
@@ -962,11 +992,24 @@ Task<Result<>> Connection::splice_batch(std::size_t batch) {
   cursor.msg_iov = iov;
   cursor.msg_iovlen = niov;
   std::size_t in_pipe = 0;
+  bool any_out = false;
+  // Not supported here after all (seccomp, a sandbox, a socket type without
+  // splice): before a byte reached the socket, sendmsg can still send the
+  // batch, and every later one.
+  auto unsupported = [&](int e) {
+    return !any_out && (e == EINVAL || e == ENOSYS || e == EPERM || e == EOPNOTSUPP);
+  };
   while (total > 0) {
     // Into the pipe as much as it takes (references to the pages)...
     if (cursor.msg_iovlen > 0) {
       ssize_t n = ::vmsplice(pipe_[1], cursor.msg_iov, cursor.msg_iovlen, SPLICE_F_NONBLOCK);
-      if (n < 0 && errno != EAGAIN) co_return posix_error("vmsplice", errno);
+      if (n < 0 && errno != EAGAIN) {
+        if (unsupported(errno)) {
+          stop_splicing();
+          co_return false;
+        }
+        co_return posix_error("vmsplice", errno);
+      }
       if (n > 0) {
         advance(cursor, static_cast<std::size_t>(n));
         in_pipe += static_cast<std::size_t>(n);
@@ -978,14 +1021,21 @@ Task<Result<>> Connection::splice_batch(std::size_t batch) {
     if (n > 0) {
       in_pipe -= static_cast<std::size_t>(n);
       total -= static_cast<std::size_t>(n);
+      any_out = true;
       continue;
     }
     if (n == 0) co_return fail(EPIPE, "splice: connection closed");
-    if (errno != EAGAIN) co_return posix_error("splice", errno);
+    if (errno != EAGAIN) {
+      if (unsupported(errno)) {
+        stop_splicing();
+        co_return false;
+      }
+      co_return posix_error("splice", errno);
+    }
     const int fd = fd_;
     (void)co_await q_.ring().op([fd](io_uring_sqe* sqe) { io_uring_prep_poll_add(sqe, fd, POLLOUT); });
   }
-  co_return Result<>{};
+  co_return true;
 }
 
 bool Connection::reader_must_wait() const {

@@ -97,7 +97,10 @@ class Connection {
   // turns it off (sendmsg for everything).
   static bool splice_enabled();
   bool splice_ok(std::size_t batch);
-  Task<Result<>> splice_batch(std::size_t batch);
+  // Sends the first `batch` replies; false: splicing does not work here
+  // (nothing was sent; the caller uses sendmsg, and so will later batches).
+  Task<Result<bool>> splice_batch(std::size_t batch);
+  void stop_splicing();
   static constexpr std::size_t kHeaderArena = 1 << 20;
   int pipe_[2] = {-1, -1};
   bool splice_broken_ = false;

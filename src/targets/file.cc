@@ -23,10 +23,7 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
-#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -89,12 +86,13 @@ Result<std::shared_ptr<Target>> FileTarget::create(Params& p, Resolver& r) {
   if (t->length_ > file_size - t->offset_)
     return fail(EINVAL, fmt::format("file {}: file too small: need {} bytes from offset {}, file has {}", t->path_,
                                     t->length_, t->offset_, file_size));
-  if (!t->direct_ && t->regular_ && t->length_ > 0) t->map_segment();
+  // TRIM and WRITE_ZEROES punch holes unless the file is read-only.
+  if (!t->direct_ && t->regular_)
+    t->map_.map(t->fd_, t->offset_, t->length_, !t->read_only_, fmt::format("file {}", t->path_));
   return std::shared_ptr<Target>(std::move(t));
 }
 
 FileTarget::~FileTarget() {
-  if (map_) ::munmap(map_, map_len_);
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -155,110 +153,14 @@ Task<Result<>> FileTarget::read(Queue& q, std::span<std::byte> buf, uint64_t off
   co_return Result<>{};
 }
 
-namespace {
-// cachestat(2), Linux 6.5 (glibc 2.36 has no wrapper): page-cache counts of
-// a file range, looked up in the page cache itself. (mincore would cost
-// twice as much, walking our page tables under the mmap lock, and reports
-// every page resident for a file the caller could not write.)
-struct CachestatRange {
-  uint64_t off, len;
-};
-struct Cachestat {
-  uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
-};
-constexpr long kSysCachestat = 451;
-
-int cachestat(int fd, uint64_t off, uint64_t len, Cachestat& cs) {
-  CachestatRange r{off, len};
-  return static_cast<int>(::syscall(kSysCachestat, fd, &r, &cs, 0));
-}
-
-// Filesystems whose page cache a mapping may read without the checks a
-// read() makes: not network or FUSE filesystems, where read() revalidates
-// cached pages against the server and a fault on a cached page does not.
-bool local_filesystem(int fd) {
-  struct statfs fs;
-  if (::fstatfs(fd, &fs) < 0) return false;
-  switch (static_cast<unsigned long>(fs.f_type)) {
-    case 0x6969:      // NFS
-    case 0xFF534D42:  // CIFS
-    case 0xFE534D42:  // SMB2
-    case 0x517B:      // SMB
-    case 0x65735546:  // FUSE
-    case 0x00C36400:  // Ceph
-    case 0x01021997:  // 9p
-    case 0x73757245:  // Coda
-    case 0x564C:      // NCP
-    case 0x6B414653:  // AFS
-    case 0x5346414F:  // OpenAFS
-    case 0x47504653:  // GPFS
-    case 0x0BD00BD0:  // Lustre
-      return false;
-    default:
-      return true;
-  }
-}
-}  // namespace
-
-// Filesystems whose hole punching and zeroing clear cached pages only over
-// the bytes asked for. XFS, for one, writes back and drops the page cache
-// over the range rounded out to whole pages or allocation units, zeroing a
-// large folio in place when it cannot split it: a reply still holding that
-// folio (sent by reference, see read_view) would then carry zeros for bytes
-// next to a TRIM that the TRIM did not cover.
-static bool exact_punch(int fd) {
-  struct statfs fs;
-  if (::fstatfs(fd, &fs) < 0) return false;
-  const auto t = static_cast<unsigned long>(fs.f_type);
-  return t == 0xEF53 /* ext2/3/4 */ || t == 0x01021994 /* tmpfs */;
-}
-
-void FileTarget::map_segment() {
-  if (!local_filesystem(fd_)) {
-    LOG_DEBUG("file {}: on a network or FUSE filesystem; reads copy through a buffer", path_);
-    return;
-  }
-  if (!read_only_ && !exact_punch(fd_)) {
-    LOG_DEBUG("file {}: writable on a filesystem that may clear more than a TRIM asks; reads copy through a buffer",
-              path_);
-    return;
-  }
-  // Without a usable cachestat (an older kernel, or a file this process may
-  // not ask about) there is no cheap way to know a range is cached: no views.
-  Cachestat cs{};
-  if (cachestat(fd_, offset_, 1, cs) < 0) {
-    LOG_DEBUG("file {}: cachestat: {}; reads copy through a buffer", path_, std::strerror(errno));
-    return;
-  }
-  page_ = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  const uint64_t start = offset_ / page_ * page_;
-  map_skew_ = offset_ - start;
-  map_len_ = map_skew_ + length_;
-  void* m = ::mmap(nullptr, map_len_, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(start));
-  if (m == MAP_FAILED) {
-    // Not fatal: reads then all go through read().
-    LOG_DEBUG("file {}: mmap: {}; reads copy through a buffer", path_, std::strerror(errno));
-    map_len_ = 0;
-    return;
-  }
-  map_ = static_cast<std::byte*>(m);
-}
-
 std::optional<std::span<const std::byte>> FileTarget::read_view(Queue& q, uint64_t offset, uint64_t length) {
   (void)q;
-  if (!map_ || length == 0) return std::nullopt;
-  // Sending from a page that is not in memory would read it from disk on
-  // the queue thread (a page fault in the middle of sendmsg); only a range
-  // that is all in the page cache is offered. A page evicted between this
-  // check and the send is read in then: rare, and correct, only slower.
-  const uint64_t at = offset_ + offset;
-  const uint64_t pages = (at + length + page_ - 1) / page_ - at / page_;
-  Cachestat cs{};
-  if (cachestat(fd_, at, length, cs) < 0 || cs.nr_cache < pages) return std::nullopt;
+  auto v = map_.view(offset, length);
+  if (!v) return std::nullopt;
   IoStats::bump(stats_.reads);
   IoStats::bump(stats_.read_bytes, length);
   IoStats::bump(mapped_reads_);
-  return std::span<const std::byte>(map_ + map_skew_ + offset, length);
+  return v;
 }
 
 Task<Result<>> FileTarget::write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {

@@ -11,6 +11,7 @@
 
 #include "core/queue.h"
 #include "core/target.h"
+#include "targets/mapped_range.h"
 #include "targets/registry.h"
 
 namespace strata {
@@ -48,7 +49,6 @@ class FileTarget final : public Target {
 
  private:
   FileTarget() = default;
-  void map_segment();
   Task<Result<>> sync_if(Queue& q, bool fua);
   Task<Result<>> fdatasync(Queue& q);
 
@@ -68,12 +68,7 @@ class FileTarget final : public Target {
 
   std::string path_;
   int fd_ = -1;
-  // The segment mapped read-only (MAP_SHARED, so it is the page cache), from
-  // the page holding offset_; null when not mapped.
-  std::byte* map_ = nullptr;
-  std::size_t map_len_ = 0;
-  std::size_t map_skew_ = 0;  // offset_ - the mapping's file offset
-  uint64_t page_ = 4096;
+  MappedRange map_;  // the segment, for read_view
   uint64_t offset_ = 0;
   uint64_t length_ = 0;
   bool direct_ = false;

@@ -163,6 +163,7 @@ void CowTarget::info(InfoSink& out) const {
     for (uint8_t s : top_state_) held += s != kAbsent;
   }
   out.add("top_chunks", held);
+  out.add("mapped_reads", layer_views_.load(std::memory_order_relaxed));
   stats_.report(out);
 }
 
@@ -224,17 +225,23 @@ std::optional<uint8_t> CowTarget::single_holder(uint64_t offset, uint64_t length
 }
 
 std::optional<std::span<const std::byte>> CowTarget::read_view(Queue& q, uint64_t offset, uint64_t length) {
-  // Ranges that are all in the base (its own view: a file's page cache) or
-  // all zeros; a layer's data is read() (a merge may retire its file).
-  // While a merge swaps layers (frozen_all) reads wait in read() instead.
+  // Ranges that all come from one place: the base (its own view: a file's
+  // page cache), one layer's data (its mapping), or zeros. While a merge
+  // swaps layers (frozen_all) reads wait in read() instead.
   if (length == 0 || per_queue_[q.id()].frozen_all) return std::nullopt;
   auto h = single_holder(offset, length);
   if (!h) return std::nullopt;
   std::optional<std::span<const std::byte>> v;
-  if ((*h & kZeroBit) || (*h == 0 && !base_))
+  if ((*h & kZeroBit) || (*h == 0 && !base_)) {
     v = zero_view(length);
-  else if (*h == 0)
+  } else if (*h == 0) {
     v = base_->read_view(q, offset, length);
+  } else {
+    // A layer's data: the LayerFile stays open (retired, not closed) when a
+    // merge takes it out of the stack, so its mapping outlives the reply.
+    v = layers_[*h - 1]->data_view(offset, length);
+    if (v) IoStats::bump(layer_views_);
+  }
   if (v) {
     IoStats::bump(stats_.reads);
     IoStats::bump(stats_.read_bytes, length);

@@ -147,6 +147,7 @@ class CowTarget final : public Target {
   // which is in the file already) and syncs it. Blocking pool.
   Result<> persist(LayerFile& layer, const std::vector<PageCopy>& pages);
 
+  std::atomic<uint64_t> layer_views_{0};  // reads answered from a layer's mapping
   std::string top_path_;
   std::shared_ptr<Target> base_;
   std::string base_name_;

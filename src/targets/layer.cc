@@ -133,6 +133,13 @@ std::string uuid_string(const Uuid& u) {
                      u[15]);
 }
 
+std::optional<std::span<const std::byte>> LayerFile::data_view(uint64_t pos, uint64_t length) const {
+  std::call_once(map_once_, [this] {
+    data_map_.map(fd_, h_.data_offset, chunks() * h_.chunk_size, /*punched=*/true, fmt::format("layer {}", path_));
+  });
+  return data_map_.view(pos, length);
+}
+
 LayerFile::~LayerFile() {
   if (fd_ >= 0) ::close(fd_);
 }

@@ -13,10 +13,14 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "core/result.h"
+#include "targets/mapped_range.h"
 
 namespace strata {
 
@@ -71,6 +75,12 @@ class LayerFile {
   // strata never reads where the layer holds nothing, and without readahead
   // its own reads of held chunks do not pull holes in either.
   void prepare_for_writes() const;
+  // Chunk data [pos, pos + length) (device offsets) straight from the page
+  // cache, when all of it is cached; for read views. Any layer may be
+  // written or punched by a merge, so this follows MappedRange's rule for
+  // punched files. The mapping is made on first use and lives as long as
+  // this object (which a merge retires but keeps).
+  std::optional<std::span<const std::byte>> data_view(uint64_t pos, uint64_t length) const;
   // The parent's path resolved against this layer's directory.
   std::string parent_full_path() const;
 
@@ -93,6 +103,8 @@ class LayerFile {
   std::string path_;
   int fd_ = -1;
   Header h_;
+  mutable std::once_flag map_once_;
+  mutable MappedRange data_map_;
 };
 
 }  // namespace strata

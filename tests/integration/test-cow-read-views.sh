@@ -1,5 +1,5 @@
 #!/bin/bash
-# cow reads without a copy: a range held by the base is sent from the base file's mapping (the base device's mapped_reads counts it), a range of zero chunks from the zero page; ranges held by a layer, and ranges that mix holders, are read as before. Every read returns the stack's bytes: base, two layers, a trimmed range, writes while reading, before and after an online merge.
+# cow reads without a copy: a range held by the base is sent from the base file's mapping (the base device's mapped_reads counts it), a cached range held by one layer from that layer file's mapping (the cow's mapped_reads), a range of zero chunks from the zero page; ranges that mix holders are read as before. Every read returns the stack's bytes: base, two layers, a trimmed range, writes while reading, before and after an online merge.
 . "$(dirname "$0")/functions.sh"
 requires jq nbdcopy cmp
 
@@ -14,6 +14,7 @@ cat "$B" >/dev/null   # the base in the page cache: its ranges can be mapped rea
 start_strata --table "$WORK/t.conf"
 
 mapped() { ctl status base --json | jq '.[0].segments[0].info.mapped_reads'; }
+layer_mapped() { ctl status d --json | jq '.[0].segments[0].info.mapped_reads'; }
 # put OFF LEN BYTE: write through NBD and into want.img.
 put() {
   qio "$(uri d)" "write -P $3 $1 $2"
@@ -37,10 +38,13 @@ qio "$(uri d)" "discard $((4 * 1048576)) $((512 * 1024))"
 fill "$WORK/want.img" $((4 * 1048576)) $((512 * 1024)) 0x00
 check "layer + trim"
 qio "$(uri d)" "read -P 0 $((4 * 1048576)) $((512 * 1024))" "read -P 0x11 $((1048576 + 8192)) 4096"
-m1=$(mapped)
-qio "$(uri d)" "read -P 0x22 $((1048576 + 4096)) 100"
+m1=$(mapped) l1=$(layer_mapped)
+qio "$(uri d)" "read -P 0x22 $((1048576 + 4096)) 100" "read -P 0x11 $((1048576 + 65536)) 65536"
 [ "$(mapped)" = "$m1" ] || die "a range held by a layer was counted as a mapped read of the base"
+[ "$(layer_mapped)" -gt "$l1" ] || die "cached ranges held by the top layer were not read from its mapping"
 
+# A read-only layer below the top: its chunks are mapped reads too (l1 holds
+# nothing yet here; after the snapshot below, the old top is read-only).
 # Writes into base-held chunks while a reader runs: afterwards the written
 # chunks come from the top, the rest still from the base.
 pids=()
@@ -56,6 +60,9 @@ check "after concurrent writes"
 ctl snapshot d >/dev/null
 put $((2 * 1048576)) 65536 0x44
 check "after snapshot"
+l2=$(layer_mapped)
+check "after snapshot (read-only layer under a new top)"
+[ "$(layer_mapped)" -gt "$l2" ] || die "no mapped reads of the read-only layer after the snapshot"
 ctl merge d >/dev/null
 check "after merge"
 m2=$(mapped)

@@ -27,11 +27,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include <cstring>
-
 #include <fmt/core.h>
 
-#include "core/log.h"
 #include "core/queue.h"
 
 namespace strata {

@@ -36,9 +36,9 @@ class FileTarget final : public Target {
   void info(InfoSink& out) const override;
 
   Task<Result<>> read(Queue& q, std::span<std::byte> buf, uint64_t offset) override;
-  // From a shared read-only mapping of the segment, when every page of the
-  // range is in the page cache (cachestat): the NBD reply is then copied once,
-  // page cache to socket, instead of twice. Not with direct=on.
+  // From a shared read-only mapping of the segment (MappedRange), when every
+  // page of the range is in the page cache: the NBD export then sends the
+  // pages by reference. Not with direct=on.
   std::optional<std::span<const std::byte>> read_view(Queue& q, uint64_t offset, uint64_t length) override;
   Task<Result<>> write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) override;
   Task<Result<>> flush(Queue& q) override;

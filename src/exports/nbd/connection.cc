@@ -27,7 +27,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/mman.h>
-
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -963,7 +962,7 @@ Task<Result<bool>> Connection::splice_batch(std::size_t batch) {
   // hands the pipe references to these pages, not copies, and the client
   // may read them long after this batch. A used-up arena is unmapped (the
   // kernel keeps the pages it still references) and a new one mapped.
-  constexpr std::size_t kBatchHeaders = 64 * sizeof(Reply::hdr);
+  constexpr std::size_t kBatchHeaders = kMaxBatch * sizeof(Reply::hdr);
   if (!hdr_arena_ || hdr_pos_ + kBatchHeaders > kHeaderArena) {
     if (hdr_arena_) ::munmap(hdr_arena_, kHeaderArena);
     hdr_pos_ = 0;
@@ -997,17 +996,16 @@ Task<Result<bool>> Connection::splice_batch(std::size_t batch) {
   // splice): before a byte reached the socket, sendmsg can still send the
   // batch, and every later one.
   auto unsupported = [&](int e) {
-    return !any_out && (e == EINVAL || e == ENOSYS || e == EPERM || e == EOPNOTSUPP);
+    bool fall_back = !any_out && (e == EINVAL || e == ENOSYS || e == EPERM || e == EOPNOTSUPP);
+    if (fall_back) stop_splicing();
+    return fall_back;
   };
   while (total > 0) {
     // Into the pipe as much as it takes (references to the pages)...
     if (cursor.msg_iovlen > 0) {
       ssize_t n = ::vmsplice(pipe_[1], cursor.msg_iov, cursor.msg_iovlen, SPLICE_F_NONBLOCK);
       if (n < 0 && errno != EAGAIN) {
-        if (unsupported(errno)) {
-          stop_splicing();
-          co_return false;
-        }
+        if (unsupported(errno)) co_return false;
         co_return posix_error("vmsplice", errno);
       }
       if (n > 0) {
@@ -1017,7 +1015,7 @@ Task<Result<bool>> Connection::splice_batch(std::size_t batch) {
     }
     // ...and from the pipe into the socket, which takes the pages as they
     // are (AF_UNIX and TCP: no copy); the client's read is the one copy.
-    ssize_t n = ::splice(pipe_[0], nullptr, fd_, nullptr, in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    ssize_t n = ::splice(pipe_[0], nullptr, fd_, nullptr, in_pipe, SPLICE_F_NONBLOCK);
     if (n > 0) {
       in_pipe -= static_cast<std::size_t>(n);
       total -= static_cast<std::size_t>(n);
@@ -1026,10 +1024,7 @@ Task<Result<bool>> Connection::splice_batch(std::size_t batch) {
     }
     if (n == 0) co_return fail(EPIPE, "splice: connection closed");
     if (errno != EAGAIN) {
-      if (unsupported(errno)) {
-        stop_splicing();
-        co_return false;
-      }
+      if (unsupported(errno)) co_return false;
       co_return posix_error("splice", errno);
     }
     const int fd = fd_;

@@ -1,32 +1,38 @@
 // Design notes
 //
-// libnfs's raw RPC layer is used as a codec with a socket: rpc_nfs3_*_async
-// encodes a call into the context's out-queue, rpc_service() writes queued
-// calls and reads and decodes replies, calling our callback for each. We poll
-// the socket with one-shot io_uring polls (POLLIN while connected, POLLOUT
-// while the out-queue is not empty or the connection is being made), re-armed
-// after each rpc_service(); a one-shot poll reports readiness at once if data
-// is already there, so nothing is missed if libnfs reads only part of it.
+// libnfs makes each connection: rpc_connect_port_async() connects (from a
+// reserved port when it can) and pings the program with a NULL call; we poll
+// its socket with one-shot io_uring polls and call rpc_service() until
+// on_connect. From then on the socket is ours and libnfs is never serviced
+// again: calls are encoded by nfs_wire into OutRecords (a WRITE's data stays
+// in the caller's buffer), queued in order, and written by one io_uring
+// sendmsg per ring batch (flush_later, Ring::defer), so a burst of requests
+// costs no syscall of its own; replies are read by io_uring recv into a
+// per-connection buffer, cut into records and matched to calls by xid.
 //
-// Callbacks never resume a coroutine directly: they record the reply and put
-// the call on ready_, and the calls are resumed after rpc_service() returns,
-// so a resumed request can send new calls, or the connection can be torn
-// down, without libnfs on the stack.
+// A record's memory is in the socket's hands once a sendmsg holding it is
+// submitted. So a call is completed (and its caller may free its data) only
+// after a reply (which the server can only send once it has read all the
+// record), or after its connection was shut down (a sendmsg still armed on a
+// shut-down socket only fails: sends run on this thread, DEFER_TASKRUN), or
+// if none of its record was submitted yet (the record is then skipped).
 //
-// Calls are sent as soon as they are made; the encoded bytes are written to
-// the socket once per ring batch (flush_later, Ring::defer), so a burst of
-// requests costs one send.
+// Replies never resume a coroutine directly: they put the call on ready_,
+// and the calls are resumed after the buffer is parsed, so a resumed request
+// can send new calls, or the connection can be torn down, with no parser on
+// the stack.
 //
-// libnfs never reconnects on its own here: a broken connection is torn down
-// (its context destroyed) and its calls go back to the front of the waiting
-// list; a new connection sends them again. A ticker (100 ms, only while calls
-// are outstanding or a connection is being made) expires calls past their
+// A broken connection is torn down (socket shut down, libnfs context
+// destroyed) and its calls go back to the front of the waiting list; a new
+// connection sends them again. A ticker (100 ms, only while calls are
+// outstanding or a connection is being made) expires calls past their
 // deadline, reconnects with backoff (50 ms doubling to 1 s), and drops a
 // connection that has not answered for `stall`.
 #include "targets/nfs_client.h"
 
 #include <arpa/inet.h>
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <nfsc/libnfs.h>
 #include <nfsc/libnfs-raw.h>
@@ -41,12 +47,10 @@
 
 #include "core/log.h"
 #include "core/queue.h"
+#include "targets/nfs_wire.h"
 
 // Exported by libnfs 4.0 but missing from its public headers.
 extern "C" void rpc_set_autoreconnect(struct rpc_context* rpc, int num_retries);
-// Decodes one RPC record (buf starts with its 4-byte record marker) and calls
-// the reply's callback; the caller keeps buf.
-extern "C" int rpc_process_pdu(struct rpc_context* rpc, char* buf, int size);
 
 namespace strata {
 
@@ -90,12 +94,6 @@ const char* nfsstat_name(int s) {
   }
 }
 
-uint64_t verf_of(const char* v) {
-  uint64_t x;
-  std::memcpy(&x, v, sizeof x);
-  return x;
-}
-
 }  // namespace
 
 int nfs3_errno(int s) {
@@ -114,35 +112,76 @@ int nfs3_errno(int s) {
   }
 }
 
-// One attempt of a call, handed to libnfs as private data. Detached (call ==
-// nullptr) when the call was given up or moved to another connection; the
-// callback then only frees it.
-struct RpcCall {
-  NfsClient* client;
-  NfsClient::Call* call;
+// One call's record on its way to the socket: the encoded header, then (a
+// WRITE) the caller's data and its padding. Records of a connection form a
+// FIFO; a batch of them goes out in one io_uring sendmsg.
+struct OutRecord {
+  std::byte hdr[nfswire::kMaxHeader];
+  uint32_t hdr_len = 0;
+  const std::byte* data = nullptr;
+  uint32_t data_len = 0;
+  NfsClient::Call* call = nullptr;  // nullptr: withdrawn before any byte went out
+  bool started = false;             // some of it is (or was) in a submitted sendmsg
+  OutRecord* next = nullptr;
+  size_t size() const { return hdr_len + size_t{data_len} + nfswire::pad_of(data_len); }
 };
 
-struct PollCompletion : Completion {
+enum class CompletionKind { kPoll, kRecv, kSend };
+
+struct ConnCompletion : Completion {
   struct NfsClient::Conn* conn = nullptr;
-  bool out = false;
-  bool is_recv = false;  // `in` armed as a recv into Conn::rx (connected)
+  CompletionKind kind = CompletionKind::kPoll;
+  bool out = false;  // the POLLOUT poll of the connecting phase
 };
 
 constexpr size_t kRxBytes = (2u << 20) + 16384;  // two 1 MiB READ replies
+constexpr size_t kMaxIov = 1020;                 // under IOV_MAX (1024)
+constexpr uint32_t kMaxSlots = 1u << 16;         // calls in flight per connection
 
 struct NfsClient::Conn {
   NfsClient* owner = nullptr;
-  rpc_context* rpc = nullptr;
-  PollCompletion in, out;
-  bool in_armed = false, out_armed = false;
+  rpc_context* rpc = nullptr;  // libnfs: the connection and its NULL ping only
+  int fd = -1;                 // once up
+  ConnCompletion in, out, snd;
+  bool in_armed = false, out_armed = false, snd_armed = false;
   bool dead = false;
-  // Replies, read by io_uring straight into this buffer once connected and
-  // cut into RPC records here (libnfs 4.0 would ioctl + recv twice + malloc
-  // per reply).
+  bool parked = false;  // in parked_conns(): see ~NfsClient
+  // Replies, read by io_uring straight into this buffer and cut into RPC
+  // records here.
   std::unique_ptr<char[]> rx;
   size_t rx_cap = 0, rx_head = 0, rx_tail = 0;
-  bool parked = false;  // in parked_conns(): see ~NfsClient
+  // Records waiting to go out or going out; the first `front_done` bytes
+  // of the head are on the socket.
+  OutRecord *oq_head = nullptr, *oq_tail = nullptr;
+  size_t front_done = 0;
+  std::vector<OutRecord*> spare;  // records to reuse
+  std::vector<iovec> iov;
+  msghdr msg{};
+  // xid -> call: the low 16 bits index `slots`, the high 16 count uses, so a
+  // late reply to a call given up never matches the next call in its slot.
+  std::vector<Call*> slots;
+  std::vector<uint32_t> free_slots;
+  uint32_t uses = 0;
+
+  bool armed() const { return in_armed || out_armed || snd_armed; }
+  OutRecord* new_record() {
+    if (spare.empty()) return new OutRecord;
+    OutRecord* r = spare.back();
+    spare.pop_back();
+    return r;
+  }
+  ~Conn() {
+    for (OutRecord* r : spare) delete r;
+    while (OutRecord* r = oq_head) {
+      oq_head = r->next;
+      delete r;
+    }
+  }
 };
+
+namespace {
+const std::byte kZeros[4] = {};
+}  // namespace
 
 namespace {
 // Connections whose client went away while a poll or a recv into rx was
@@ -196,17 +235,16 @@ NfsClient::NfsClient(Queue& q, const NfsEndpoint& ep) : q_(q), ep_(ep) {}
 NfsClient::~NfsClient() {
   *alive_ = false;
   // Only at shutdown (no request is running): drop the connection without
-  // touching the ring, which may already be gone. A poll still armed parks
-  // its Conn (the ring's CQE, if it ever comes, frees it).
+  // touching the ring, which may already be gone. A recv, send or poll still
+  // armed parks its Conn (the ring's CQE, if it ever comes, frees it).
   if (conn_) {
     Conn* conn = conn_;
     conn_ = nullptr;
-    for (Call* c = inflight_.head; c; c = c->next)
-      if (c->rpc) c->rpc->call = nullptr;
     conn->dead = true;
+    if (conn->fd >= 0) ::shutdown(conn->fd, SHUT_RDWR);
     rpc_destroy_context(conn->rpc);
     conn->rpc = nullptr;
-    if (!conn->in_armed && !conn->out_armed)
+    if (!conn->armed())
       delete conn;
     else
       park(conn);
@@ -215,135 +253,53 @@ NfsClient::~NfsClient() {
 
 void NfsClient::submit(Call* c) {
   c->failed = false;
-  c->rpc = nullptr;
-  if (up_ && !in_service_) {
-    if (!send(c)) {
-      waiting_.push_back(c);
-      ++n_waiting_;
-      after_service();
-    }
+  c->out = nullptr;
+  if (up_ && n_waiting_ == 0 && send(c)) {
+    // queued on the connection
   } else {
     waiting_.push_back(c);
     ++n_waiting_;
     if (!conn_ && NfsClock::now() >= next_connect_) connect();
   }
+  publish();
   ensure_ticker();
 }
 
 bool NfsClient::send(Call* c) {
-  auto* rc = new RpcCall{this, c};
-  if (ep_.version == 4) return finish_send(c, rc, send4(c, rc));
-  nfs_fh3 fh{static_cast<u_int>(ep_.fh.size()), reinterpret_cast<char*>(ep_.fh.data())};
-  int r = -1;
-  switch (c->kind) {
-    case Kind::kRead: {
-      READ3args a{};
-      a.file = fh;
-      a.offset = c->offset;
-      a.count = c->count;
-      r = rpc_nfs3_read_async(conn_->rpc, &NfsClient::on_reply, &a, rc);
-      break;
-    }
-    case Kind::kWrite: {
-      WRITE3args a{};
-      a.file = fh;
-      a.offset = c->offset;
-      a.count = c->count;
-      a.stable = static_cast<stable_how>(c->stable);
-      a.data.data_len = c->count;
-      a.data.data_val = const_cast<char*>(reinterpret_cast<const char*>(c->wdata));
-      r = rpc_nfs3_write_async(conn_->rpc, &NfsClient::on_reply, &a, rc);
-      break;
-    }
-    case Kind::kCommit: {
-      COMMIT3args a{};
-      a.file = fh;
-      a.offset = 0;
-      a.count = 0;  // the whole file
-      r = rpc_nfs3_commit_async(conn_->rpc, &NfsClient::on_reply, &a, rc);
-      break;
-    }
+  Conn* conn = conn_;
+  uint32_t slot;
+  if (!conn->free_slots.empty()) {
+    slot = conn->free_slots.back();
+    conn->free_slots.pop_back();
+  } else if (conn->slots.size() < kMaxSlots) {
+    slot = static_cast<uint32_t>(conn->slots.size());
+    conn->slots.push_back(nullptr);
+  } else {
+    return false;  // 65536 calls in flight: this one waits
   }
-  return finish_send(c, rc, r);
-}
+  c->xid = (++conn->uses << 16) | slot;
+  conn->slots[slot] = c;
 
-int NfsClient::send4(Call* c, RpcCall* rc) {
-  // COMPOUND { PUTFH fh; READ | WRITE | COMMIT } with the anonymous stateid
-  // (all zeros): NFSv4.0 I/O without OPEN state, so nothing to recover
-  // after a reconnect or a server restart but what the verifiers say.
-  nfs_argop4 ops[2]{};
-  ops[0].argop = OP_PUTFH;
-  ops[0].nfs_argop4_u.opputfh.object.nfs_fh4_len = static_cast<u_int>(ep_.fh.size());
-  ops[0].nfs_argop4_u.opputfh.object.nfs_fh4_val = reinterpret_cast<char*>(ep_.fh.data());
-  switch (c->kind) {
-    case Kind::kRead:
-      ops[1].argop = OP_READ;
-      ops[1].nfs_argop4_u.opread.offset = c->offset;
-      ops[1].nfs_argop4_u.opread.count = c->count;
-      break;
-    case Kind::kWrite:
-      ops[1].argop = OP_WRITE;
-      ops[1].nfs_argop4_u.opwrite.offset = c->offset;
-      ops[1].nfs_argop4_u.opwrite.stable = static_cast<stable_how4>(c->stable);
-      ops[1].nfs_argop4_u.opwrite.data.data_len = c->count;
-      ops[1].nfs_argop4_u.opwrite.data.data_val = const_cast<char*>(reinterpret_cast<const char*>(c->wdata));
-      break;
-    case Kind::kCommit:
-      ops[1].argop = OP_COMMIT;
-      ops[1].nfs_argop4_u.opcommit.offset = 0;
-      ops[1].nfs_argop4_u.opcommit.count = 0;
-      break;
-  }
-  COMPOUND4args args{};
-  args.argarray.argarray_len = 2;
-  args.argarray.argarray_val = ops;
-  return rpc_nfs4_compound_async(conn_->rpc, &NfsClient::on_reply, &args, rc);
-}
+  OutRecord* r = conn->new_record();
+  const nfswire::Proc proc = c->kind == Kind::kRead    ? nfswire::Proc::kRead
+                             : c->kind == Kind::kWrite ? nfswire::Proc::kWrite
+                                                       : nfswire::Proc::kCommit;
+  // COMMIT: offset 0, count 0 = the whole file.
+  const uint64_t offset = c->kind == Kind::kCommit ? 0 : c->offset;
+  const uint32_t count = c->kind == Kind::kCommit ? 0 : c->count;
+  r->hdr_len = static_cast<uint32_t>(nfswire::encode_call(r->hdr, c->xid, ep_.version,
+                                                          {static_cast<uint32_t>(ep_.uid), static_cast<uint32_t>(ep_.gid)},
+                                                          ep_.fh, proc, offset, count, c->stable));
+  r->data = c->kind == Kind::kWrite ? c->wdata : nullptr;
+  r->data_len = c->kind == Kind::kWrite ? c->count : 0;
+  r->call = c;
+  r->started = false;
+  r->next = nullptr;
+  if (conn->oq_tail) conn->oq_tail->next = r; else conn->oq_head = r;
+  conn->oq_tail = r;
+  c->out = r;
 
-int NfsClient::parse4(Call* c, void* data) {
-  auto* res = static_cast<COMPOUND4res*>(data);
-  if (res->resarray.resarray_len < 2) return res->status != NFS4_OK ? res->status : NFS4ERR_SERVERFAULT;
-  // libnfs 4.0 lays the result array out 4-byte aligned: copy the entry
-  // rather than bind a reference to it (UBSan: misaligned nfs_resop4).
-  nfs_resop4 op;
-  std::memcpy(&op, reinterpret_cast<const char*>(res->resarray.resarray_val) + sizeof(nfs_resop4), sizeof op);
-  switch (c->kind) {
-    case Kind::kRead: {
-      const READ4res& r = op.nfs_resop4_u.opread;
-      if (r.status != NFS4_OK) return r.status;
-      uint32_t n = std::min<uint32_t>(r.READ4res_u.resok4.data.data_len, c->count);
-      std::memcpy(c->rdata, r.READ4res_u.resok4.data.data_val, n);
-      c->done_count = n;
-      c->eof = r.READ4res_u.resok4.eof;
-      return NFS4_OK;
-    }
-    case Kind::kWrite: {
-      const WRITE4res& r = op.nfs_resop4_u.opwrite;
-      if (r.status != NFS4_OK) return r.status;
-      c->done_count = r.WRITE4res_u.resok4.count;
-      c->committed = r.WRITE4res_u.resok4.committed;
-      c->verf = verf_of(r.WRITE4res_u.resok4.writeverf);
-      return NFS4_OK;
-    }
-    case Kind::kCommit: {
-      const COMMIT4res& r = op.nfs_resop4_u.opcommit;
-      if (r.status != NFS4_OK) return r.status;
-      c->verf = verf_of(r.COMMIT4res_u.resok4.writeverf);
-      return NFS4_OK;
-    }
-  }
-  return NFS4ERR_SERVERFAULT;
-}
-
-bool NfsClient::finish_send(Call* c, RpcCall* rc, int r) {
-  if (r != 0) {
-    delete rc;
-    broken_ = true;
-    broken_why_ = fmt::format("cannot queue {}: {}", kind_name(c->kind), rpc_get_error(conn_->rpc));
-    return false;
-  }
   if (n_inflight_ == 0) last_rx_ = NfsClock::now();  // the stall clock starts now
-  c->rpc = rc;
   inflight_.push_back(c);
   ++n_inflight_;
   if (c->sent_once) stats_.resent.fetch_add(1, std::memory_order_relaxed);
@@ -364,74 +320,66 @@ void NfsClient::send_waiting() {
   }
 }
 
-void NfsClient::on_reply(rpc_context* rpc, int status, void* data, void* priv) {
-  (void)rpc;
-  auto* rc = static_cast<RpcCall*>(priv);
-  Call* c = rc->call;
-  NfsClient* self = rc->client;
-  delete rc;
-  if (!c) return;
-  c->rpc = nullptr;
-  self->inflight_.remove(c);
-  --self->n_inflight_;
-  if (status != RPC_STATUS_SUCCESS) {
-    // The connection failed under this call: send it again on the next one.
-    self->waiting_.push_front(c);
-    ++self->n_waiting_;
-    if (!self->broken_) {
-      self->broken_ = true;
-      self->broken_why_ = status == RPC_STATUS_ERROR && data ? static_cast<const char*>(data) : "connection lost";
+// Takes an in-flight call off the current connection: its slot is freed (a
+// late reply is ignored) and its record, if none of it went out yet, is
+// skipped. The caller must not do this to a call whose record has started
+// going out (tear the connection down instead).
+void NfsClient::withdraw(Call* c) {
+  inflight_.remove(c);
+  --n_inflight_;
+  if (Conn* conn = conn_) {
+    const uint32_t slot = c->xid & 0xffff;
+    if (slot < conn->slots.size() && conn->slots[slot] == c) {
+      conn->slots[slot] = nullptr;
+      conn->free_slots.push_back(slot);
     }
+  }
+  if (c->out) c->out->call = nullptr;
+  c->out = nullptr;
+}
+
+void NfsClient::reply(Call* c, std::span<const std::byte> body) {
+  nfswire::Reply r;
+  std::string why;
+  const nfswire::Proc proc = c->kind == Kind::kRead    ? nfswire::Proc::kRead
+                             : c->kind == Kind::kWrite ? nfswire::Proc::kWrite
+                                                       : nfswire::Proc::kCommit;
+  if (!nfswire::decode_reply(body, ep_.version, proc, &r, &why)) {
+    broken_ = true;
+    broken_why_ = fmt::format("{} reply of {} bytes: {}", kind_name(c->kind), body.size(), why);
     return;
   }
-  self->last_rx_ = NfsClock::now();
-  int st = 0;
-  if (self->ep_.version == 4) {
-    st = parse4(c, data);
-    if (st == NFS4ERR_GRACE) st = NFS3ERR_JUKEBOX;  // the server is recovering: try again
-  } else switch (c->kind) {
-    case Kind::kRead: {
-      auto* res = static_cast<READ3res*>(data);
-      st = res->status;
-      if (st == NFS3_OK) {
-        const auto& ok = res->READ3res_u.resok;
-        uint32_t n = std::min<uint32_t>(ok.data.data_len, c->count);
-        std::memcpy(c->rdata, ok.data.data_val, n);
-        c->done_count = n;
-        c->eof = ok.eof;
-      }
-      break;
-    }
-    case Kind::kWrite: {
-      auto* res = static_cast<WRITE3res*>(data);
-      st = res->status;
-      if (st == NFS3_OK) {
-        const auto& ok = res->WRITE3res_u.resok;
-        c->done_count = ok.count;
-        c->committed = ok.committed;
-        c->verf = verf_of(ok.verf);
-      }
-      break;
-    }
-    case Kind::kCommit: {
-      auto* res = static_cast<COMMIT3res*>(data);
-      st = res->status;
-      if (st == NFS3_OK) c->verf = verf_of(res->COMMIT3res_u.resok.verf);
-      break;
-    }
+  withdraw(c);
+  if (r.rpc_errno != 0) {
+    c->failed = true;
+    c->error = Error{r.rpc_errno, fmt::format("NFS {} at {} on {}:{}: {}", kind_name(c->kind), c->offset,
+                                              ep_.server, ep_.port, r.rpc_why)};
+    ready_.push_back(c);
+    return;
   }
+  int st = r.status;
+  if (ep_.version == 4 && (st == NFS4ERR_GRACE || st == NFS4ERR_DELAY)) st = NFS3ERR_JUKEBOX;
   if (st == NFS3ERR_JUKEBOX) {
     // The server asks to try again later: the ticker sends it again.
-    self->waiting_.push_back(c);
-    ++self->n_waiting_;
+    waiting_.push_back(c);
+    ++n_waiting_;
     return;
   }
   if (st != NFS3_OK) {
     c->failed = true;
     c->error = Error{nfs3_errno(st), fmt::format("NFS {} at {}: {} ({})", kind_name(c->kind), c->offset,
                                                  nfsstat_name(st), st)};
+  } else if (c->kind == Kind::kRead) {
+    const uint32_t n = std::min(r.count, c->count);
+    std::memcpy(c->rdata, r.data, n);
+    c->done_count = n;
+    c->eof = r.eof;
+  } else {
+    c->done_count = r.count;
+    c->committed = r.committed;
+    c->verf = r.verf;
   }
-  self->ready_.push_back(c);
+  ready_.push_back(c);
 }
 
 void NfsClient::connect() {
@@ -446,9 +394,12 @@ void NfsClient::connect() {
   auto* conn = new Conn;
   conn->owner = this;
   conn->rpc = rpc;
-  conn->in.conn = conn->out.conn = conn;
-  conn->in.callback = conn->out.callback = &NfsClient::on_poll;
+  for (ConnCompletion* cc : {&conn->in, &conn->out, &conn->snd}) {
+    cc->conn = conn;
+    cc->callback = &NfsClient::on_poll;
+  }
   conn->out.out = true;
+  conn->snd.kind = CompletionKind::kSend;
   if (rpc_connect_port_async(rpc, ep_.server.c_str(), ep_.port, NFS_PROGRAM, ep_.version == 4 ? 4 : NFS_V3,
                              &NfsClient::on_connect, conn) != 0) {
     last_error_ = fmt::format("connect to {}:{}: {}", ep_.server, ep_.port, rpc_get_error(rpc));
@@ -466,7 +417,6 @@ void NfsClient::connect() {
 }
 
 void NfsClient::on_connect(rpc_context* rpc, int status, void* data, void* priv) {
-  (void)rpc;
   auto* conn = static_cast<Conn*>(priv);
   if (conn->dead) return;
   NfsClient* self = conn->owner;
@@ -478,32 +428,46 @@ void NfsClient::on_connect(rpc_context* rpc, int status, void* data, void* priv)
                                                                        : "cancelled");
     return;
   }
+  // From here on the socket is ours: libnfs is never serviced again.
+  conn->fd = rpc_get_fd(rpc);
   self->up_ = true;
   self->backoff_ = std::chrono::milliseconds(0);
   if (self->stats_.connects++ > 0)
     LOG_INFO("nfs {}:{}: reconnected; sending {} waiting calls", self->ep_.server, self->ep_.port,
              self->n_waiting_);
   self->last_error_.clear();
-  // Send everything that waited for the connection (we are inside
-  // rpc_service, which writes them out before it returns or on the next
-  // POLLOUT).
   self->send_waiting();
 }
 
 void NfsClient::on_poll(Completion* cc) {
-  auto* pc = static_cast<PollCompletion*>(cc);
+  auto* pc = static_cast<ConnCompletion*>(cc);
   Conn* conn = pc->conn;
-  if (pc->out) conn->out_armed = false; else conn->in_armed = false;
+  switch (pc->kind) {
+    case CompletionKind::kSend: conn->snd_armed = false; break;
+    case CompletionKind::kRecv: conn->in_armed = false; break;
+    case CompletionKind::kPoll: (pc->out ? conn->out_armed : conn->in_armed) = false; break;
+  }
   if (conn->dead) {
-    if (!conn->in_armed && !conn->out_armed) delete_conn(conn);
+    if (!conn->armed()) delete_conn(conn);
     return;
   }
-  if (!pc->out && pc->is_recv) {
-    conn->owner->on_recv(conn, cc->res);
-    return;
+  NfsClient* self = conn->owner;
+  switch (pc->kind) {
+    case CompletionKind::kSend:
+      self->on_send(conn, cc->res);
+      return;
+    case CompletionKind::kRecv:
+      self->on_recv(conn, cc->res);
+      return;
+    case CompletionKind::kPoll:
+      if (conn->fd >= 0) {
+        // A poll of the connecting phase, after the connection came up.
+        self->after_service();
+        return;
+      }
+      self->service(conn, cc->res < 0 ? POLLERR : cc->res);
+      return;
   }
-  int revents = cc->res < 0 ? POLLERR : cc->res;
-  conn->owner->service(conn, revents);
 }
 
 void NfsClient::on_recv(Conn* conn, int res) {
@@ -530,14 +494,23 @@ void NfsClient::on_recv(Conn* conn, int res) {
       break;
     }
     if (conn->rx_tail - conn->rx_head < 4 + len) break;
-    in_service_ = true;
-    int r = rpc_process_pdu(conn->rpc, rx + conn->rx_head, static_cast<int>(4 + len));
-    in_service_ = false;
+    std::span<const std::byte> body(reinterpret_cast<const std::byte*>(rx + conn->rx_head + 4), len);
     conn->rx_head += 4 + len;
-    if (r != 0 && !broken_) {
+    uint32_t xid;
+    if (!nfswire::peek_xid(body, &xid)) {
       broken_ = true;
-      broken_why_ = "garbage RPC reply from the server";
+      broken_why_ = "RPC record without an xid";
+      break;
     }
+    const uint32_t slot = xid & 0xffff;
+    Call* c = slot < conn->slots.size() ? conn->slots[slot] : nullptr;
+    if (!c || c->xid != xid) continue;  // a reply to a call given up: dropped
+    if (c->out) {
+      broken_ = true;
+      broken_why_ = fmt::format("a reply to xid {:#x} before the call was sent", xid);
+      break;
+    }
+    reply(c, body);
     if (broken_) break;
   }
   if (conn->rx_head == conn->rx_tail) {
@@ -551,10 +524,36 @@ void NfsClient::on_recv(Conn* conn, int res) {
   after_service();
 }
 
+void NfsClient::on_send(Conn* conn, int res) {
+  if (res < 0) {
+    if (!broken_) {
+      broken_ = true;
+      broken_why_ = fmt::format("send: {}", std::strerror(-res));
+    }
+    after_service();
+    return;
+  }
+  // Retire the records now wholly on the socket.
+  auto left = static_cast<size_t>(res);
+  while (OutRecord* r = conn->oq_head) {
+    const size_t rest = r->size() - conn->front_done;
+    if (left < rest) {
+      conn->front_done += left;
+      break;
+    }
+    left -= rest;
+    conn->front_done = 0;
+    conn->oq_head = r->next;
+    if (!conn->oq_head) conn->oq_tail = nullptr;
+    if (r->call) r->call->out = nullptr;
+    conn->spare.push_back(r);
+  }
+  flush_out();
+  after_service();
+}
+
 void NfsClient::service(Conn* conn, int revents) {
-  in_service_ = true;
   int r = rpc_service(conn->rpc, revents);
-  in_service_ = false;
   if (r < 0 && !broken_) {
     broken_ = true;
     const char* e = rpc_get_error(conn->rpc);
@@ -576,30 +575,34 @@ void NfsClient::after_service() {
 void NfsClient::arm_polls() {
   Conn* conn = conn_;
   if (!conn || conn->dead) return;
+  Ring& ring = q_.ring();
+  if (conn->fd >= 0) {
+    // Up: replies come in by recv straight into rx.
+    if (!conn->in_armed) {
+      if (!conn->rx) {
+        conn->rx.reset(new char[kRxBytes]);
+        conn->rx_cap = kRxBytes;
+      }
+      io_uring_sqe* sqe = ring.get_sqe();
+      io_uring_prep_recv(sqe, conn->fd, conn->rx.get() + conn->rx_tail, conn->rx_cap - conn->rx_tail, 0);
+      io_uring_sqe_set_data(sqe, static_cast<Completion*>(&conn->in));
+      conn->in.kind = CompletionKind::kRecv;
+      conn->in_armed = true;
+    }
+    return;
+  }
+  // Connecting: libnfs moves the bytes; we poll for it.
   int fd = rpc_get_fd(conn->rpc);
   if (fd < 0) return;
-  Ring& ring = q_.ring();
   const int want = rpc_which_events(conn->rpc);
-  if (up_ && !conn->in_armed) {
-    if (!conn->rx) {
-      conn->rx.reset(new char[kRxBytes]);
-      conn->rx_cap = kRxBytes;
-    }
-    io_uring_sqe* sqe = ring.get_sqe();
-    io_uring_prep_recv(sqe, fd, conn->rx.get() + conn->rx_tail, conn->rx_cap - conn->rx_tail, 0);
-    io_uring_sqe_set_data(sqe, static_cast<Completion*>(&conn->in));
-    conn->in.is_recv = true;
-    conn->in_armed = true;
-  } else if ((want & POLLIN) && !conn->in_armed) {
-    // Connecting: libnfs reads the NULL call's reply itself.
+  if ((want & POLLIN) && !conn->in_armed) {
     io_uring_sqe* sqe = ring.get_sqe();
     io_uring_prep_poll_add(sqe, fd, POLLIN);
     io_uring_sqe_set_data(sqe, static_cast<Completion*>(&conn->in));
-    conn->in.is_recv = false;
+    conn->in.kind = CompletionKind::kPoll;
     conn->in_armed = true;
   }
-  bool want_out = want & POLLOUT;
-  if (want_out && !conn->out_armed) {
+  if ((want & POLLOUT) && !conn->out_armed) {
     io_uring_sqe* sqe = ring.get_sqe();
     io_uring_prep_poll_add(sqe, fd, POLLOUT);
     io_uring_sqe_set_data(sqe, static_cast<Completion*>(&conn->out));
@@ -621,10 +624,51 @@ Task<void> NfsClient::flush_later() {
   flush_out();
 }
 
+// Sends the queued records (as many as one sendmsg takes) unless a send is
+// already under way; on_send sends the rest.
 void NfsClient::flush_out() {
-  if (!conn_ || !up_ || in_service_) return;
-  if (rpc_which_events(conn_->rpc) & POLLOUT)
-    service(conn_, POLLOUT);
+  Conn* conn = conn_;
+  if (!conn || conn->fd < 0 || conn->dead || conn->snd_armed) return;
+  conn->iov.clear();
+  OutRecord* prev = nullptr;
+  OutRecord* r = conn->oq_head;
+  while (r && conn->iov.size() + 3 <= kMaxIov) {
+    if (!r->call && !r->started) {
+      // Withdrawn before any of it went out: skipped.
+      OutRecord* next = r->next;
+      if (prev) prev->next = next; else conn->oq_head = next;
+      if (conn->oq_tail == r) conn->oq_tail = prev;
+      conn->spare.push_back(r);
+      r = next;
+      continue;
+    }
+    r->started = true;
+    // The head may be partly sent already.
+    size_t skip = r == conn->oq_head ? conn->front_done : 0;
+    auto add = [&](const void* p, size_t n) {
+      if (skip >= n) {
+        skip -= n;
+        return;
+      }
+      conn->iov.push_back({const_cast<std::byte*>(static_cast<const std::byte*>(p)) + skip, n - skip});
+      skip = 0;
+    };
+    add(r->hdr, r->hdr_len);
+    if (r->data_len) {
+      add(r->data, r->data_len);
+      add(kZeros, nfswire::pad_of(r->data_len));
+    }
+    prev = r;
+    r = r->next;
+  }
+  if (conn->iov.empty()) return;
+  conn->msg = {};
+  conn->msg.msg_iov = conn->iov.data();
+  conn->msg.msg_iovlen = conn->iov.size();
+  io_uring_sqe* sqe = q_.ring().get_sqe();
+  io_uring_prep_sendmsg(sqe, conn->fd, &conn->msg, MSG_NOSIGNAL);
+  io_uring_sqe_set_data(sqe, static_cast<Completion*>(&conn->snd));
+  conn->snd_armed = true;
 }
 
 void NfsClient::teardown(std::string_view why) {
@@ -639,27 +683,31 @@ void NfsClient::teardown(std::string_view why) {
     LOG_WARN("nfs {}:{}: connection lost ({}); {} calls will be sent again", ep_.server, ep_.port, why,
              n_inflight_ + n_waiting_);
   }
+  // No byte goes out on this socket from now on: a sendmsg still armed can
+  // only fail, so the data of the calls below may be freed once they finish
+  // on another connection.
+  if (conn->fd >= 0) ::shutdown(conn->fd, SHUT_RDWR);
+  for (OutRecord* r = conn->oq_head; r; r = r->next) r->call = nullptr;
   // Calls in flight go back in front of the waiting ones, in order.
   while (Call* c = inflight_.tail) {
     inflight_.remove(c);
-    if (c->rpc) c->rpc->call = nullptr;
-    c->rpc = nullptr;
+    c->out = nullptr;
     waiting_.push_front(c);
   }
   n_waiting_ += n_inflight_;
   n_inflight_ = 0;
   conn->dead = true;
   Ring& ring = q_.ring();
-  for (PollCompletion* pc : {&conn->in, &conn->out}) {
-    bool armed = pc->out ? conn->out_armed : conn->in_armed;
+  for (ConnCompletion* cc : {&conn->in, &conn->out, &conn->snd}) {
+    bool armed = cc == &conn->snd ? conn->snd_armed : cc->out ? conn->out_armed : conn->in_armed;
     if (!armed) continue;
     io_uring_sqe* sqe = ring.get_sqe();
-    io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(static_cast<Completion*>(pc)), 0);  // a poll or a recv
+    io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(static_cast<Completion*>(cc)), 0);
     io_uring_sqe_set_data(sqe, nullptr);
   }
   rpc_destroy_context(conn->rpc);
   conn->rpc = nullptr;
-  if (!conn->in_armed && !conn->out_armed) delete conn;
+  if (!conn->armed()) delete conn;
   backoff_ = std::clamp(backoff_ * 2, std::chrono::milliseconds(kMinBackoff), kMaxBackoff);
   // The first attempt right away (a restarted server is usually back).
   next_connect_ = was_up ? NfsClock::now() : NfsClock::now() + backoff_;
@@ -682,15 +730,26 @@ void NfsClient::ensure_ticker() {
 }
 
 void NfsClient::expire(NfsClock::time_point now) {
+  // A call past its deadline whose record has started going out cannot be
+  // taken back from the stream: the connection goes (its calls return to the
+  // waiting list, from where they expire below).
+  for (Call* c = inflight_.head; c; c = c->next) {
+    if (now >= c->deadline && c->out && c->out->started) {
+      teardown("a call timed out while being sent");
+      break;
+    }
+  }
   for (List* l : {&waiting_, &inflight_}) {
     Call* c = l->head;
     while (c) {
       Call* next = c->next;
       if (now >= c->deadline) {
-        l->remove(c);
-        if (l == &waiting_) --n_waiting_; else --n_inflight_;
-        if (c->rpc) c->rpc->call = nullptr;
-        c->rpc = nullptr;
+        if (l == &waiting_) {
+          l->remove(c);
+          --n_waiting_;
+        } else {
+          withdraw(c);
+        }
         c->failed = true;
         c->error = Error{EIO, fmt::format("NFS {} at {} on {}:{}: no answer before the timeout{}{}",
                                           kind_name(c->kind), c->offset, ep_.server, ep_.port,
@@ -714,12 +773,10 @@ Task<void> NfsClient::ticker() {
       teardown(fmt::format("no reply for {} ms", std::chrono::duration_cast<std::chrono::milliseconds>(now - last_rx_).count()));
     }
     if (!conn_ && n_waiting_ > 0 && now >= next_connect_) connect();
-    if (up_ && n_waiting_ > 0) {
-      send_waiting();
-      if (broken_) {
-        broken_ = false;
-        teardown(broken_why_);
-      }
+    if (up_ && n_waiting_ > 0) send_waiting();
+    if (broken_) {
+      broken_ = false;
+      teardown(broken_why_);
     }
     resume_ready();
     if (n_waiting_ == 0 && n_inflight_ == 0 && (up_ || !conn_)) {

@@ -1,6 +1,8 @@
-// NfsClient: one NFSv3 connection, driven by one queue's io_uring (libnfs's
-// raw async RPC API; libnfs only encodes, decodes and moves bytes on the
-// socket, strata's loop polls the socket and keeps the time).
+// NfsClient: one NFS connection, driven by one queue's io_uring. libnfs
+// makes the connection (reserved port, NULL ping); the calls themselves
+// (READ, WRITE, COMMIT; nfs_wire.h) are encoded here and go out by io_uring
+// sendmsg, a WRITE's data straight from the caller's buffer, and replies
+// come in by io_uring recv; strata's loop keeps the time.
 //
 // Each queue gets its own client (its own TCP connection to the server), so
 // the data path takes no locks and the server sees several connections, as
@@ -84,7 +86,8 @@ class NfsClient {
     uint64_t verf = 0;        // WRITE/COMMIT: the server's write verifier
     // Bookkeeping
     std::coroutine_handle<> handle;
-    struct RpcCall* rpc = nullptr;  // the attempt in flight, if any
+    uint32_t xid = 0;            // on the current connection, while in flight
+    struct OutRecord* out = nullptr;  // its bytes, until all are on the socket
     Call* prev = nullptr;
     Call* next = nullptr;
     bool sent_once = false;
@@ -117,21 +120,19 @@ class NfsClient {
     void push_front(Call* c);
     void remove(Call* c);
   };
-  friend struct RpcCall;
-  static void on_reply(rpc_context* rpc, int status, void* data, void* priv);
-  int send4(Call* c, RpcCall* rc);
-  static int parse4(Call* c, void* data);  // nfsstat4 of the call's operation
   static void on_connect(rpc_context* rpc, int status, void* data, void* priv);
   static void on_poll(struct Completion* c);
 
   void submit(Call* c);
-  bool send(Call* c);  // false: the connection is broken
-  bool finish_send(Call* c, RpcCall* rc, int r);
+  bool send(Call* c);  // queues the call's bytes; false: no room (it waits)
   void send_waiting();  // sends waiting calls in order until one cannot be sent
+  void withdraw(Call* c);  // takes an in-flight call off the connection
+  void reply(Call* c, std::span<const std::byte> body);
   void connect();
   void teardown(std::string_view why);
   void service(Conn* conn, int revents);
   void on_recv(Conn* conn, int res);
+  void on_send(Conn* conn, int res);
   void after_service();
   void schedule_flush();
   Task<void> flush_later();
@@ -158,7 +159,6 @@ class NfsClient {
   std::vector<Call*> ready_;
   bool flush_scheduled_ = false;
   bool ticking_ = false;
-  bool in_service_ = false;
   NfsClock::time_point next_connect_{};
   std::chrono::milliseconds backoff_{0};
   NfsClock::time_point last_rx_{};

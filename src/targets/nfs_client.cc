@@ -179,6 +179,16 @@ struct NfsClient::Conn {
   }
 };
 
+// The ticker's timer: an io_uring timeout whose CQE calls NfsClient::tick.
+// Not a coroutine: at exit the rings are closed with the timer still armed,
+// and a suspended coroutine frame would never be freed.
+struct Tick : Completion {
+  NfsClient* owner = nullptr;  // nullptr: the client went while it was armed
+  __kernel_timespec ts{};
+  bool armed = false;
+  bool parked = false;
+};
+
 namespace {
 const std::byte kZeros[4] = {};
 }  // namespace
@@ -201,6 +211,24 @@ void park(NfsClient::Conn* c) {
   std::lock_guard lk(parked_mu());
   c->parked = true;
   parked_conns().push_back(c);
+}
+// Timers armed when their client went: reachable here until their CQE.
+std::vector<Tick*>& parked_ticks() {
+  static auto* v = new std::vector<Tick*>();
+  return *v;
+}
+void park(Tick* t) {
+  std::lock_guard lk(parked_mu());
+  t->parked = true;
+  parked_ticks().push_back(t);
+}
+void delete_tick(Tick* t) {
+  if (t->parked) {
+    std::lock_guard lk(parked_mu());
+    auto& v = parked_ticks();
+    v.erase(std::remove(v.begin(), v.end(), t), v.end());
+  }
+  delete t;
 }
 void delete_conn(NfsClient::Conn* c) {
   if (c->parked) {
@@ -234,6 +262,13 @@ NfsClient::NfsClient(Queue& q, const NfsEndpoint& ep) : q_(q), ep_(ep) {}
 
 NfsClient::~NfsClient() {
   *alive_ = false;
+  if (tick_) {
+    tick_->owner = nullptr;
+    if (tick_->armed)
+      park(tick_);
+    else
+      delete tick_;
+  }
   // Only at shutdown (no request is running): drop the connection without
   // touching the ring, which may already be gone. A recv, send or poll still
   // armed parks its Conn (the ring's CQE, if it ever comes, frees it).
@@ -726,7 +761,27 @@ void NfsClient::resume_ready() {
 void NfsClient::ensure_ticker() {
   if (ticking_) return;
   ticking_ = true;
-  spawn(ticker());
+  arm_tick();
+}
+
+void NfsClient::arm_tick() {
+  if (!tick_) {
+    tick_ = new Tick;
+    tick_->owner = this;
+    tick_->callback = [](Completion* c) {
+      auto* t = static_cast<Tick*>(c);
+      t->armed = false;
+      if (t->owner)
+        t->owner->tick();
+      else
+        delete_tick(t);
+    };
+  }
+  tick_->ts = Ring::to_timespec(kTick);
+  io_uring_sqe* sqe = q_.ring().get_sqe();
+  io_uring_prep_timeout(sqe, &tick_->ts, 0, 0);
+  io_uring_sqe_set_data(sqe, static_cast<Completion*>(tick_));
+  tick_->armed = true;
 }
 
 void NfsClient::expire(NfsClock::time_point now) {
@@ -762,28 +817,25 @@ void NfsClient::expire(NfsClock::time_point now) {
   }
 }
 
-Task<void> NfsClient::ticker() {
-  auto alive = alive_;
-  for (;;) {
-    co_await q_.ring().sleep(kTick);
-    if (!*alive) co_return;
-    auto now = NfsClock::now();
-    expire(now);
-    if (up_ && n_inflight_ > 0 && now - last_rx_ > ep_.stall) {
-      teardown(fmt::format("no reply for {} ms", std::chrono::duration_cast<std::chrono::milliseconds>(now - last_rx_).count()));
-    }
-    if (!conn_ && n_waiting_ > 0 && now >= next_connect_) connect();
-    if (up_ && n_waiting_ > 0) send_waiting();
-    if (broken_) {
-      broken_ = false;
-      teardown(broken_why_);
-    }
-    resume_ready();
-    if (n_waiting_ == 0 && n_inflight_ == 0 && (up_ || !conn_)) {
-      ticking_ = false;
-      co_return;
-    }
+void NfsClient::tick() {
+  auto now = NfsClock::now();
+  expire(now);
+  if (up_ && n_inflight_ > 0 && now - last_rx_ > ep_.stall) {
+    teardown(fmt::format("no reply for {} ms",
+                         std::chrono::duration_cast<std::chrono::milliseconds>(now - last_rx_).count()));
   }
+  if (!conn_ && n_waiting_ > 0 && now >= next_connect_) connect();
+  if (up_ && n_waiting_ > 0) send_waiting();
+  if (broken_) {
+    broken_ = false;
+    teardown(broken_why_);
+  }
+  if (n_waiting_ == 0 && n_inflight_ == 0 && (up_ || !conn_))
+    ticking_ = false;
+  else
+    arm_tick();
+  // Last: a resumed request may send calls (and call ensure_ticker).
+  resume_ready();
 }
 
 }  // namespace strata

@@ -141,7 +141,8 @@ class NfsClient {
   void finish(Call* c);
   void resume_ready();
   void ensure_ticker();
-  Task<void> ticker();
+  void arm_tick();
+  void tick();  // every kTick while calls are outstanding or connecting
   void expire(NfsClock::time_point now);
 
   Queue& q_;
@@ -159,6 +160,7 @@ class NfsClient {
   std::vector<Call*> ready_;
   bool flush_scheduled_ = false;
   bool ticking_ = false;
+  struct Tick* tick_ = nullptr;  // the ticker's timer (parked if armed when the client goes)
   NfsClock::time_point next_connect_{};
   std::chrono::milliseconds backoff_{0};
   NfsClock::time_point last_rx_{};

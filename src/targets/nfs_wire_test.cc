@@ -131,11 +131,14 @@ TEST(NfsWire, Nfs4CompoundCallsDecodeWithLibnfs) {
     ASSERT_TRUE(zdr_COMPOUND4args(&d.zdr, &a));
     EXPECT_EQ(a.minorversion, 0u);
     ASSERT_EQ(a.argarray.argarray_len, 2u);
-    EXPECT_EQ(a.argarray.argarray_val[0].argop, OP_PUTFH);
-    const auto& fh = a.argarray.argarray_val[0].nfs_argop4_u.opputfh.object;
+    // libnfs 4.0 lays the array out 4-byte aligned: copy it out (UBSan).
+    nfs_argop4 ops[2];
+    std::memcpy(static_cast<void*>(ops), a.argarray.argarray_val, sizeof ops);
+    EXPECT_EQ(ops[0].argop, OP_PUTFH);
+    const auto& fh = ops[0].nfs_argop4_u.opputfh.object;
     ASSERT_EQ(fh.nfs_fh4_len, kFh.size());
     EXPECT_EQ(std::memcmp(fh.nfs_fh4_val, kFh.data(), kFh.size()), 0);
-    const nfs_argop4& op = a.argarray.argarray_val[1];
+    const nfs_argop4& op = ops[1];
     EXPECT_EQ(op.argop, c.op);
     if (c.proc == Proc::kRead) {
       EXPECT_EQ(op.nfs_argop4_u.opread.offset, 4096u);
@@ -268,7 +271,8 @@ TEST(NfsWire, Nfs4RepliesFromLibnfs) {
   res.status = NFS4_OK;
   res.resarray.resarray_len = 2;
   res.resarray.resarray_val = ops;
-  Reply r = decode_all(libnfs_reply(4, zdr_COMPOUND4res, &res), 4, Proc::kRead);
+  const auto body = libnfs_reply(4, zdr_COMPOUND4res, &res);  // r.data points into it
+  Reply r = decode_all(body, 4, Proc::kRead);
   EXPECT_EQ(r.status, 0);
   EXPECT_EQ(r.count, 100u);
   EXPECT_FALSE(r.eof);

@@ -339,6 +339,8 @@ bool NfsClient::send(Call* c) {
   ++n_inflight_;
   if (c->sent_once) stats_.resent.fetch_add(1, std::memory_order_relaxed);
   c->sent_once = true;
+  if (c->kind == Kind::kRead) stats_.read_calls.fetch_add(1, std::memory_order_relaxed);
+  if (c->kind == Kind::kWrite) stats_.write_calls.fetch_add(1, std::memory_order_relaxed);
   schedule_flush();
   return true;
 }

@@ -55,6 +55,7 @@ struct NfsClientStats {
   std::atomic<uint64_t> connect_failures{0};
   std::atomic<uint64_t> disconnects{0};
   std::atomic<uint64_t> resent{0};    // calls sent again after a connection broke
+  std::atomic<uint64_t> read_calls{0}, write_calls{0};  // READ / WRITE calls sent
   std::atomic<uint64_t> timeouts{0};  // calls that passed their deadline
   std::atomic<uint64_t> in_flight{0};  // calls sent, no reply yet
   std::atomic<uint64_t> queued{0};     // calls waiting for a connection

@@ -1,5 +1,5 @@
 #!/bin/bash
-# nfs target over NFSv4.0 (version=4, ganesha's pseudo path): qemu-io patterns (4 KiB, 1 MiB split into COMPOUND WRITEs, unaligned 512 bytes) read back and land in the server-side file; nbdcopy round trip; an acknowledged but unflushed write survives a power-cut crash of the server on XFS because the next FLUSH sees the new write verifier and writes it again (verifier_changes, rewritten_bytes); the table line keeps version=4.
+# nfs target over NFSv4.0 (version=4, ganesha's pseudo path): qemu-io patterns (4 KiB, 1 MiB in one COMPOUND WRITE, unaligned 512 bytes) read back and land in the server-side file; nbdcopy round trip; an acknowledged but unflushed write survives a power-cut crash of the server on XFS because the next FLUSH sees the new write verifier and writes it again (verifier_changes, rewritten_bytes); the table line keeps version=4.
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/nfs-lib.sh"
 nfs_enter_netns "$@"
@@ -17,7 +17,13 @@ start_strata --table "$WORK/t.conf" --export d
 grep -q 'NFSv4' "$STRATA_LOG" || die "the target did not load as NFSv4: $(cat "$STRATA_LOG")"
 ctl table d | grep -q 'version=4' || die "table line lost version=4: $(ctl table d)"
 
-qio "$(uri d)" "write -P 0x11 0 4096" "write -P 0x22 65536 1048576" "write -P 0x33 $((2 * 1048576 + 512)) 512" "flush"
+calls() { ctl status d --json | jq ".[0].segments[0].info.$1"; }
+w0=$(calls write_calls)
+qio "$(uri d)" "write -P 0x22 65536 1048576"
+w1=$(calls write_calls)
+# A 1 MiB write is one COMPOUND WRITE (ganesha takes 1 MiB), not 293 of 3.5 KiB.
+[ $((w1 - w0)) -eq 1 ] || die "a 1 MiB write took $((w1 - w0)) NFSv4 WRITE calls"
+qio "$(uri d)" "write -P 0x11 0 4096" "write -P 0x33 $((2 * 1048576 + 512)) 512" "flush"
 qio -r "$(uri d)" "read -P 0x11 0 4096" "read -P 0x22 65536 1048576" "read -P 0x33 $((2 * 1048576 + 512)) 512" \
   "read -P 0x5e 4096 61440"
 expect_bytes "$F" 0 4096 0x11

@@ -11,19 +11,22 @@
 // per-connection buffer, cut into records and matched to calls by xid.
 //
 // A record's memory is in the socket's hands once a sendmsg holding it is
-// submitted. So a call is completed (and its caller may free its data) only
-// after a reply (which the server can only send once it has read all the
-// record), or after its connection was shut down (a sendmsg still armed on a
-// shut-down socket only fails: sends run on this thread, DEFER_TASKRUN), or
-// if none of its record was submitted yet (the record is then skipped).
+// submitted. So a WRITE is completed (and its caller may free its data) only
+// once the sendmsg holding its record has completed and a reply came (a
+// reply can come first: reply()), or after its connection was shut down (a
+// sendmsg still armed on a shut-down socket only fails: tcp_sendmsg checks
+// for the shutdown under the socket lock before each copy), or if none of
+// its record was submitted yet (the record is then skipped). The socket is
+// closed only when no SQE can name its fd any more (~Conn), so an SQE
+// prepared before a teardown never lands on a socket that reuses the number.
 //
 // Replies never resume a coroutine directly: they put the call on ready_,
 // and the calls are resumed after the buffer is parsed, so a resumed request
 // can send new calls, or the connection can be torn down, with no parser on
 // the stack.
 //
-// A broken connection is torn down (socket shut down, libnfs context
-// destroyed) and its calls go back to the front of the waiting list; a new
+// A broken connection is torn down (socket shut down; closed with its last
+// completion) and its calls go back to the front of the waiting list; a new
 // connection sends them again. A ticker (100 ms, only while calls are
 // outstanding or a connection is being made) expires calls past their
 // deadline, reconnects with backoff (50 ms doubling to 1 s), and drops a
@@ -120,8 +123,10 @@ struct OutRecord {
   uint32_t hdr_len = 0;
   const std::byte* data = nullptr;
   uint32_t data_len = 0;
-  NfsClient::Call* call = nullptr;  // nullptr: withdrawn before any byte went out
+  NfsClient::Call* call = nullptr;  // nullptr: withdrawn, or its call was answered
   bool started = false;             // some of it is (or was) in a submitted sendmsg
+  bool replied = false;             // `call` (a WRITE) was answered before this record's
+                                    // sendmsg completed: it completes when it does
   OutRecord* next = nullptr;
   size_t size() const { return hdr_len + size_t{data_len} + nfswire::pad_of(data_len); }
 };
@@ -157,11 +162,12 @@ struct NfsClient::Conn {
   std::vector<OutRecord*> spare;  // records to reuse
   std::vector<iovec> iov;
   msghdr msg{};
-  // xid -> call: the low 16 bits index `slots`, the high 16 count uses, so a
-  // late reply to a call given up never matches the next call in its slot.
+  // xid -> call: the low 16 bits index `slots`, the high 16 count that
+  // slot's uses, so a late reply to a call given up does not match the next
+  // call in its slot.
   std::vector<Call*> slots;
+  std::vector<uint16_t> slot_uses;
   std::vector<uint32_t> free_slots;
-  uint32_t uses = 0;
 
   bool armed() const { return in_armed || out_armed || snd_armed; }
   OutRecord* new_record() {
@@ -170,7 +176,11 @@ struct NfsClient::Conn {
     spare.pop_back();
     return r;
   }
+  // The socket is closed only here, once no SQE can name its fd: an SQE
+  // prepared but not yet submitted would otherwise land on whatever socket
+  // reuses the number.
   ~Conn() {
+    if (rpc) rpc_destroy_context(rpc);  // closes the socket; callbacks see `dead`
     for (OutRecord* r : spare) delete r;
     while (OutRecord* r = oq_head) {
       oq_head = r->next;
@@ -277,8 +287,6 @@ NfsClient::~NfsClient() {
     conn_ = nullptr;
     conn->dead = true;
     if (conn->fd >= 0) ::shutdown(conn->fd, SHUT_RDWR);
-    rpc_destroy_context(conn->rpc);
-    conn->rpc = nullptr;
     if (!conn->armed())
       delete conn;
     else
@@ -309,10 +317,11 @@ bool NfsClient::send(Call* c) {
   } else if (conn->slots.size() < kMaxSlots) {
     slot = static_cast<uint32_t>(conn->slots.size());
     conn->slots.push_back(nullptr);
+    conn->slot_uses.push_back(0);
   } else {
     return false;  // 65536 calls in flight: this one waits
   }
-  c->xid = (++conn->uses << 16) | slot;
+  c->xid = (uint32_t{++conn->slot_uses[slot]} << 16) | slot;
   conn->slots[slot] = c;
 
   OutRecord* r = conn->new_record();
@@ -329,6 +338,7 @@ bool NfsClient::send(Call* c) {
   r->data_len = c->kind == Kind::kWrite ? c->count : 0;
   r->call = c;
   r->started = false;
+  r->replied = false;
   r->next = nullptr;
   if (conn->oq_tail) conn->oq_tail->next = r; else conn->oq_head = r;
   conn->oq_tail = r;
@@ -386,26 +396,43 @@ void NfsClient::reply(Call* c, std::span<const std::byte> body) {
     broken_why_ = fmt::format("{} reply of {} bytes: {}", kind_name(c->kind), body.size(), why);
     return;
   }
+  // The server can answer a call whose record went out in a sendmsg that
+  // has not completed yet (later records of the same sendmsg still wait for
+  // room in the socket). It has all of this record, but the kernel may still
+  // hold the iovec: a WRITE (whose record points at the caller's data)
+  // completes only when that sendmsg does (on_send) or the socket is shut
+  // down (teardown). A READ's or COMMIT's record holds no caller memory.
+  OutRecord* rec = c->out;
   withdraw(c);
   if (r.rpc_errno != 0) {
     c->failed = true;
     c->error = Error{r.rpc_errno, fmt::format("NFS {} at {} on {}:{}: {}", kind_name(c->kind), c->offset,
                                               ep_.server, ep_.port, r.rpc_why)};
-    ready_.push_back(c);
+  } else {
+    int st = r.status;
+    if (ep_.version == 4 && (st == NFS4ERR_GRACE || st == NFS4ERR_DELAY)) st = NFS3ERR_JUKEBOX;
+    if (st == NFS3ERR_JUKEBOX) {
+      // The server asks to try again later: the next tick sends it again (the
+      // caller's data stays alive meanwhile, so an unfinished sendmsg is fine).
+      retry_.push_back(c);
+      ++n_retry_;
+      return;
+    }
+    decode_into(c, st, r);
+  }
+  if (rec && c->kind == Kind::kWrite) {
+    rec->call = c;
+    rec->replied = true;
     return;
   }
-  int st = r.status;
-  if (ep_.version == 4 && (st == NFS4ERR_GRACE || st == NFS4ERR_DELAY)) st = NFS3ERR_JUKEBOX;
-  if (st == NFS3ERR_JUKEBOX) {
-    // The server asks to try again later: the ticker sends it again.
-    waiting_.push_back(c);
-    ++n_waiting_;
-    return;
-  }
+  ready_.push_back(c);
+}
+
+void NfsClient::decode_into(Call* c, int st, const nfswire::Reply& r) {
   if (st != NFS3_OK) {
     c->failed = true;
     c->error = Error{nfs3_errno(st), fmt::format("NFS {} at {}: {} ({})", kind_name(c->kind), c->offset,
-                                                 nfsstat_name(st), st)};
+                                                 ep_.version == 4 ? "NFS4ERR" : nfsstat_name(st), st)};
   } else if (c->kind == Kind::kRead) {
     const uint32_t n = std::min(r.count, c->count);
     std::memcpy(c->rdata, r.data, n);
@@ -416,7 +443,6 @@ void NfsClient::reply(Call* c, std::span<const std::byte> body) {
     c->committed = r.committed;
     c->verf = r.verf;
   }
-  ready_.push_back(c);
 }
 
 void NfsClient::connect() {
@@ -440,8 +466,8 @@ void NfsClient::connect() {
   if (rpc_connect_port_async(rpc, ep_.server.c_str(), ep_.port, NFS_PROGRAM, ep_.version == 4 ? 4 : NFS_V3,
                              &NfsClient::on_connect, conn) != 0) {
     last_error_ = fmt::format("connect to {}:{}: {}", ep_.server, ep_.port, rpc_get_error(rpc));
-    rpc_destroy_context(rpc);
-    delete conn;
+    conn->dead = true;
+    delete conn;  // destroys rpc
     stats_.connect_failures.fetch_add(1, std::memory_order_relaxed);
     backoff_ = std::clamp(backoff_ * 2, std::chrono::milliseconds(kMinBackoff), kMaxBackoff);
     next_connect_ = NfsClock::now() + backoff_;
@@ -542,11 +568,6 @@ void NfsClient::on_recv(Conn* conn, int res) {
     const uint32_t slot = xid & 0xffff;
     Call* c = slot < conn->slots.size() ? conn->slots[slot] : nullptr;
     if (!c || c->xid != xid) continue;  // a reply to a call given up: dropped
-    if (c->out) {
-      broken_ = true;
-      broken_why_ = fmt::format("a reply to xid {:#x} before the call was sent", xid);
-      break;
-    }
     reply(c, body);
     if (broken_) break;
   }
@@ -572,6 +593,9 @@ void NfsClient::on_send(Conn* conn, int res) {
   }
   // Retire the records now wholly on the socket.
   auto left = static_cast<size_t>(res);
+  size_t asked = 0;
+  for (const iovec& v : conn->iov) asked += v.iov_len;
+  if (left < asked) stats_.partial_sends.fetch_add(1, std::memory_order_relaxed);
   while (OutRecord* r = conn->oq_head) {
     const size_t rest = r->size() - conn->front_done;
     if (left < rest) {
@@ -582,7 +606,11 @@ void NfsClient::on_send(Conn* conn, int res) {
     conn->front_done = 0;
     conn->oq_head = r->next;
     if (!conn->oq_head) conn->oq_tail = nullptr;
-    if (r->call) r->call->out = nullptr;
+    if (r->replied)
+      ready_.push_back(r->call);  // answered already: now its data is free
+    else if (r->call)
+      r->call->out = nullptr;
+    r->replied = false;
     conn->spare.push_back(r);
   }
   flush_out();
@@ -604,6 +632,8 @@ void NfsClient::after_service() {
     broken_ = false;
     teardown(broken_why_);
   } else {
+    // Calls that waited for a free slot (65536 in flight) go now.
+    if (up_ && n_waiting_ > 0) send_waiting();
     arm_polls();
   }
   resume_ready();
@@ -724,7 +754,11 @@ void NfsClient::teardown(std::string_view why) {
   // only fail, so the data of the calls below may be freed once they finish
   // on another connection.
   if (conn->fd >= 0) ::shutdown(conn->fd, SHUT_RDWR);
-  for (OutRecord* r = conn->oq_head; r; r = r->next) r->call = nullptr;
+  for (OutRecord* r = conn->oq_head; r; r = r->next) {
+    if (r->replied) ready_.push_back(r->call);  // answered: done
+    r->call = nullptr;
+    r->replied = false;
+  }
   // Calls in flight go back in front of the waiting ones, in order.
   while (Call* c = inflight_.tail) {
     inflight_.remove(c);
@@ -742,8 +776,7 @@ void NfsClient::teardown(std::string_view why) {
     io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(static_cast<Completion*>(cc)), 0);
     io_uring_sqe_set_data(sqe, nullptr);
   }
-  rpc_destroy_context(conn->rpc);
-  conn->rpc = nullptr;
+  // The socket stays open (shut down) until its last completion: see ~Conn.
   if (!conn->armed()) delete conn;
   backoff_ = std::clamp(backoff_ * 2, std::chrono::milliseconds(kMinBackoff), kMaxBackoff);
   // The first attempt right away (a restarted server is usually back).
@@ -796,7 +829,7 @@ void NfsClient::expire(NfsClock::time_point now) {
       break;
     }
   }
-  for (List* l : {&waiting_, &inflight_}) {
+  for (List* l : {&waiting_, &retry_, &inflight_}) {
     Call* c = l->head;
     while (c) {
       Call* next = c->next;
@@ -804,6 +837,9 @@ void NfsClient::expire(NfsClock::time_point now) {
         if (l == &waiting_) {
           l->remove(c);
           --n_waiting_;
+        } else if (l == &retry_) {
+          l->remove(c);
+          --n_retry_;
         } else {
           withdraw(c);
         }
@@ -826,13 +862,20 @@ void NfsClient::tick() {
     teardown(fmt::format("no reply for {} ms",
                          std::chrono::duration_cast<std::chrono::milliseconds>(now - last_rx_).count()));
   }
+  // Calls the server asked to retry (JUKEBOX) join the waiting ones.
+  while (Call* c = retry_.head) {
+    retry_.remove(c);
+    --n_retry_;
+    waiting_.push_back(c);
+    ++n_waiting_;
+  }
   if (!conn_ && n_waiting_ > 0 && now >= next_connect_) connect();
   if (up_ && n_waiting_ > 0) send_waiting();
   if (broken_) {
     broken_ = false;
     teardown(broken_why_);
   }
-  if (n_waiting_ == 0 && n_inflight_ == 0 && (up_ || !conn_))
+  if (n_waiting_ == 0 && n_retry_ == 0 && n_inflight_ == 0 && (up_ || !conn_))
     ticking_ = false;
   else
     arm_tick();

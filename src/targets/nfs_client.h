@@ -11,9 +11,10 @@
 // again on the next connection; a call that cannot finish by its deadline
 // completes with ETIMEDOUT (the target reports EIO). A connection that stops
 // answering (calls outstanding, nothing received for `stall`) is dropped and
-// made again. Nothing is cached and nothing is resent by libnfs itself: its
-// context is destroyed with the connection, so a call the client gave up on
-// can never reach the server later.
+// made again. Nothing is cached. A call given up on (deadline passed, or
+// its connection dropped) may still be executed by the server if its bytes
+// had reached the socket: as with any NFS client, its range is undefined,
+// which is what the caller's EIO says.
 //
 // Threads: everything runs on the queue thread that created the client.
 #pragma once
@@ -29,6 +30,7 @@
 
 #include "core/result.h"
 #include "core/task.h"
+#include "targets/nfs_wire.h"
 
 struct rpc_context;
 
@@ -56,6 +58,7 @@ struct NfsClientStats {
   std::atomic<uint64_t> disconnects{0};
   std::atomic<uint64_t> resent{0};    // calls sent again after a connection broke
   std::atomic<uint64_t> read_calls{0}, write_calls{0};  // READ / WRITE calls sent
+  std::atomic<uint64_t> partial_sends{0};  // sendmsg that sent less than asked (socket full)
   std::atomic<uint64_t> timeouts{0};  // calls that passed their deadline
   std::atomic<uint64_t> in_flight{0};  // calls sent, no reply yet
   std::atomic<uint64_t> queued{0};     // calls waiting for a connection
@@ -129,6 +132,7 @@ class NfsClient {
   void send_waiting();  // sends waiting calls in order until one cannot be sent
   void withdraw(Call* c);  // takes an in-flight call off the connection
   void reply(Call* c, std::span<const std::byte> body);
+  void decode_into(Call* c, int nfsstat, const nfswire::Reply& r);
   void connect();
   void teardown(std::string_view why);
   void service(Conn* conn, int revents);
@@ -153,10 +157,11 @@ class NfsClient {
   bool broken_ = false;         // set by callbacks: tear down after rpc_service
   std::string broken_why_;
   List waiting_, inflight_;
-  size_t n_waiting_ = 0, n_inflight_ = 0;
+  List retry_;  // answered JUKEBOX: sent again at the next tick
+  size_t n_waiting_ = 0, n_inflight_ = 0, n_retry_ = 0;
   void publish() {
     stats_.in_flight.store(n_inflight_, std::memory_order_relaxed);
-    stats_.queued.store(n_waiting_, std::memory_order_relaxed);
+    stats_.queued.store(n_waiting_ + n_retry_, std::memory_order_relaxed);
   }
   std::vector<Call*> ready_;
   bool flush_scheduled_ = false;

@@ -155,9 +155,14 @@ bool decode3(Reader& rd, Proc proc, Reply* r) {
 bool decode4(Reader& rd, Proc proc, Reply* r) {
   uint32_t st, nres;
   if (!rd.u32(&st) || !rd.skip_opaque(1024) || !rd.u32(&nres)) return false;
+  if (nres == 0) {
+    // No operation ran (NFS4ERR_MINOR_VERS_MISMATCH, NFS4ERR_RESOURCE...).
+    r->status = static_cast<int>(st);
+    return st != 0;
+  }
   // PUTFH's result, then the operation's (absent if PUTFH failed).
   uint32_t op, opst;
-  if (nres < 1 || !rd.u32(&op) || op != kOpPutfh || !rd.u32(&opst)) return false;
+  if (!rd.u32(&op) || op != kOpPutfh || !rd.u32(&opst)) return false;
   if (opst != 0 || nres < 2) {
     r->status = static_cast<int>(opst != 0 ? opst : st);
     return r->status != 0;  // a failed COMPOUND with nothing failing is garbage

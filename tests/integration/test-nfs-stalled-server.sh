@@ -1,10 +1,15 @@
 #!/bin/bash
-# nfs target, a server that stops reading (SIGSTOP: the TCP connection stays up, the socket fills): 32 x 1 MiB writes and a read in flight on one NBD connection all fail with EIO within timeout + 2 s while strata's sendmsg to the server is blocked mid-stream; the connection is dropped (reconnects, calls_timed_out counted); once the server runs again (SIGCONT) the same NBD connection and new ones read and write, data flushed before is intact, every 4 KiB block of the failed writes' range holds either the old or the new bytes, and the server log shows no crash.
+# nfs target, a server that stops reading (SIGSTOP: the TCP connection stays up, the socket fills): with 64 KiB TCP buffers (in the test's network namespace) 48 x 1 MiB writes all succeed on one connection though strata's sendmsg goes out in pieces; then a stop: 32 x 1 MiB writes and a read in flight on one NBD connection all fail with EIO within timeout + 2 s while strata's sendmsg to the server is blocked mid-stream; the connection is dropped (reconnects, calls_timed_out counted); once the server runs again (SIGCONT) the same NBD connection and new ones read and write, data flushed before is intact, every 4 KiB block of the failed writes' range holds either the old or the new bytes, and the server log shows no crash.
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/nfs-lib.sh"
 nfs_enter_netns "$@"
 source "$(dirname "$0")/nbd-lib.sh"
 
+# Small TCP buffers (this network namespace only): a 1 MiB WRITE does not
+# fit in the socket, so strata's sendmsg is still going when the server
+# answers the first calls it carries.
+sysctl -q -w net.ipv4.tcp_wmem="4096 16384 65536" net.ipv4.tcp_rmem="4096 16384 65536" ||
+  die "cannot set the namespace's TCP buffer sizes"
 EXPORT=$WORK/export
 mkdir -p "$EXPORT"
 nfs_start_ganesha "$EXPORT"
@@ -20,6 +25,31 @@ export U LIMIT GANESHA_PID WORK
 # Before: 32 MiB of 0x31, flushed.
 qio "$U" "write -P 0x31 0 32M" "flush"
 expect_bytes "$F" 0 $((32 << 20)) 0x31
+
+# With the small buffers, 48 writes of 1 MiB in flight: strata's sendmsg
+# goes out in pieces (partial_sends), records resume mid-way; every write
+# succeeds on the same connection (no reconnect) and lands.
+py <<'PYEOF' || die "small-buffer writes (above)"
+import nbd, os, time
+h = nbd.NBD(); h.connect_uri(os.environ["U"])
+buf = nbd.Buffer.from_bytearray(bytearray(b"\x24" * (1 << 20)))
+t0 = time.monotonic()
+pending = {h.aio_pwrite(buf, (32 + i % 16) << 20) for i in range(48)}
+while pending:
+    for c in list(pending):
+        if h.aio_command_completed(c):  # raises on a failed write
+            pending.discard(c)
+    assert time.monotonic() - t0 < 30, f"{len(pending)} writes hang"
+    if pending:
+        h.poll(1000)
+h.flush()
+print(f"48 writes of 1 MiB through 64 KiB socket buffers in {time.monotonic() - t0:.2f} s")
+PYEOF
+info=$(ctl status d --json | jq -c '.[0].segments[0].info')
+echo "counters: $(jq -c '{reconnects, partial_sends, write_calls}' <<<"$info")"
+[ "$(jq .reconnects <<<"$info")" -eq 0 ] || die "writes through small buffers cost a reconnect: $info"
+[ "$(jq .partial_sends <<<"$info")" -ge 10 ] || die "sendmsg was not cut short by the small buffers (the case this phase is for): $info"
+expect_bytes "$F" $((32 << 20)) $((16 << 20)) 0x24
 
 py <<'PYEOF' || die "stalled-server client (above)"
 import nbd, os, signal, time

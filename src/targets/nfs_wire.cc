@@ -119,6 +119,16 @@ constexpr size_t kFattr3 = 84;     // fattr3: 5 x 4 bytes + 8 x 8 bytes
 constexpr size_t kWccAttr = 24;    // wcc_attr: size, mtime, ctime
 constexpr uint32_t kMaxData = 64u << 20;
 
+// WRITE3resok and WRITE4resok after their status (and NFSv3's wcc_data):
+// count, committed, verifier.
+bool write_ok(Reader& rd, Reply* r) {
+  uint32_t count, committed;
+  if (!rd.u32(&count) || !rd.u32(&committed) || !rd.verf(&r->verf)) return false;
+  r->count = count;
+  r->committed = static_cast<int>(committed);
+  return true;
+}
+
 bool wcc_data(Reader& rd) { return rd.skip_optional(kWccAttr) && rd.skip_optional(kFattr3); }
 
 bool decode3(Reader& rd, Proc proc, Reply* r) {
@@ -136,15 +146,9 @@ bool decode3(Reader& rd, Proc proc, Reply* r) {
       r->eof = eof != 0;
       return true;
     }
-    case Proc::kWrite: {
+    case Proc::kWrite:
       if (!wcc_data(rd)) return false;
-      if (st != 0) return true;
-      uint32_t count, committed;
-      if (!rd.u32(&count) || !rd.u32(&committed) || !rd.verf(&r->verf)) return false;
-      r->count = count;
-      r->committed = static_cast<int>(committed);
-      return true;
-    }
+      return st != 0 || write_ok(rd, r);
     case Proc::kCommit:
       if (!wcc_data(rd)) return false;
       return st != 0 || rd.verf(&r->verf);
@@ -179,13 +183,8 @@ bool decode4(Reader& rd, Proc proc, Reply* r) {
       r->eof = eof != 0;
       return true;
     }
-    case Proc::kWrite: {
-      uint32_t count, committed;
-      if (!rd.u32(&count) || !rd.u32(&committed) || !rd.verf(&r->verf)) return false;
-      r->count = count;
-      r->committed = static_cast<int>(committed);
-      return true;
-    }
+    case Proc::kWrite:
+      return write_ok(rd, r);
     case Proc::kCommit:
       return rd.verf(&r->verf);
   }

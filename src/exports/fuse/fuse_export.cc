@@ -293,7 +293,12 @@ Task<void> FuseExport::slot(Queue& q) {
     // header (its argument is empty).
     std::size_t argsize = h->opcode == FUSE_WRITE ? sizeof(fuse_write_in) : 0;
     std::size_t rest = static_cast<std::size_t>(n) - sizeof(fuse_in_header);
-    if (rest < argsize) continue;
+    if (rest < argsize) {
+      // A WRITE shorter than its own header (the kernel never sends one):
+      // answered, so whatever waits for it fails instead of hanging.
+      reply_dev(h->unique, Reply::err(-EINVAL));
+      continue;
+    }
     Request req{h, arg, {arg + argsize, rest - argsize}, {}};
     dev_requests_.fetch_add(1, std::memory_order_relaxed);
     Reply r = co_await handle(q, req);

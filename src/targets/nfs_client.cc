@@ -150,7 +150,7 @@ struct NfsClient::Conn {
   ConnCompletion in, out, snd;
   bool in_armed = false, out_armed = false, snd_armed = false;
   bool dead = false;
-  bool parked = false;  // in parked_conns(): see ~NfsClient
+  bool parked = false;  // in parked<Conn>(): see ~NfsClient
   // Replies, read by io_uring straight into this buffer and cut into RPC
   // records here.
   std::unique_ptr<char[]> rx;
@@ -201,52 +201,35 @@ struct Tick : Completion {
 
 namespace {
 const std::byte kZeros[4] = {};
-}  // namespace
 
-namespace {
-// Connections whose client went away while a poll or a recv into rx was
-// still armed on a ring that may never report it (at exit the rings are
-// closed before the targets). They stay reachable here for the life of the
-// process, so the kernel never writes into freed memory; if the ring does
-// report the poll, on_poll unparks and frees the connection.
+// Connections and timers whose client went away while a completion of
+// theirs was still armed on a ring that may never report it (at exit the
+// rings are closed before the targets). They stay reachable here for the
+// life of the process, so the kernel never writes into freed memory; if the
+// ring does report it, the completion unparks and frees its object.
 std::mutex& parked_mu() {
   static std::mutex mu;
   return mu;
 }
-std::vector<NfsClient::Conn*>& parked_conns() {
-  static auto* v = new std::vector<NfsClient::Conn*>();
+template <typename T>
+std::vector<T*>& parked() {
+  static auto* v = new std::vector<T*>();
   return *v;
 }
-void park(NfsClient::Conn* c) {
+template <typename T>
+void park(T* x) {
   std::lock_guard lk(parked_mu());
-  c->parked = true;
-  parked_conns().push_back(c);
+  x->parked = true;
+  parked<T>().push_back(x);
 }
-// Timers armed when their client went: reachable here until their CQE.
-std::vector<Tick*>& parked_ticks() {
-  static auto* v = new std::vector<Tick*>();
-  return *v;
-}
-void park(Tick* t) {
-  std::lock_guard lk(parked_mu());
-  t->parked = true;
-  parked_ticks().push_back(t);
-}
-void delete_tick(Tick* t) {
-  if (t->parked) {
+template <typename T>
+void unpark_delete(T* x) {
+  if (x->parked) {
     std::lock_guard lk(parked_mu());
-    auto& v = parked_ticks();
-    v.erase(std::remove(v.begin(), v.end(), t), v.end());
+    auto& v = parked<T>();
+    v.erase(std::remove(v.begin(), v.end(), x), v.end());
   }
-  delete t;
-}
-void delete_conn(NfsClient::Conn* c) {
-  if (c->parked) {
-    std::lock_guard lk(parked_mu());
-    auto& v = parked_conns();
-    v.erase(std::remove(v.begin(), v.end(), c), v.end());
-  }
-  delete c;
+  delete x;
 }
 }  // namespace
 
@@ -325,15 +308,12 @@ bool NfsClient::send(Call* c) {
   conn->slots[slot] = c;
 
   OutRecord* r = conn->new_record();
-  const nfswire::Proc proc = c->kind == Kind::kRead    ? nfswire::Proc::kRead
-                             : c->kind == Kind::kWrite ? nfswire::Proc::kWrite
-                                                       : nfswire::Proc::kCommit;
   // COMMIT: offset 0, count 0 = the whole file.
   const uint64_t offset = c->kind == Kind::kCommit ? 0 : c->offset;
   const uint32_t count = c->kind == Kind::kCommit ? 0 : c->count;
   r->hdr_len = static_cast<uint32_t>(nfswire::encode_call(r->hdr, c->xid, ep_.version,
                                                           {static_cast<uint32_t>(ep_.uid), static_cast<uint32_t>(ep_.gid)},
-                                                          ep_.fh, proc, offset, count, c->stable));
+                                                          ep_.fh, c->kind, offset, count, c->stable));
   r->data = c->kind == Kind::kWrite ? c->wdata : nullptr;
   r->data_len = c->kind == Kind::kWrite ? c->count : 0;
   r->call = c;
@@ -388,10 +368,7 @@ void NfsClient::withdraw(Call* c) {
 void NfsClient::reply(Call* c, std::span<const std::byte> body) {
   nfswire::Reply r;
   std::string why;
-  const nfswire::Proc proc = c->kind == Kind::kRead    ? nfswire::Proc::kRead
-                             : c->kind == Kind::kWrite ? nfswire::Proc::kWrite
-                                                       : nfswire::Proc::kCommit;
-  if (!nfswire::decode_reply(body, ep_.version, proc, &r, &why)) {
+  if (!nfswire::decode_reply(body, ep_.version, c->kind, &r, &why)) {
     broken_ = true;
     broken_why_ = fmt::format("{} reply of {} bytes: {}", kind_name(c->kind), body.size(), why);
     return;
@@ -511,7 +488,7 @@ void NfsClient::on_poll(Completion* cc) {
     case CompletionKind::kPoll: (pc->out ? conn->out_armed : conn->in_armed) = false; break;
   }
   if (conn->dead) {
-    if (!conn->armed()) delete_conn(conn);
+    if (!conn->armed()) unpark_delete(conn);
     return;
   }
   NfsClient* self = conn->owner;
@@ -809,7 +786,7 @@ void NfsClient::arm_tick() {
       if (t->owner)
         t->owner->tick();
       else
-        delete_tick(t);
+        unpark_delete(t);
     };
   }
   tick_->ts = Ring::to_timespec(kTick);

@@ -71,7 +71,7 @@ class NfsClient {
   NfsClient(const NfsClient&) = delete;
   NfsClient& operator=(const NfsClient&) = delete;
 
-  enum class Kind { kRead, kWrite, kCommit };
+  using Kind = nfswire::Proc;  // kRead, kWrite, kCommit
   // One call: arguments, then the reply. Lives in the caller's frame.
   struct Call {
     Kind kind = Kind::kRead;

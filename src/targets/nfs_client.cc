@@ -13,9 +13,9 @@
 // A record's memory is in the socket's hands once a sendmsg holding it is
 // submitted. So a WRITE is completed (and its caller may free its data) only
 // once the sendmsg holding its record has completed and a reply came (a
-// reply can come first: reply()), or after its connection was shut down (a
-// sendmsg still armed on a shut-down socket only fails: tcp_sendmsg checks
-// for the shutdown under the socket lock before each copy), or if none of
+// reply can come first: reply()), or after its connection was reset and shut
+// down (a sendmsg still armed then only fails: tcp_sendmsg checks the
+// socket's state under the socket lock before each copy), or if none of
 // its record was submitted yet (the record is then skipped). The socket is
 // closed only when no SQE can name its fd any more (~Conn), so an SQE
 // prepared before a teardown never lands on a socket that reuses the number.
@@ -25,7 +25,7 @@
 // can send new calls, or the connection can be torn down, with no parser on
 // the stack.
 //
-// A broken connection is torn down (socket shut down; closed with its last
+// A broken connection is torn down (reset and shut down; closed with its last
 // completion) and its calls go back to the front of the waiting list; a new
 // connection sends them again. A ticker (100 ms, only while calls are
 // outstanding or a connection is being made) expires calls past their
@@ -60,6 +60,16 @@ namespace strata {
 using namespace std::chrono_literals;
 
 namespace {
+
+// Resets a TCP connection (RST; what is still queued to send is dropped) and
+// shuts the socket down; the fd stays open.
+void abort_socket(int fd) {
+  if (fd < 0) return;
+  sockaddr unspec{};
+  unspec.sa_family = AF_UNSPEC;
+  (void)::connect(fd, &unspec, sizeof unspec);
+  ::shutdown(fd, SHUT_RDWR);
+}
 
 constexpr auto kTick = 100ms;
 constexpr auto kMaxBackoff = std::chrono::milliseconds(1000);
@@ -729,8 +739,12 @@ void NfsClient::teardown(std::string_view why) {
   }
   // No byte goes out on this socket from now on: a sendmsg still armed can
   // only fail, so the data of the calls below may be freed once they finish
-  // on another connection.
-  if (conn->fd >= 0) ::shutdown(conn->fd, SHUT_RDWR);
+  // on another connection. Aborted, not closed politely: connect(AF_UNSPEC)
+  // resets the connection (RST) and drops what is still queued in our send
+  // buffer, so the calls given up on do not reach a server that resumes
+  // reading later (with a FIN it would read them all); then shutdown, so
+  // the socket refuses any further send or receive.
+  abort_socket(conn->fd);
   for (OutRecord* r = conn->oq_head; r; r = r->next) {
     if (r->replied) ready_.push_back(r->call);  // answered: done
     r->call = nullptr;

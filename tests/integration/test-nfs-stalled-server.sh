@@ -1,5 +1,5 @@
 #!/bin/bash
-# nfs target, a server that stops reading (SIGSTOP: the TCP connection stays up, the socket fills): with 64 KiB TCP buffers (in the test's network namespace) 48 x 1 MiB writes all succeed on one connection though strata's sendmsg goes out in pieces; then a stop: 32 x 1 MiB writes and a read in flight on one NBD connection all fail with EIO within timeout + 2 s while strata's sendmsg to the server is blocked mid-stream; the connection is dropped (reconnects, calls_timed_out counted); once the server runs again (SIGCONT) the same NBD connection and new ones read and write, data flushed before is intact, every 4 KiB block of the failed writes' range holds either the old or the new bytes, and the server log shows no crash.
+# nfs target, a server that stops reading (SIGSTOP: the TCP connection stays up, the socket fills): with 64 KiB TCP buffers (in the test's network namespace) 48 x 1 MiB writes all succeed on one connection though strata's sendmsg goes out in pieces; then a stop: 32 x 1 MiB writes and a read in flight on one NBD connection all fail with EIO within timeout + 2 s while strata's sendmsg to the server is blocked mid-stream; the connection is dropped (reconnects, calls_timed_out counted) by an abort that leaves none of the abandoned calls' bytes queued to the server (ss: no Send-Q); once the server runs again (SIGCONT) the same NBD connection and new ones read and write, data flushed before is intact, every 4 KiB block of the failed writes' range holds either the old or the new bytes, and the server log shows no crash.
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/nfs-lib.sh"
 nfs_enter_netns "$@"
@@ -52,7 +52,7 @@ echo "counters: $(jq -c '{reconnects, partial_sends, write_calls}' <<<"$info")"
 expect_bytes "$F" $((32 << 20)) $((16 << 20)) 0x24
 
 py <<'PYEOF' || die "stalled-server client (above)"
-import nbd, os, signal, time
+import nbd, os, signal, subprocess, time
 h = nbd.NBD(); h.connect_uri(os.environ["U"])
 assert h.pread(4096, 0) == b"\x31" * 4096
 gpid = int(os.environ["GANESHA_PID"])
@@ -89,6 +89,13 @@ try:
     except nbd.Error as e:
         assert e.errno == "EIO", e
     print(f"next write on the same connection: EIO after {time.monotonic() - t:.2f} s")
+    # The dropped connection was aborted, not closed politely: nothing of the
+    # calls given up on is left queued in strata's socket to reach the
+    # server when it reads again (a FIN would leave it all in FIN-WAIT-1).
+    ss = subprocess.run(["ss", "-tanH", "( dport = :2049 )"], capture_output=True, text=True, check=True).stdout
+    queued = [l for l in ss.splitlines() if int(l.split()[2]) > 0]
+    print("strata's sockets to the server:\n" + ss.rstrip())
+    assert not queued, f"data of abandoned calls still queued to the stopped server: {queued}"
 finally:
     os.kill(gpid, signal.SIGCONT)
 # The server runs again: the same connection works.

@@ -89,6 +89,29 @@ TEST(RetainedWrites, ChunksAreReusedAndLargeEntriesFit) {
   EXPECT_EQ(e[0].data[(6u << 20) - 1], std::byte{0x42});
 }
 
+TEST(RetainedWrites, LargeCopiesKeepEveryByte) {
+  // Large entries are copied with streaming stores in 64-byte steps after a
+  // head that aligns the destination: odd lengths and log positions (a
+  // 3-byte entry first shifts every later one) must keep every byte.
+  RetainedWrites r(8u << 20);
+  std::mt19937 rng(7);
+  std::vector<std::vector<std::byte>> src;
+  r.append(0, filled(3, 0xee), 1, false);
+  for (size_t len : {size_t{64} << 10, (size_t{64} << 10) + 1, (size_t{200} << 10) + 37, size_t{1} << 20,
+                     (size_t{1} << 20) + 63}) {
+    std::vector<std::byte> v(len);
+    for (auto& b : v) b = static_cast<std::byte>(rng());
+    r.append(len, v, 1, false);
+    src.push_back(std::move(v));
+  }
+  auto e = r.entries_before(r.next_seq());
+  ASSERT_EQ(e.size(), src.size() + 1);
+  for (size_t i = 0; i < src.size(); ++i) {
+    ASSERT_EQ(e[i + 1].length, src[i].size());
+    EXPECT_EQ(std::memcmp(e[i + 1].data, src[i].data(), src[i].size()), 0) << "entry of " << src[i].size();
+  }
+}
+
 TEST(RetainedWrites, RandomModel) {
   std::mt19937 rng(42);
   constexpr size_t kSize = 4096;

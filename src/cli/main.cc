@@ -166,6 +166,11 @@ int main(int argc, char** argv) {
                     "FUSE over io_uring where the kernel has it (on: turns on the fuse module's enable_uring as root)")
       ->transform(CLI::CheckedTransformer(std::map<std::string, std::string>{{"on", "1"}, {"off", "0"}}))
       ->default_str("on");
+  serve->add_option("--sched", so.sched_batch,
+                    "Scheduling of the I/O threads: batch (SCHED_BATCH: a completion does not preempt the client or "
+                    "server running on the CPU) or normal")
+      ->transform(CLI::CheckedTransformer(std::map<std::string, std::string>{{"batch", "1"}, {"normal", "0"}}))
+      ->default_str("batch");
   serve->add_option("--state-dir", so.state_dir,
                     "Where dirty maps persist (default: $STRATA_STATE_DIR, else /var/lib/strata as root)");
   serve->add_option("--tls", so.tls, "TLS: off, on (offered), require (plaintext refused)")

@@ -119,7 +119,7 @@ int serve(const ServeOptions& o) {
   std::vector<Queue*> qptrs;
   for (unsigned i = 0; i < nq; ++i) {
     auto q = std::make_unique<Queue>(static_cast<int>(i));
-    if (auto r = q->start(); !r) {
+    if (auto r = q->start(o.sched_batch); !r) {
       LOG_ERROR("queue {}: {}", i, r.error().message);
       return 1;
     }

@@ -29,6 +29,7 @@ struct ServeOptions {
   std::string state_dir;
   std::vector<std::string> fuse;  // FUSE mountpoints
   bool fuse_io_uring = true;      // FUSE over io_uring where the kernel has it
+  bool sched_batch = true;        // queue threads under SCHED_BATCH
   std::vector<std::string> allow_paths;  // where control clients may name files  // dirty maps live here ("" = in memory only)
   std::string tls = "off";  // off | on | require
   std::string tls_certificates;

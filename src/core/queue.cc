@@ -1,10 +1,12 @@
 #include "core/queue.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <future>
 
@@ -76,14 +78,23 @@ Result<> Queue::init_inline() {
   return {};
 }
 
-Result<> Queue::start() {
+Result<> Queue::start(bool batch) {
   efd_ = ::eventfd(0, EFD_CLOEXEC);
   if (efd_ < 0) return posix_error("eventfd", errno);
   std::promise<Result<>> started;
   auto fut = started.get_future();
-  thread_ = std::thread([this, &started] {
+  thread_ = std::thread([this, &started, batch] {
     // Named so that top, perf and taskset can tell the queues apart.
     ::pthread_setname_np(::pthread_self(), fmt::format("strata-q{}", id_).c_str());
+    // SCHED_BATCH (no privilege needed): a completion that wakes this thread
+    // does not preempt the task running on the CPU (the client, the NFS
+    // server), which is left to finish what it was doing; the queue then
+    // finds more completions at once. io_uring's workers inherit it.
+    if (batch) {
+      sched_param sp{};
+      if (int e = ::pthread_setschedparam(::pthread_self(), SCHED_BATCH, &sp); e != 0)
+        LOG_WARN("queue {}: SCHED_BATCH: {}", id_, std::strerror(e));
+    }
     auto r = ring_.init(1024);
     bool ok = r.has_value();
     started.set_value(std::move(r));

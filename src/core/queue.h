@@ -38,7 +38,8 @@ class Queue {
   Queue& operator=(const Queue&) = delete;
 
   // Starts the thread and its ring. Fails if the ring cannot be created.
-  Result<> start();
+  // batch: the thread runs under SCHED_BATCH (see Queue::start).
+  Result<> start(bool batch = false);
   // Asks the loop to exit once the closures already posted have run, and
   // joins the thread.
   void stop();

@@ -149,10 +149,8 @@ struct NfsContext {
 // ---- RetainedWrites
 
 namespace {
-constexpr uint32_t kChunkBytes = 4u << 20;
-}
 
-namespace {
+constexpr uint32_t kChunkBytes = 4u << 20;
 
 // Copies a write into the log. A large one with streaming (non-temporal)
 // stores: the log is written now and read back only after a server restart,

@@ -161,6 +161,19 @@ EOF
   done
 }
 
+# nfs_serve_disk SIZE BYTE TIMEOUT: ganesha exporting $WORK/export (EXPORT),
+# a file of SIZE bytes of BYTE there (F), and strata serving it as export "d"
+# through an nfs target with timeout=TIMEOUT.
+nfs_serve_disk() {
+  EXPORT=$WORK/export
+  mkdir -p "$EXPORT"
+  nfs_start_ganesha "$EXPORT"
+  F=$EXPORT/disk.img
+  bytes "$1" "$2" >"$F"
+  echo "0 $(($1 / 512)) nfs $(nfs_url "$F") 0 timeout=$3" >"$WORK/t.conf"
+  start_strata --table "$WORK/t.conf" --export d
+}
+
 nfs_stop_ganesha() {
   [ -n "$GANESHA_PID" ] || die "nfs_stop_ganesha: ganesha is not running"
   _nfs_stop_pid "$GANESHA_PID" TERM 20

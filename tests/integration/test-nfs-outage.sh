@@ -5,15 +5,9 @@
 nfs_enter_netns "$@"
 source "$(dirname "$0")/nbd-lib.sh"
 
-EXPORT=$WORK/export
-mkdir -p "$EXPORT"
-nfs_start_ganesha "$EXPORT"
-F=$EXPORT/disk.img
 SZ=$((8 << 20))
-bytes $SZ 0x5e >"$F"
 TIMEOUT=3 LIMIT=5   # LIMIT = timeout + 2
-echo "0 $((SZ / 512)) nfs $(nfs_url "$F") 0 timeout=$TIMEOUT" >"$WORK/t.conf"
-start_strata --table "$WORK/t.conf" --export d
+nfs_serve_disk $SZ 0x5e $TIMEOUT
 pid0=$STRATA_PID
 U=$(uri d)
 export U LIMIT

@@ -10,15 +10,9 @@ source "$(dirname "$0")/nbd-lib.sh"
 # answers the first calls it carries.
 sysctl -q -w net.ipv4.tcp_wmem="4096 16384 65536" net.ipv4.tcp_rmem="4096 16384 65536" ||
   die "cannot set the namespace's TCP buffer sizes"
-EXPORT=$WORK/export
-mkdir -p "$EXPORT"
-nfs_start_ganesha "$EXPORT"
-F=$EXPORT/disk.img
 SZ=$((64 << 20))
-bytes $SZ 0x00 >"$F"
 TIMEOUT=3 LIMIT=5   # LIMIT = timeout + 2
-echo "0 $((SZ / 512)) nfs $(nfs_url "$F") 0 timeout=$TIMEOUT" >"$WORK/t.conf"
-start_strata --table "$WORK/t.conf" --export d
+nfs_serve_disk $SZ 0x00 $TIMEOUT
 U=$(uri d)
 export U LIMIT GANESHA_PID WORK
 

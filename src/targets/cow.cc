@@ -157,6 +157,9 @@ void CowTarget::info(InfoSink& out) const {
   out.add("chunk_size", chunk_);
   out.add("top", layers_.empty() ? "" : layers_[nlayers_.load() - 1]->path());
   out.add("copy_ups", copy_ups_.load());
+  out.add("merging", merging_.load() ? 1 : 0);
+  out.add("merge_copied_chunks", merge_done_.load(std::memory_order_relaxed));
+  out.add("merge_total_chunks", merge_total_.load(std::memory_order_relaxed));
   std::size_t held = 0;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -397,6 +400,8 @@ Task<Result<>> CowTarget::modify(Queue& q, const std::byte* buf, uint64_t offset
       std::lock_guard<std::mutex> l(mu_);
       state = top_state_[c];
     }
+    // In place only where the write layer is what reads see (see in_place()).
+    const bool here = in_place(c);
     if (zero && whole) {
       // "Zeros here": whole chunks need no data; punch what the top held.
       if (state == kPresent) {
@@ -407,19 +412,14 @@ Task<Result<>> CowTarget::modify(Queue& q, const std::byte* buf, uint64_t offset
       set_states(c, c, kZero);
       continue;
     }
-    if (whole || state == kPresent) {
+    if (whole || here) {
       // Write in place; consecutive such chunks go in one write.
       uint64_t run_end = pe;
       uint64_t cc = c;
       while (cc + 1 <= c1) {
         uint64_t ncs = (cc + 1) * chunk_, nce = std::min(ncs + chunk_, size_);
         uint64_t npe = std::min(end, nce);
-        uint8_t ns;
-        {
-          std::lock_guard<std::mutex> l(mu_);
-          ns = top_state_[cc + 1];
-        }
-        if (!((npe == nce) || ns == kPresent)) break;
+        if (!((npe == nce) || in_place(cc + 1))) break;
         if (zero && npe == nce) break;  // whole zero chunks take the branch above
         ++cc;
         run_end = npe;

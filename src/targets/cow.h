@@ -109,6 +109,15 @@ class CowTarget final : public Target {
   static constexpr std::size_t kMaxLayers = 127;
 
   uint8_t holder(uint64_t chunk) const { return index_[chunk].load(std::memory_order_acquire); }
+  // Whether a write smaller than chunk `c` may go into the write layer in
+  // place: only when that layer is the chunk's holder, with data. The write
+  // layer's own bitmap is not enough: during a merge it is the top's parent,
+  // which may hold an older copy of a chunk the top (a layer above it) holds
+  // or reads as zeros; writing there in place would bring the older bytes
+  // back around the write. Call with the chunk locked (lock_chunks): the
+  // holder of a locked chunk changes only by the lock holder, or with every
+  // write drained (snapshot, merge steps 1 and 3, merge_layer's switch).
+  bool in_place(uint64_t c) const { return holder(c) == static_cast<uint8_t>(write_layer_.load() + 1); }
   Task<Result<>> read_run(Queue& q, uint8_t h, std::byte* buf, uint64_t offset, uint64_t length);
   // The holder of every chunk of [offset, offset+length) when they all have
   // the same one.
@@ -177,6 +186,8 @@ class CowTarget final : public Target {
   std::vector<uint8_t> merge_top_state_;
   DirtyPages merge_top_dirty_;
   std::atomic<bool> merging_{false};  // a merge call is running
+  // Progress of the running merge's copy, in chunks (status).
+  std::atomic<uint64_t> merge_done_{0}, merge_total_{0};
 
   mutable std::mutex mu_;                 // guards top_state_, dirty_, busy_
   std::vector<uint8_t> top_state_;        // ChunkState of the top, per chunk

@@ -88,6 +88,8 @@ Task<Result<uint64_t>> CowTarget::merge_copy(Queue& q, uint8_t from,
     Join join;
   } sh;
   for (uint64_t c = 0; c < chunks_; ++c) sh.total += (holder(c) & ~kZeroBit) == from;
+  merge_total_.store(sh.total, std::memory_order_relaxed);
+  merge_done_.store(0, std::memory_order_relaxed);
   const uint64_t per_run = std::max<uint64_t>(1, (1 << 20) / chunk_);
   auto worker = [](CowTarget& t, Queue& q, uint8_t from, uint64_t per_run, Shared& sh,
                    const std::function<void(uint64_t, uint64_t)>& progress) -> Task<void> {
@@ -133,6 +135,7 @@ Task<Result<uint64_t>> CowTarget::merge_copy(Queue& q, uint8_t from,
       }
       t.unlock_chunks(c, e - 1);
       if (!res && sh.res) sh.res = std::move(res);
+      t.merge_done_.store(sh.done, std::memory_order_relaxed);
       if (progress) progress(sh.done, sh.total);
     }
     sh.join.done();
@@ -211,6 +214,8 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
   const std::size_t n = nlayers_.load();
   if (n < 2) return fail(EINVAL, "merge: the top layer has no parent layer (the base is never written)");
   if (merging_.exchange(true)) return fail(EBUSY, "merge: a merge is already running");
+  merge_total_.store(0);  // set again once the copy starts (status: the copy runs)
+  merge_done_.store(0);
   struct Done {
     std::atomic<bool>& b;
     ~Done() { b.store(false); }

@@ -245,7 +245,7 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
     return ok({{"chunks_copied", *r}, {"milliseconds", ms}, {"layers", cow->layer_paths()}});
   }
   if (method == "device_flatten") {
-    // The whole device, as it reads now, into one raw file.
+    // The whole device into one raw file.
     std::string dev = params.value("device", std::string());
     std::string to = params.value("to", std::string());
     auto it = d.tracks.find(dev);
@@ -255,10 +255,12 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
       return err(ap.error().message);
     else
       to = *ap;
-    auto r = flatten_device(*it->second, *d.queue, to, progress);
+    // A point-in-time copy: the device as it was when this request began.
+    uint64_t by_writes = 0;
+    auto r = flatten_live(*it->second, *d.queue, to, progress, &by_writes);
     if (!r) return err(r.error().message);
     uint64_t size = *r;
-    return ok({{"to", to}, {"bytes", size}});
+    return ok({{"to", to}, {"bytes", size}, {"copied_before_writes", by_writes}});
   }
   if (method == "export_fuse_start") {
     std::string mp = params.value("mountpoint", std::string());

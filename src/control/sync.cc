@@ -247,4 +247,29 @@ Result<uint64_t> flatten_device(Target& t, Queue& q, const std::string& to,
   return size;
 }
 
+Result<uint64_t> flatten_live(TrackTarget& t, Queue& q, const std::string& to,
+                              const std::function<void(const nlohmann::json&)>& progress, uint64_t* by_writes) {
+  int fd = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return posix_error(fmt::format("flatten to {}", to), errno);
+  const uint64_t size = t.size();
+  auto copy = std::make_shared<CopyBeforeWrite>(t, fd, to);  // owns fd
+  if (::ftruncate(fd, static_cast<off_t>(size)) < 0) return posix_error(fmt::format("flatten to {}", to), errno);
+  TRY(t.start_copy(copy));
+  // Runs of 1 MiB: a write waiting for a block the copier holds waits for
+  // one run at most.
+  const uint64_t per_run = std::max<uint64_t>(1, (1 << 20) / copy->block());
+  Result<> r;
+  for (uint64_t b = 0; b < copy->blocks() && r; b += per_run) {
+    r = q.call([&] { return copy->copy(q, b, b + per_run); });
+    const uint64_t done = std::min(size, (b + per_run) * copy->block());
+    if (r && progress) progress({{"round", 1}, {"copied_bytes", done}, {"total_bytes", size}});
+  }
+  t.stop_copy();  // every block is copied: no write copies any more
+  if (r) r = copy->status();
+  if (r && ::fdatasync(copy->fd()) < 0) r = posix_error(fmt::format("flatten to {}", to), errno);
+  if (!r) return fail(with_context(r.error(), fmt::format("flatten to {}", to)));
+  if (by_writes) *by_writes = copy->copied_by_writes();
+  return size;
+}
+
 }  // namespace strata::control

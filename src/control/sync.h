@@ -32,4 +32,11 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
 Result<uint64_t> flatten_device(Target& t, Queue& q, const std::string& to,
                                 const std::function<void(const nlohmann::json&)>& progress);
 
+// The same for a device being served: a point-in-time copy (cbw.h), the
+// device as it was when the call began, while writes go on. Returns the
+// bytes; `by_writes`, if given, the blocks copied ahead of a write.
+Result<uint64_t> flatten_live(TrackTarget& t, Queue& q, const std::string& to,
+                              const std::function<void(const nlohmann::json&)>& progress,
+                              uint64_t* by_writes = nullptr);
+
 }  // namespace strata::control

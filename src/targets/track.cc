@@ -334,6 +334,7 @@ Result<> TrackTarget::attach_queue(Queue& q) {
   std::lock_guard<std::mutex> l(mu_);
   queues_.push_back(&q);
   per_queue_[q.id()].maps = std::make_shared<const MapList>(maps_);
+  per_queue_[q.id()].copy = copy_;
   return {};
 }
 
@@ -426,45 +427,48 @@ uint64_t TrackTarget::mark(Queue& q, uint64_t offset, uint64_t length) {
 }
 
 Task<Result<>> TrackTarget::write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {
-  // No map and no freeze: straight to the device, without a frame of our own.
-  const PerQueue& pq = per_queue_[q.id()];
-  if (!pq.frozen && pq.maps->empty()) return lower_->write(q, buf, offset, f);
+  // Every write is counted, even with no map: freeze() and publish() wait
+  // for the writes in flight, and one that went around the count could land
+  // after a map started or a point-in-time copy began.
   return write_tracked(q, buf, offset, f);
 }
 
 Task<Result<>> TrackTarget::write_tracked(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {
   CO_TRY(co_await enter(q));
   uint64_t epoch = mark(q, offset, buf.size());
+  if (auto c = per_queue_[q.id()].copy) co_await c->before_write(q, offset, buf.size());
   auto r = co_await lower_->write(q, buf, offset, f);
   leave(q, epoch);
   co_return r;
 }
 
 Task<Result<>> TrackTarget::trim(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
-  // No map and no freeze: straight to the device, without a frame of our own.
-  const PerQueue& pq = per_queue_[q.id()];
-  if (!pq.frozen && pq.maps->empty()) return lower_->trim(q, offset, length, f);
+  // Every write is counted, even with no map: freeze() and publish() wait
+  // for the writes in flight, and one that went around the count could land
+  // after a map started or a point-in-time copy began.
   return trim_tracked(q, offset, length, f);
 }
 
 Task<Result<>> TrackTarget::trim_tracked(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
   CO_TRY(co_await enter(q));
   uint64_t epoch = mark(q, offset, length);
+  if (auto c = per_queue_[q.id()].copy) co_await c->before_write(q, offset, length);
   auto r = co_await lower_->trim(q, offset, length, f);
   leave(q, epoch);
   co_return r;
 }
 
 Task<Result<>> TrackTarget::zero(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
-  // No map and no freeze: straight to the device, without a frame of our own.
-  const PerQueue& pq = per_queue_[q.id()];
-  if (!pq.frozen && pq.maps->empty()) return lower_->zero(q, offset, length, f);
+  // Every write is counted, even with no map: freeze() and publish() wait
+  // for the writes in flight, and one that went around the count could land
+  // after a map started or a point-in-time copy began.
   return zero_tracked(q, offset, length, f);
 }
 
 Task<Result<>> TrackTarget::zero_tracked(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
   CO_TRY(co_await enter(q));
   uint64_t epoch = mark(q, offset, length);
+  if (auto c = per_queue_[q.id()].copy) co_await c->before_write(q, offset, length);
   auto r = co_await lower_->zero(q, offset, length, f);
   leave(q, epoch);
   co_return r;
@@ -648,6 +652,25 @@ void TrackTarget::thaw() {
     pq.parked.clear();
     for (auto h : parked) h.resume();
   });
+}
+
+Result<> TrackTarget::start_copy(std::shared_ptr<CopyBeforeWrite> copy) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (copy_) return fail(EBUSY, fmt::format("device '{}' is being copied already", device_));
+    copy_ = copy;
+  }
+  // The moment of the copy: no write in flight, new ones held.
+  freeze();
+  on_every_queue([&](PerQueue& pq) { pq.copy = copy; });
+  thaw();
+  return {};
+}
+
+void TrackTarget::stop_copy() {
+  on_every_queue([](PerQueue& pq) { pq.copy = nullptr; });
+  std::lock_guard<std::mutex> l(mu_);
+  copy_ = nullptr;
 }
 
 void TrackTarget::close_clean() {

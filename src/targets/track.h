@@ -36,6 +36,7 @@
 
 #include "core/queue.h"
 #include "core/target.h"
+#include "targets/cbw.h"
 
 namespace strata {
 
@@ -166,6 +167,11 @@ class TrackTarget final : public ForwardingTarget {
   // Holds every new write until thaw(); returns once writes in flight are done.
   void freeze();
   void thaw();
+  // A point-in-time copy (cbw.h) of this device as it is now: installed with
+  // writes held and none in flight, so every write after this call copies
+  // the blocks it changes first. One at a time (EBUSY).
+  Result<> start_copy(std::shared_ptr<CopyBeforeWrite> copy);
+  void stop_copy();
   // Clean shutdown: full bitmaps written, in-use cleared, synced.
   void close_clean();
 
@@ -192,6 +198,7 @@ class TrackTarget final : public ForwardingTarget {
     uint64_t epoch = 0;
     uint64_t in_flight_by_epoch[2] = {0, 0};
     std::function<void()> on_old_drained;
+    std::shared_ptr<CopyBeforeWrite> copy;  // a point-in-time copy runs
   };
 
   TrackTarget(std::shared_ptr<Target> lower, std::string device, std::string dir)
@@ -217,6 +224,7 @@ class TrackTarget final : public ForwardingTarget {
   mutable std::mutex mu_;                   // guards maps_ and queues_
   std::mutex publish_mu_;                   // one publish() at a time
   MapList maps_;
+  std::shared_ptr<CopyBeforeWrite> copy_;  // under mu_
   std::vector<Queue*> queues_;
   std::unique_ptr<PerQueue[]> per_queue_{new PerQueue[kMaxQueues]};
 };

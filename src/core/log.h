@@ -4,11 +4,19 @@
 
 #include <fmt/core.h>
 
+#include <string>
 #include <string_view>
 
 namespace strata {
 
 enum class LogLevel { kDebug = 0, kInfo = 1, kWarn = 2, kError = 3 };
+
+// A log line is one line of text: control bytes (newline, escape codes, NUL,
+// DEL, C1), backslashes and bytes that are not valid UTF-8 are written as
+// \n, \t, \\ or \xNN, so nothing a client or a file supplied (an export
+// name, a path) can forge a line or drive a terminal. log_line() applies it
+// to every line.
+std::string log_escape(std::string_view s);
 
 void set_log_level(LogLevel level);
 LogLevel log_level();

@@ -283,6 +283,8 @@ Task<Result<>> Connection::send_option_reply(uint32_t opt, uint32_t type, std::s
   put64(h, kRepMagic);
   put32(h + 8, opt);
   put32(h + 12, type);
+  // An error's message is at most kMaxErrorMessage bytes (the spec's MUST).
+  if ((type & kRepErrBit) && data.size() > kMaxErrorMessage) data = data.first(kMaxErrorMessage);
   put32(h + 16, static_cast<uint32_t>(data.size()));
   co_return co_await send_now(h, data);
 }
@@ -440,7 +442,11 @@ Task<bool> Connection::handshake() {
   no_zeroes_ = cflags & kClientNoZeroes;
 
   std::vector<std::byte> data;
-  for (;;) {
+  for (uint32_t count = 0;; ++count) {
+    if (count == kMaxOptions) {
+      LOG_INFO("conn {} ({}): more than {} options; closing", id_, peer_, kMaxOptions);
+      co_return false;
+    }
     std::byte h[16];
     {
       auto rr = co_await read_exact(h, 16);
@@ -454,6 +460,12 @@ Task<bool> Connection::handshake() {
     uint32_t len = get32(h + 12);
     if (len > kMaxOptionLength) {
       if (opt == kOptExportName) co_return fail_log(Error{EINVAL, "export name too long"});
+      if (len > kMaxSkippedOption) {
+        // Not worth reading to the end: a 4 GiB option would hold the slot
+        // until the handshake deadline.
+        LOG_INFO("conn {} ({}): option {} of {} bytes; closing", id_, peer_, opt, len);
+        co_return false;
+      }
       {
         auto rr = co_await discard(len);
         if (!rr) co_return fail_log(rr.error());
@@ -552,7 +564,8 @@ Task<Result<Connection::OptionResult>> Connection::handle_option(uint32_t opt, s
     for (uint16_t i = 0; i < nreq; ++i) reqs[i] = get16(data.data() + 6 + nlen + 2 * i);
     auto e = server_.find_export(name);
     if (!e) {
-      std::string msg = "unknown export '" + name + "'";
+      // The name shortened: the message stays well under the spec's limit.
+      std::string msg = "unknown export '" + (name.size() > 256 ? name.substr(0, 256) + "..." : name) + "'";
       CO_TRY(co_await send_option_reply(opt, kRepErrUnknown,
                                         {reinterpret_cast<const std::byte*>(msg.data()), msg.size()}));
       co_return OptionResult::kContinue;
@@ -639,6 +652,7 @@ uint32_t Connection::check_request(const Request& r) const {
 
 Task<void> Connection::transmission() {
   LOG_DEBUG("conn {}: transmission on export '{}'", id_, export_->name);
+  serving_.store(export_->target.get(), std::memory_order_release);
   for (;;) {
     while (reader_must_wait()) co_await Park{reader_waiting_};
     while (rend_ - rstart_ < kRequestSize) {

@@ -118,6 +118,9 @@ constexpr std::size_t kSimpleReplySize = 16;
 constexpr std::size_t kStructuredHeaderSize = 20;
 constexpr uint32_t kMaxRequest = 32 * 1024 * 1024;  // largest read/write we accept
 constexpr uint32_t kMaxOptionLength = 64 * 1024;    // larger options get ERR_TOO_BIG
+constexpr uint32_t kMaxSkippedOption = 1 << 20;     // larger still: the connection is closed
+constexpr uint32_t kMaxOptions = 1024;              // options per handshake, then it is closed
+constexpr std::size_t kMaxErrorMessage = 4096;      // the spec: error strings MUST be <= 4096 bytes
 constexpr uint32_t kMaxStringLength = 4096;
 
 inline void put16(std::byte* p, uint16_t v) {

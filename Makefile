@@ -3,7 +3,7 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build run test unit asan bench clean
+.PHONY: all deps build run test unit asan bench soak clean
 
 all: build
 
@@ -30,6 +30,12 @@ asan: deps
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSTRATA_SANITIZE=ON >/dev/null
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ctest --output-on-failure
+
+# Randomized online operations (snapshot, merge, flatten, dirty sync) under
+# concurrent I/O with random seeds for MINUTES minutes (tests/stress/).
+MINUTES ?= 10
+soak: build
+	bash scripts/soak.sh $(MINUTES)
 
 bench: build
 	bash bench/run.sh

@@ -7,6 +7,7 @@
 #include "targets/memory.h"
 #include "targets/nfs.h"
 #include "targets/pattern.h"
+#include "targets/rbd/rbd.h"
 #include "targets/zero.h"
 
 namespace strata {
@@ -21,6 +22,7 @@ const TargetType kTargetTypes[] = {
     {"pattern", PatternTarget::kHelp, &PatternTarget::create},
     {"cow", CowTarget::kHelp, &CowTarget::create},
     {"nfs", NfsTarget::kHelp, &NfsTarget::create},
+    {"rbd", RbdTarget::kHelp, &RbdTarget::create},
 };
 
 }  // namespace

@@ -12,6 +12,9 @@ PKGS=(
   fuse3 e2fsprogs xfsprogs libnbd-bin libnbd-dev python3-libnbd nbdkit qemu-utils fio jq xxd util-linux procps gnutls-bin
   # nfs target: libnfs, and an NFSv3 server for its tests (test-nfs-*.sh)
   libnfs-dev libnfs-utils nfs-ganesha nfs-ganesha-vfs rpcbind qemu-block-extra iproute2
+  # rbd target: librbd/librados (no pkg-config files), and a one-node Ceph
+  # cluster for its tests (test-rbd-*.sh: 1 mon, 1 mgr, 1 memstore OSD)
+  librbd-dev libradospp-dev ceph-mon ceph-mgr ceph-osd ceph-common uuid-runtime
 )
 
 missing=()

@@ -35,9 +35,8 @@ Result<std::string> read_file(const std::string& path) {
 
 }  // namespace
 
-Result<std::unique_ptr<DeviceSet>> load_devices(const ServeOptions& o) {
+Result<std::vector<DeviceSpec>> load_specs(const ServeOptions& o, std::string& source) {
   std::vector<DeviceSpec> specs;
-  std::string source;
   if (!o.file.empty()) {
     if (!o.tables.empty()) return fail(EINVAL, "give either --file or --table, not both");
     int fd = ::open(o.file.c_str(), O_RDONLY | O_CLOEXEC);
@@ -74,7 +73,7 @@ Result<std::unique_ptr<DeviceSet>> load_devices(const ServeOptions& o) {
     specs.push_back(d);
     source = "--file";
   } else {
-    if (o.tables.empty()) return fail(EINVAL, "nothing to serve: give --table FILE or --file PATH");
+    if (o.tables.empty()) return specs;  // a daemon configured at runtime (strata create)
     for (const auto& t : o.tables) {
       std::string text = TRY(read_file(t));
       auto more = TRY(parse_config(text, t, o.export_name));
@@ -90,6 +89,12 @@ Result<std::unique_ptr<DeviceSet>> load_devices(const ServeOptions& o) {
     }
     source = o.tables.size() == 1 ? o.tables[0] : "tables";
   }
+  return specs;
+}
+
+Result<std::unique_ptr<DeviceSet>> load_devices(const ServeOptions& o) {
+  std::string source;
+  auto specs = TRY(load_specs(o, source));
   return DeviceSet::build(specs, source, o.read_only);
 }
 
@@ -101,12 +106,18 @@ int serve(const ServeOptions& o) {
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGINT);
   sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
-  auto devices = load_devices(o);
-  if (!devices) {
-    LOG_ERROR("{}", devices.error().message);
+  std::string source;
+  auto specs = load_specs(o, source);
+  if (!specs) {
+    LOG_ERROR("{}", specs.error().message);
+    return 1;
+  }
+  if (specs->empty() && o.control.empty() && o.tables.empty() && o.file.empty()) {
+    LOG_ERROR("nothing to serve: give --table FILE or --file PATH, or --control PATH to create devices at runtime");
     return 1;
   }
 
@@ -126,9 +137,6 @@ int serve(const ServeOptions& o) {
     qptrs.push_back(q.get());
     queues.push_back(std::move(q));
   }
-  // Every device can carry dirty maps: it is served through a TrackTarget,
-  // which costs one branch per write while it has none.
-  std::map<std::string, std::shared_ptr<TrackTarget>> tracks;
   if (!o.state_dir.empty()) {
     std::string made;
     for (std::size_t i = 0; i <= o.state_dir.size(); ++i) {  // mkdir -p
@@ -138,25 +146,6 @@ int serve(const ServeOptions& o) {
           LOG_ERROR("--state-dir {}: {}", made, std::strerror(errno));
           return 1;
         }
-      }
-    }
-  }
-  for (const auto& d : (*devices)->devices()) {
-    std::string dir = o.state_dir.empty() ? "" : o.state_dir + "/" + (d.name.empty() ? "_default" : d.name);
-    auto t = TrackTarget::create(d.table, d.name, dir);
-    if (!t) {
-      LOG_ERROR("device '{}': {}", d.name, t.error().message);
-      return 1;
-    }
-    tracks[d.name] = std::move(*t);
-  }
-  for (Queue* q : qptrs) {
-    for (const auto& d : (*devices)->devices()) {
-      auto& t = tracks[d.name];
-      auto r = q->call([&]() -> Task<Result<>> { co_return t->attach_queue(*q); });
-      if (!r) {
-        LOG_ERROR("device '{}': {}", d.name, r.error().message);
-        return 1;
       }
     }
   }
@@ -178,7 +167,27 @@ int serve(const ServeOptions& o) {
   so.max_connections = o.max_connections;
   so.handshake_timeout = std::chrono::milliseconds(static_cast<int64_t>(o.handshake_timeout * 1000));
   nbd::Server server(qptrs, so);
-  for (const auto& d : (*devices)->devices()) server.add_export({d.name, "", tracks[d.name], d.read_only});
+
+  // Every device is served through a TrackTarget (dirty maps), which costs
+  // one branch per write while it has none, over a LiveTarget (reload,
+  // suspend/resume): control/devices.h.
+  control::Devices devices;
+  control::Jobs jobs;
+  control::Daemon daemon;
+  daemon.devices = &devices;
+  daemon.nbd = &server;
+  daemon.started = std::chrono::steady_clock::now();
+  daemon.jobs = &jobs;
+  daemon.queue = qptrs[0];
+  daemon.queues = qptrs;
+  daemon.state_dir = o.state_dir;
+  daemon.all_read_only = o.read_only;
+  daemon.allowed_paths = o.allow_paths;
+  daemon.fuse_options.io_uring = o.fuse_io_uring;
+  if (auto r = control::apply_config(daemon, *specs, source, false); !r) {
+    LOG_ERROR("{}", r.error().message);
+    return 1;
+  }
 
   for (const auto& p : o.unix_paths) {
     if (auto r = server.listen_unix(p); !r) {
@@ -207,12 +216,6 @@ int serve(const ServeOptions& o) {
                t);
   }
 
-  control::Daemon daemon{devices->get(), &server, std::chrono::steady_clock::now(), tracks, qptrs[0]};
-  daemon.queues = qptrs;
-  daemon.allowed_paths = o.allow_paths;
-  daemon.fuse_options.io_uring = o.fuse_io_uring;
-  for (const auto& d : (*devices)->devices())
-    daemon.fuse_devices.push_back({d.name, tracks[d.name], d.read_only || !d.table->caps().can_write});
   for (const auto& mp : o.fuse) {
     auto e = std::make_unique<fuse::FuseExport>(qptrs, daemon.fuse_devices, daemon.fuse_options);
     if (auto r = e->start(mp); !r) {
@@ -220,6 +223,9 @@ int serve(const ServeOptions& o) {
       return 1;
     }
     fmt::print("strata: FUSE export at {}\n", e->mountpoint());
+    std::vector<std::string> shows;
+    for (const auto& fd : daemon.fuse_devices) shows.push_back(fd.name);
+    daemon.fuse_shows[e->mountpoint()] = shows;
     daemon.fuse_exports[e->mountpoint()] = std::move(e);
   }
   control::Server ctl(daemon);
@@ -234,40 +240,55 @@ int serve(const ServeOptions& o) {
   if (!o.pidfile.empty()) {
     std::ofstream(o.pidfile) << ::getpid() << "\n";
   }
-  for (const auto& d : (*devices)->devices()) {
+  for (const auto& d : devices.list()) {
     for (const auto& u : server.uris()) {
       // Insert the export name into the URI path.
       std::string uri = u;
       auto scheme_end = uri.find("://");
       auto path_at = uri.find('/', scheme_end + 3);
       if (path_at == std::string::npos)
-        uri += "/" + d.name;
+        uri += "/" + d->name;
       else
-        uri.insert(path_at + 1, d.name);
+        uri.insert(path_at + 1, d->name);
       if (o.tls != "off") uri.replace(0, 3, "nbds");  // nbd:// -> nbds://, nbd+unix -> nbds+unix
-      bool ro = d.read_only || !d.table->caps().can_write;
-      fmt::print("strata: export '{}' ({} bytes{}) at {}\n", d.name, d.table->size(), ro ? ", read-only" : "", uri);
+      fmt::print("strata: export '{}' ({} bytes{}) at {}\n", d->name, d->live->size(),
+                 d->effective_read_only() ? ", read-only" : "", uri);
     }
   }
   fmt::print("strata: control socket {}\n", ctl_path);
   std::fflush(stdout);
 
   int sig = 0;
-  sigwait(&sigs, &sig);
-  LOG_INFO("signal {}: finishing requests in flight", sig);
-  server.shutdown();
-  ctl.stop();
-  for (auto& [mp, e] : daemon.fuse_exports) e->stop();
-  int rc = 0;
-  for (const auto& d : (*devices)->devices()) {
-    if (!d.table->caps().can_flush || d.read_only) continue;
-    auto r = qptrs[0]->call([&] { return d.table->flush(*qptrs[0]); });
-    if (!r) {
-      LOG_ERROR("flush '{}' at exit: {}", d.name, r.error().message);
-      rc = 1;
+  for (;;) {
+    sigwait(&sigs, &sig);
+    if (sig != SIGHUP) break;
+    // Re-read the tables and apply the difference, in turn with the control
+    // requests that change devices.
+    if (o.tables.empty()) {
+      LOG_WARN("SIGHUP: no --table to re-read");
+      continue;
     }
+    ctl.run_on_worker([&o, &daemon] {
+      std::string src;
+      auto again = load_specs(o, src);
+      if (!again) {
+        LOG_ERROR("SIGHUP: {}; nothing changed", again.error().message);
+        return;
+      }
+      auto r = control::apply_config(daemon, *again, src, true);
+      if (!r)
+        LOG_ERROR("SIGHUP: {}; nothing changed", r.error().message);
+      else
+        LOG_INFO("SIGHUP: {}", r->dump());
+    });
   }
-  for (auto& [name, t] : tracks) t->close_clean();
+  LOG_INFO("signal {}: finishing requests in flight", sig);
+  jobs.stop();
+  ctl.stop();
+  control::resume_all(daemon);
+  server.shutdown();
+  for (auto& [mp, e] : daemon.fuse_exports) e->stop();
+  int rc = control::close_devices(daemon);
   for (auto& q : queues) q->stop();
   if (!o.pidfile.empty()) ::unlink(o.pidfile.c_str());
   LOG_INFO("stopped");

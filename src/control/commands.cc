@@ -9,6 +9,7 @@
 #include <cstdlib>
 
 #include "control/sync.h"
+#include "control/params.h"
 #include "core/buffer.h"
 #include "targets/cow.h"
 
@@ -30,17 +31,21 @@ class JsonInfo final : public InfoSink {
   json& j_;
 };
 
-json device_summary(const DeviceSet::Device& dev) {
+json device_summary(const Device& dev, const TableTarget& table) {
   return {{"name", dev.name},
-          {"size", dev.table->size()},
-          {"read_only", dev.read_only || !dev.table->caps().can_write},
-          {"segments", dev.table->segments().size()}};
+          {"size", table.size()},
+          {"read_only", dev.effective_read_only()},
+          {"segments", table.segments().size()},
+          {"suspended", dev.live->suspended()},
+          {"inactive_table", dev.inactive != nullptr}};
 }
 
-json device_status(const DeviceSet::Device& dev) {
-  json j = device_summary(dev);
+json device_status(const Device& dev) {
+  auto table = dev.live->active();
+  json j = device_summary(dev, *table);
+  j["held_requests"] = dev.live->held_requests();
   json segs = json::array();
-  for (const auto& s : dev.table->segments()) {
+  for (const auto& s : table->segments()) {
     json info = json::object();
     JsonInfo sink(info);
     s.target->info(sink);
@@ -83,10 +88,21 @@ json map_json(const DirtyMap& bits, bool consistent) {
   return {{"granularity", bits.granularity()}, {"consistent", consistent}, {"dirty_bytes", bytes}, {"extents", ext}};
 }
 
-json run_dirty(Daemon& d, const std::string& method, const json& params, const ProgressFn& progress) {
-  auto str = [&](const char* k) -> std::string {
-    return params.contains(k) && params[k].is_string() ? params[k].get<std::string>() : std::string();
-  };
+// PARAM(var, reader.str("k")): var is the value, or the request fails with
+// the reader's error.
+#define PARAM(var, expr)                                 \
+  auto var##_r = (expr);                                 \
+  if (!var##_r) return err(var##_r.error().message);     \
+  auto var = std::move(*var##_r)
+
+std::shared_ptr<const Device> find_device(Daemon& d, const std::string& name, std::string* why) {
+  auto dev = d.devices->find(name);
+  if (!dev) *why = fmt::format("no device named '{}'", name);
+  return dev;
+}
+
+json run_dirty(Daemon& d, const std::string& method, const json& params) {
+  ParamReader pr(params);
   auto status_of = [](const std::string& dev, const TrackTarget& t, json& out) {
     for (const auto& m : t.maps())
       out.push_back({{"device", dev},
@@ -97,92 +113,91 @@ json run_dirty(Daemon& d, const std::string& method, const json& params, const P
                      {"consistent", m.consistent},
                      {"path", m.path}});
   };
-  if (method == "dirty_status" && !params.contains("device")) {
+  PARAM(device, pr.str("device", method != "dirty_status"));
+  if (method == "dirty_status" && !device) {
     json out = json::array();
-    for (const auto& [dev, t] : d.tracks) status_of(dev, *t, out);
+    for (const auto& dev : d.devices->list()) status_of(dev->name, *dev->track, out);
     return ok(out);
   }
-  std::string dev = str("device");
-  auto it = d.tracks.find(dev);
-  if (it == d.tracks.end()) return err(fmt::format("no device named '{}'", dev));
-  auto& t = it->second;
-  std::string name = str("name");
+  std::string why;
+  auto dev = find_device(d, *device, &why);
+  if (!dev) return err(why);
+  auto& t = dev->track;
   if (method == "dirty_status") {
     json out = json::array();
-    status_of(dev, *t, out);
+    status_of(*device, *t, out);
     return ok(out);
   }
+  PARAM(name, pr.str("name", true));
   if (method == "dirty_start") {
-    uint64_t g = params.value("granularity", uint64_t{4096});
-    auto r = t->start_map(name, g);
+    PARAM(g, pr.uint("granularity"));
+    uint64_t gran = g.value_or(4096);
+    auto r = t->start_map(*name, gran);
     if (!r) return err(r.error().message);
-    return ok({{"device", dev}, {"name", name}, {"granularity", g}});
+    return ok({{"device", *device}, {"name", *name}, {"granularity", gran}});
   }
   if (method == "dirty_stop") {
-    auto r = t->stop_map(name);
+    auto r = t->stop_map(*name);
     if (!r) return err(r.error().message);
     return ok(json::object());
   }
   if (method == "dirty_list") {
     bool consistent = false;
-    auto bits = t->map_bits(name, &consistent);
+    auto bits = t->map_bits(*name, &consistent);
     if (!bits) return err(bits.error().message);
     return ok(map_json(**bits, consistent));
   }
   if (method == "dirty_checkpoint" || method == "dirty_clear") {
     bool consistent = false;
-    auto bits = t->checkpoint(name, &consistent);
+    auto bits = t->checkpoint(*name, &consistent);
     if (!bits) return err(bits.error().message);
     return ok(method == "dirty_clear" ? json::object() : map_json(**bits, consistent));
-  }
-  if (method == "device_sync") {
-    SyncOptions so;
-    so.map = str("map");
-    so.to = str("to");
-    bool uri = so.to.find("://") != std::string::npos;
-    if (!uri) {
-      auto ap = allowed_path(d, so.to);
-      if (!ap) return err(ap.error().message);
-      so.to = *ap;
-    }
-    so.final = params.value("final", false);
-    so.max_rounds = params.value("max_rounds", 8);
-    auto r = sync_device(*t, *d.queue, so, progress);
-    if (!r) return err(r.error().message);
-    return ok(*r);
   }
   return err(fmt::format("unknown method '{}'", method));
 }
 
-json run(Daemon& d, const json& req, const ProgressFn& progress) {
+json jobs_json(Daemon& d) {
+  json out = json::array();
+  for (const auto& j : d.jobs->list()) out.push_back(j->to_json());
+  return out;
+}
+
+const char* kKnown =
+    "device_list, device_table, device_status, device_dump, server_status, device_create, device_remove, "
+    "device_reload, device_suspend, device_resume, dirty_start, dirty_stop, dirty_status, dirty_list, dirty_clear, "
+    "dirty_checkpoint, device_sync, device_snapshot, device_merge, device_flatten, job_list, job_wait, job_cancel, "
+    "export_fuse_start, export_fuse_stop, export_fuse_list";
+
+json run(Daemon& d, const json& req) {
   if (!req.is_object() || !req.contains("method") || !req["method"].is_string())
     return err("request must be a JSON object with a string \"method\"");
   const std::string method = req["method"];
-  json params = req.value("params", json::object());
+  json params = req.contains("params") && !req["params"].is_null() ? req["params"] : json::object();
   if (!params.is_object()) return err("\"params\" must be an object");
-  auto name_param = [&]() -> std::optional<std::string> {
-    if (!params.contains("name")) return std::nullopt;
-    if (!params["name"].is_string()) return std::nullopt;
-    return params["name"].get<std::string>();
-  };
+  ParamReader pr(params);
 
   if (method == "device_list") {
     json out = json::array();
-    for (const auto& dev : d.devices->devices()) out.push_back(device_summary(dev));
+    for (const auto& dev : d.devices->list()) out.push_back(device_summary(*dev, *dev->live->active()));
     return ok(out);
   }
   if (method == "device_table" || method == "device_status") {
-    auto name = name_param();
+    PARAM(name, pr.str("name"));
     json out = json::array();
-    for (const auto& dev : d.devices->devices()) {
-      if (name && dev.name != *name) continue;
+    for (const auto& dev : d.devices->list()) {
+      if (name && dev->name != *name) continue;
       if (method == "device_table")
-        out.push_back({{"name", dev.name}, {"read_only", dev.read_only}, {"table", dev.table->table_line()}});
+        out.push_back({{"name", dev->name}, {"read_only", dev->read_only}, {"table", dev->live->table_line()}});
       else
-        out.push_back(device_status(dev));
+        out.push_back(device_status(*dev));
     }
     if (name && out.empty()) return err(fmt::format("no device named '{}'", *name));
     return ok(out);
+  }
+  if (method == "device_dump") {
+    std::string text;
+    for (const auto& dev : d.devices->list()) text += spec_text(dev->spec, dev->read_only);
+    return ok({{"table", text}});
   }
   if (method == "server_status") {
     auto s = d.nbd->stats();
@@ -198,17 +213,28 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
                {"exports", exports},
                {"uptime_seconds", up.count()}});
   }
-  if (method.starts_with("dirty_") || method == "device_sync") return run_dirty(d, method, params, progress);
+  if (method == "job_list") return ok(jobs_json(d));
+  if (method == "job_cancel") {
+    PARAM(id, pr.uint("id", true));
+    auto j = d.jobs->find(*id);
+    if (!j) return err(fmt::format("no job {}", *id));
+    j->cancel();
+    return ok(j->to_json());
+  }
+  if (method.starts_with("dirty_")) return run_dirty(d, method, params);
+  if (method == "device_create" || method == "device_remove" || method == "device_reload" ||
+      method == "device_suspend" || method == "device_resume")
+    return run_device_change(d, method, params);
   if (method == "device_snapshot") {
-    std::string dev = params.value("device", std::string());
-    const DeviceSet::Device* found = nullptr;
-    for (const auto& x : d.devices->devices())
-      if (x.name == dev) found = &x;
-    if (!found) return err(fmt::format("no device named '{}'", dev));
+    PARAM(dev, pr.str("device", true));
+    std::string why;
+    auto found = find_device(d, *dev, &why);
+    if (!found) return err(why);
     std::vector<CowTarget*> cows;
-    for (const auto& seg : found->table->segments())
+    auto table = found->live->active();
+    for (const auto& seg : table->segments())
       if (auto* c = dynamic_cast<CowTarget*>(seg.target.get())) cows.push_back(c);
-    if (cows.empty()) return err(fmt::format("device '{}' has no cow segment to snapshot", dev));
+    if (cows.empty()) return err(fmt::format("device '{}' has no cow segment to snapshot", *dev));
     json out = json::array();
     for (auto* c : cows) {
       CowTarget::SnapshotStats st;
@@ -224,64 +250,30 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
     }
     return ok(out);
   }
-  if (method == "device_merge") {
-    std::string dev = params.value("device", std::string());
-    const DeviceSet::Device* found = nullptr;
-    for (const auto& x : d.devices->devices())
-      if (x.name == dev) found = &x;
-    if (!found) return err(fmt::format("no device named '{}'", dev));
-    CowTarget* cow = nullptr;
-    for (const auto& seg : found->table->segments())
-      if (auto* c = dynamic_cast<CowTarget*>(seg.target.get())) cow = c;
-    if (!cow) return err(fmt::format("device '{}' has no cow segment to merge", dev));
-    auto t0 = std::chrono::steady_clock::now();
-    auto report = [&](uint64_t done, uint64_t total) {
-      if (progress) progress({{"round", 1}, {"copied_bytes", done}, {"total_bytes", total}, {"unit", "chunks"}});
-    };
-    std::string layer = params.value("layer", std::string());
-    auto r = layer.empty() ? cow->merge(*d.queue, report) : cow->merge_layer(*d.queue, layer, report);
-    if (!r) return err(r.error().message);
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
-    return ok({{"chunks_copied", *r}, {"milliseconds", ms}, {"layers", cow->layer_paths()}});
-  }
-  if (method == "device_flatten") {
-    // The whole device into one raw file.
-    std::string dev = params.value("device", std::string());
-    std::string to = params.value("to", std::string());
-    auto it = d.tracks.find(dev);
-    if (it == d.tracks.end()) return err(fmt::format("no device named '{}'", dev));
-    if (to.empty()) return err("device_flatten: \"to\" is required");
-    if (auto ap = allowed_path(d, to); !ap)
-      return err(ap.error().message);
-    else
-      to = *ap;
-    // A point-in-time copy: the device as it was when this request began.
-    uint64_t by_writes = 0;
-    auto r = flatten_live(*it->second, *d.queue, to, progress, &by_writes);
-    if (!r) return err(r.error().message);
-    uint64_t size = *r;
-    return ok({{"to", to}, {"bytes", size}, {"copied_before_writes", by_writes}});
-  }
   if (method == "export_fuse_start") {
-    std::string mp = params.value("mountpoint", std::string());
-    if (mp.empty()) return err("export_fuse_start: \"mountpoint\" is required");
-    if (auto ap = allowed_path(d, mp); !ap) return err(ap.error().message);
+    PARAM(mp, pr.str("mountpoint", true));
+    if (auto ap = allowed_path(d, *mp); !ap) return err(ap.error().message);
     auto e = std::make_unique<fuse::FuseExport>(d.queues, d.fuse_devices, d.fuse_options);
-    auto r = e->start(mp);
+    auto r = e->start(*mp);
     if (!r) return err(r.error().message);
     std::string real = e->mountpoint();
     if (d.fuse_exports.count(real)) return err(fmt::format("{} is already exported", real));
+    std::vector<std::string> shows;
+    for (const auto& fd : d.fuse_devices) shows.push_back(fd.name);
+    d.fuse_shows[real] = shows;
     d.fuse_exports[real] = std::move(e);
     return ok({{"mountpoint", real}});
   }
   if (method == "export_fuse_stop") {
-    std::string mp = params.value("mountpoint", std::string());
+    PARAM(mp, pr.str("mountpoint", true));
+    std::string m = *mp;
     char real[PATH_MAX];
-    if (::realpath(mp.c_str(), real)) mp = real;
-    auto it = d.fuse_exports.find(mp);
-    if (it == d.fuse_exports.end()) return err(fmt::format("no FUSE export at '{}'", mp));
+    if (::realpath(m.c_str(), real)) m = real;
+    auto it = d.fuse_exports.find(m);
+    if (it == d.fuse_exports.end()) return err(fmt::format("no FUSE export at '{}'", m));
     if (!it->second->stop()) d.fuse_detached.push_back(std::move(it->second));
     d.fuse_exports.erase(it);
+    d.fuse_shows.erase(m);
     return ok(json::object());
   }
   if (method == "export_fuse_list") {
@@ -293,24 +285,136 @@ json run(Daemon& d, const json& req, const ProgressFn& progress) {
                      {"dev_requests", e->dev_requests()}});
     return ok(out);
   }
-  return err(fmt::format("unknown method '{}' (known: device_list, device_table, device_status, server_status, "
-                         "dirty_start, dirty_stop, dirty_status, dirty_list, dirty_clear, dirty_checkpoint, "
-                         "device_sync, device_snapshot, device_merge, device_flatten, export_fuse_start, export_fuse_stop, "
-                         "export_fuse_list)",
-                         method));
+  return err(fmt::format("unknown method '{}' (known: {})", method, kKnown));
 }
 
 }  // namespace
 
-json dispatch(Daemon& d, const std::string& line, const ProgressFn& progress) {
-  json req = json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (req.is_discarded()) return err("request is not valid JSON");
+Kind classify(const std::string& m) {
+  if (m == "device_list" || m == "device_table" || m == "device_status" || m == "device_dump" ||
+      m == "server_status" || m == "job_list" || m == "job_cancel" || m == "dirty_status" || m == "dirty_list")
+    return Kind::kRead;
+  if (m == "device_merge" || m == "device_flatten" || m == "device_sync") return Kind::kJob;
+  if (m == "job_wait") return Kind::kWait;
+  return Kind::kChange;
+}
+
+json dispatch(Daemon& d, const json& req) {
   // nlohmann-json throws on type errors; keep that at this boundary.
   try {
-    return run(d, req, progress);
+    return run(d, req);
   } catch (const std::exception& e) {
     return err(fmt::format("bad request: {}", e.what()));
   }
+}
+
+json dispatch(Daemon& d, const std::string& line) {
+  json req = json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (req.is_discarded()) return err("request is not valid JSON");
+  return dispatch(d, req);
+}
+
+namespace {
+
+Result<std::shared_ptr<Job>> start_job_checked(Daemon& d, const std::string& method, const json& params) {
+  ParamReader pr(params);
+  TRY(pr.boolean("detach"));
+  if (method == "device_sync") {
+    auto device = TRY(pr.str("device", true));
+    SyncOptions so;
+    so.map = TRY(pr.str("map", true)).value();
+    so.to = TRY(pr.str("to", true)).value();
+    so.final = TRY(pr.boolean("final")).value_or(false);
+    so.max_rounds = static_cast<int>(TRY(pr.uint("max_rounds")).value_or(8));
+    auto dev = d.devices->find(*device);
+    if (!dev) return fail(ENOENT, fmt::format("no device named '{}'", *device));
+    if (so.to.find("://") == std::string::npos) so.to = TRY(allowed_path(d, so.to));
+    TRY(dev->track->map_bits(so.map));  // the map exists
+    auto track = dev->track;
+    Queue* q = d.queue;
+    return d.jobs->start(*device, "sync", [track, q, so](Job& job) -> Result<json> {
+      SyncOptions o = so;
+      o.cancel = job.cancel_flag();
+      auto r = sync_device(*track, *q, o, [&job](const json& p) {
+        job.progress(p.value("copied_bytes", uint64_t{0}), p.value("total_bytes", uint64_t{0}), p);
+      });
+      if (!r) return fail(r.error());
+      // A sync that did not converge did not do what it was asked: the job
+      // fails (its result is in the error).
+      if (!r->value("converged", false))
+        return fail(EAGAIN, fmt::format("sync did not converge in {} round(s): {} bytes still dirty ({})",
+                                        r->value("rounds", 0), r->value("dirty_bytes_left", uint64_t{0}), r->dump()));
+      return r;
+    });
+  }
+  if (method == "device_merge") {
+    auto device = TRY(pr.str("device", true));
+    std::string layer = TRY(pr.str("layer")).value_or("");
+    auto dev = d.devices->find(*device);
+    if (!dev) return fail(ENOENT, fmt::format("no device named '{}'", *device));
+    auto table = dev->live->active();  // kept alive by the job
+    CowTarget* cow = nullptr;
+    for (const auto& seg : table->segments())
+      if (auto* c = dynamic_cast<CowTarget*>(seg.target.get())) cow = c;
+    if (!cow) return fail(EINVAL, fmt::format("device '{}' has no cow segment to merge", *device));
+    Queue* q = d.queue;
+    return d.jobs->start(*device, "merge", [table, cow, q, layer](Job& job) -> Result<json> {
+      auto t0 = std::chrono::steady_clock::now();
+      auto report = [&job](uint64_t done, uint64_t total) {
+        job.progress(done, total, {{"round", 1}, {"copied_bytes", done}, {"total_bytes", total}, {"unit", "chunks"}});
+      };
+      auto r = layer.empty() ? cow->merge(*q, report, job.cancel_flag())
+                             : cow->merge_layer(*q, layer, report, job.cancel_flag());
+      if (!r) return fail(r.error());
+      auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+      return json{{"chunks_copied", *r}, {"milliseconds", ms}, {"layers", cow->layer_paths()}};
+    });
+  }
+  if (method == "device_flatten") {
+    auto device = TRY(pr.str("device", true));
+    std::string to = TRY(pr.str("to", true)).value();
+    auto dev = d.devices->find(*device);
+    if (!dev) return fail(ENOENT, fmt::format("no device named '{}'", *device));
+    to = TRY(allowed_path(d, to));
+    auto track = dev->track;
+    Queue* q = d.queue;
+    return d.jobs->start(*device, "flatten", [track, q, to](Job& job) -> Result<json> {
+      // A point-in-time copy: the device as it was when the job began.
+      uint64_t by_writes = 0;
+      auto r = flatten_live(
+          *track, *q, to,
+          [&job](const json& p) {
+            job.progress(p.value("copied_bytes", uint64_t{0}), p.value("total_bytes", uint64_t{0}), p);
+          },
+          &by_writes, job.cancel_flag());
+      if (!r) return fail(r.error());
+      return json{{"to", to}, {"bytes", *r}, {"copied_before_writes", by_writes}};
+    });
+  }
+  return fail(EINVAL, fmt::format("{} is not a job", method));
+}
+
+}  // namespace
+
+Result<std::shared_ptr<Job>> start_job(Daemon& d, const json& req) {
+  const std::string method = req["method"];
+  json params = req.contains("params") && !req["params"].is_null() ? req["params"] : json::object();
+  if (!params.is_object()) return fail(EINVAL, "\"params\" must be an object");
+  try {
+    return start_job_checked(d, method, params);
+  } catch (const std::exception& e) {
+    return fail(EINVAL, fmt::format("bad request: {}", e.what()));
+  }
+}
+
+Result<std::shared_ptr<Job>> find_job(Daemon& d, const json& req) {
+  json params = req.contains("params") && !req["params"].is_null() ? req["params"] : json::object();
+  if (!params.is_object()) return fail(EINVAL, "\"params\" must be an object");
+  ParamReader pr(params);
+  auto id = TRY(pr.uint("id", true));
+  auto j = d.jobs->find(*id);
+  if (!j) return fail(ENOENT, fmt::format("no job {}", *id));
+  return j;
 }
 
 }  // namespace strata::control

@@ -5,25 +5,32 @@
 
 #include <nlohmann/json.hpp>
 
-#include "exports/nbd/server.h"
+#include <functional>
 #include <map>
+#include <memory>
 #include <vector>
 
-#include "targets/table.h"
-#include "targets/track.h"
+#include "control/devices.h"
+#include "control/jobs.h"
 #include "exports/fuse/fuse_export.h"
+#include "exports/nbd/server.h"
 
 namespace strata::control {
 
 struct Daemon {
-  DeviceSet* devices = nullptr;
+  Devices* devices = nullptr;
   nbd::Server* nbd = nullptr;
   std::chrono::steady_clock::time_point started;
-  std::map<std::string, std::shared_ptr<TrackTarget>> tracks;  // by device name
+  Jobs* jobs = nullptr;
   Queue* queue = nullptr;  // where the control side runs device I/O (sync)
   std::vector<Queue*> queues;
-  std::vector<fuse::Device> fuse_devices;  // what a FUSE export shows
+  std::string state_dir;   // dirty maps: STATE_DIR/DEVICE ("" = in memory)
+  bool all_read_only = false;  // serve --read-only
+  // The rest is touched only by the thread that runs changes (the control
+  // server's worker; before start and after stop, the serve thread).
+  std::vector<fuse::Device> fuse_devices;  // what a new FUSE export shows
   std::map<std::string, std::unique_ptr<fuse::FuseExport>> fuse_exports;  // by mountpoint
+  std::map<std::string, std::vector<std::string>> fuse_shows;  // mountpoint -> device names
   // Stopped exports whose mount was still in use (a loop device on a file):
   // unmounted (detached), still answering the requests of files open on them,
   // kept until the server exits.
@@ -34,10 +41,43 @@ struct Daemon {
   std::vector<std::string> allowed_paths;
 };
 
-// Streams intermediate replies (progress) of a long request.
-using ProgressFn = std::function<void(const nlohmann::json&)>;
+// How the control server runs a method.
+enum class Kind {
+  kRead,    // reads state: answered at once on the control thread
+  kChange,  // changes devices or may wait: on the worker, one at a time
+  kJob,     // a long operation: a job (start_job)
+  kWait,    // job_wait: the client follows a job (find_job)
+};
+Kind classify(const std::string& method);
 
 // Never throws: a malformed request is answered with an error.
-nlohmann::json dispatch(Daemon& d, const std::string& line, const ProgressFn& progress = nullptr);
+nlohmann::json dispatch(Daemon& d, const nlohmann::json& req);
+// The same for a request line.
+nlohmann::json dispatch(Daemon& d, const std::string& line);
+// device_merge, device_flatten, device_sync: checks the request and starts
+// its job.
+Result<std::shared_ptr<Job>> start_job(Daemon& d, const nlohmann::json& req);
+// job_wait: the job named by params.id.
+Result<std::shared_ptr<Job>> find_job(Daemon& d, const nlohmann::json& req);
+
+// ---- devices at runtime (devices.cc / device_commands.cc) ----
+// Creates a device from table text (one device: segment lines, or one
+// [name] section), validated before anything changes, then exported.
+Result<nlohmann::json> device_create(Daemon& d, const std::string& name, const std::string& table,
+                                     bool read_only, std::string_view source);
+// Applies the devices of whole table files (serve's start-up and SIGHUP):
+// creates the new ones, reloads and resumes the changed ones, removes those
+// gone that have no client. Nothing changes if any of them fails to build.
+Result<nlohmann::json> apply_config(Daemon& d, const std::vector<DeviceSpec>& specs, std::string_view source,
+                                    bool remove_missing);
+// device_create/remove/reload/suspend/resume (device_commands.cc).
+nlohmann::json run_device_change(Daemon& d, const std::string& method, const nlohmann::json& params);
+// Frees the tables replaced by reloads that no NBD connection can still
+// read from (LiveTarget::reap); called now and then by the control server.
+void reap_tables(Daemon& d);
+// Releases every suspended device (server exit: nothing may stay held).
+void resume_all(Daemon& d);
+// Flushes every device and closes its dirty maps cleanly (server exit).
+int close_devices(Daemon& d);
 
 }  // namespace strata::control

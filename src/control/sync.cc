@@ -181,6 +181,7 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
       for (uint64_t pos = 0; pos < len && res; pos += kChunk) {
         uint64_t n = std::min(kChunk, len - pos);
         if (batch_bytes + n > kChunk || batch.size() == kBatch) res = copy_batch();
+        if (res && o.cancel && o.cancel->load()) res = fail(ECANCELED, "cancelled");
         batch.push_back({off + pos, n});
         batch_bytes += n;
       }
@@ -248,7 +249,8 @@ Result<uint64_t> flatten_device(Target& t, Queue& q, const std::string& to,
 }
 
 Result<uint64_t> flatten_live(TrackTarget& t, Queue& q, const std::string& to,
-                              const std::function<void(const nlohmann::json&)>& progress, uint64_t* by_writes) {
+                              const std::function<void(const nlohmann::json&)>& progress, uint64_t* by_writes,
+                              const std::atomic<bool>* cancel) {
   int fd = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return posix_error(fmt::format("flatten to {}", to), errno);
   const uint64_t size = t.size();
@@ -260,6 +262,10 @@ Result<uint64_t> flatten_live(TrackTarget& t, Queue& q, const std::string& to,
   const uint64_t per_run = std::max<uint64_t>(1, (1 << 20) / copy->block());
   Result<> r;
   for (uint64_t b = 0; b < copy->blocks() && r; b += per_run) {
+    if (cancel && cancel->load()) {
+      r = fail(ECANCELED, "cancelled");
+      break;
+    }
     r = q.call([&] { return copy->copy(q, b, b + per_run); });
     const uint64_t done = std::min(size, (b + per_run) * copy->block());
     if (r && progress) progress({{"round", 1}, {"copied_bytes", done}, {"total_bytes", size}});

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <functional>
 #include <string>
 
@@ -20,6 +21,9 @@ struct SyncOptions {
   std::string to;      // a file path, or an nbd:// / nbd+unix:// URI
   bool final = false;  // hold writes for the last pass: the replica is then an exact copy
   int max_rounds = 8;
+  // Set (by a job cancel): stop after the batch being copied; the blocks not
+  // yet on the replica stay dirty (the map is restored), ECANCELED.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 // Calls progress({"round", "copied_bytes", "total_bytes"}) as it goes.
@@ -37,6 +41,6 @@ Result<uint64_t> flatten_device(Target& t, Queue& q, const std::string& to,
 // bytes; `by_writes`, if given, the blocks copied ahead of a write.
 Result<uint64_t> flatten_live(TrackTarget& t, Queue& q, const std::string& to,
                               const std::function<void(const nlohmann::json&)>& progress,
-                              uint64_t* by_writes = nullptr);
+                              uint64_t* by_writes = nullptr, const std::atomic<bool>* cancel = nullptr);
 
 }  // namespace strata::control

@@ -95,13 +95,18 @@ class CowTarget final : public Target {
   // (writes go to the parent from the start, so it converges under any write
   // load); the stack is then one layer shorter. Progress: (copied, total)
   // chunks. Runs the copy on `q`.
-  Result<uint64_t> merge(Queue& q, const std::function<void(uint64_t, uint64_t)>& progress);
+  // `cancel`, if given and set, stops the copy after the runs in flight
+  // (ECANCELED): the stack stays as a merge that stopped part-way leaves it,
+  // and the next merge() resumes it.
+  Result<uint64_t> merge(Queue& q, const std::function<void(uint64_t, uint64_t)>& progress,
+                         const std::atomic<bool>* cancel = nullptr);
   // Control thread: folds the layer at `path` into the layer below it. The
   // top: merge() above. A read-only layer in the middle: its chunks are
   // copied into the layer below (which must not be shared with another
   // process), its child is relinked, and it leaves the stack.
   Result<uint64_t> merge_layer(Queue& q, const std::string& path,
-                               const std::function<void(uint64_t, uint64_t)>& progress);
+                               const std::function<void(uint64_t, uint64_t)>& progress,
+                               const std::atomic<bool>* cancel = nullptr);
 
  private:
   CowTarget() = default;
@@ -174,7 +179,8 @@ class CowTarget final : public Target {
   void retire(std::unique_ptr<LayerFile>& slot);
   void freeze_all(bool on);
   Result<> merge_begin(Queue& q, std::size_t n);
-  Task<Result<uint64_t>> merge_copy(Queue& q, uint8_t from, const std::function<void(uint64_t, uint64_t)>& progress);
+  Task<Result<uint64_t>> merge_copy(Queue& q, uint8_t from, const std::function<void(uint64_t, uint64_t)>& progress,
+                                    const std::atomic<bool>* cancel);
   std::unique_ptr<std::atomic<uint8_t>[]> index_;
 
   // During a merge (writes go to the top's parent): the merged top's chunk

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include <atomic>
+
 #include "core/buffer.h"
 #include "core/queue.h"
 #include "exports/nbd/protocol.h"
@@ -37,6 +39,10 @@ class Connection {
   void start();
   // Thread-safe: makes the reader stop after the requests it has read.
   void stop_reading();
+  uint64_t id() const { return id_; }
+  // Thread-safe: the target of the export this connection transmits on
+  // (null during the handshake); compared, never dereferenced, by others.
+  const Target* serving() const { return serving_.load(std::memory_order_acquire); }
 
  private:
   struct Request {
@@ -126,6 +132,7 @@ class Connection {
   std::vector<std::byte> tls_pending_;     // ciphertext being sent
 
   std::shared_ptr<const Export> export_;
+  std::atomic<const Target*> serving_{nullptr};
   bool structured_ = false;
   bool no_zeroes_ = false;
   std::string meta_export_;       // export name SET_META_CONTEXT was for

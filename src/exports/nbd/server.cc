@@ -42,6 +42,30 @@ void Server::add_export(Export e) {
   exports_.push_back(std::make_shared<const Export>(std::move(e)));
 }
 
+void Server::remove_export(std::string_view name) {
+  std::lock_guard<std::mutex> l(mu_);
+  std::erase_if(exports_, [&](const auto& x) { return x->name == name; });
+}
+
+std::size_t Server::connections_to(const Target* t) const {
+  std::lock_guard<std::mutex> l(mu_);
+  return static_cast<std::size_t>(std::count_if(conns_.begin(), conns_.end(), [&](Connection* c) { return c->serving() == t; }));
+}
+
+void Server::stop_connections_to(const Target* t) {
+  std::lock_guard<std::mutex> l(mu_);
+  for (Connection* c : conns_)
+    if (c->serving() == t) c->stop_reading();
+}
+
+uint64_t Server::oldest_connection_id() const {
+  // Read before the list: a connection registered after it has a higher id.
+  uint64_t oldest = next_id_.load();
+  std::lock_guard<std::mutex> l(mu_);
+  for (Connection* c : conns_) oldest = std::min(oldest, c->id());
+  return oldest;
+}
+
 std::shared_ptr<const Export> Server::find_export(std::string_view name) const {
   std::lock_guard<std::mutex> l(mu_);
   for (const auto& x : exports_)

@@ -44,6 +44,17 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   void add_export(Export e);
+  // New connections no longer find it; connections on it go on.
+  void remove_export(std::string_view name);
+  // Connections transmitting on an export whose target is `t`.
+  std::size_t connections_to(const Target* t) const;
+  // Makes those connections stop after the requests they have read (their
+  // replies are sent), as shutdown() does for all.
+  void stop_connections_to(const Target* t);
+  // The id the next connection will get, and the lowest id of a connection
+  // still open (the next id when none is).
+  uint64_t next_connection_id() const { return next_id_.load(); }
+  uint64_t oldest_connection_id() const;
   std::shared_ptr<const Export> find_export(std::string_view name) const;
   std::vector<std::shared_ptr<const Export>> exports() const;
 

@@ -1,0 +1,88 @@
+// Devices: the registry of the devices a server serves, changed at runtime
+// (dmsetup's model: create, reload + suspend/resume, remove). Each device is
+//   TrackTarget (dirty maps; what exports and jobs see)
+//     -> LiveTarget (suspend gate; active and inactive tables)
+//       -> TableTarget (the segments)
+// so that a reload keeps the dirty maps and NBD connections, which hold the
+// TrackTarget, stay connected through it.
+//
+// A Device record is immutable once published: a change (a reload resumed)
+// publishes a new record sharing the same targets, so readers (status on the
+// control thread) take a snapshot under mu_ and need no further lock.
+//
+// Threads: list()/find() from any thread; the changes (add, replace, erase)
+// from the thread that runs control requests that change devices (one at a
+// time, see server.h).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "control/live_target.h"
+#include "core/queue.h"
+#include "core/thread_annotations.h"
+#include "targets/table.h"
+#include "targets/track.h"
+
+namespace strata::control {
+
+struct Device {
+  std::string name;
+  bool read_only = false;
+  DeviceSpec spec;                 // the segments it was made from (for dump)
+  std::vector<std::string> uses;   // devices its table refers to (linear, cow base=)
+  std::shared_ptr<LiveTarget> live;
+  std::shared_ptr<TrackTarget> track;
+  // A reload waiting for resume: its spec and references.
+  std::shared_ptr<const DeviceSpec> inactive;
+  std::vector<std::string> inactive_uses;
+  bool effective_read_only() const { return read_only || !live->caps().can_write; }
+};
+
+class Devices {
+ public:
+  std::vector<std::shared_ptr<const Device>> list() const EXCLUDES(mu_);
+  std::shared_ptr<const Device> find(std::string_view name) const EXCLUDES(mu_);
+  // Adds, or replaces the record of the same name.
+  void put(std::shared_ptr<const Device> d) EXCLUDES(mu_);
+  void erase(std::string_view name) EXCLUDES(mu_);
+  // The devices whose active or inactive table refers to `name`.
+  std::vector<std::string> users_of(std::string_view name) const EXCLUDES(mu_);
+
+ private:
+  mutable Mutex mu_;
+  std::vector<std::shared_ptr<const Device>> devices_ GUARDED_BY(mu_);  // in creation order
+};
+
+// Resolves the device references of a table being built (`linear`, cow
+// `base=`) to devices of the registry, and to devices built earlier in the
+// same batch; records which it resolved.
+class RegistryResolver final : public Resolver {
+ public:
+  RegistryResolver(const Devices& devices, std::string self) : devices_(devices), self_(std::move(self)) {}
+  Result<std::shared_ptr<Target>> device(std::string_view name) override;
+  void add_pending(const std::string& name, std::shared_ptr<Target> t) { pending_.push_back({name, std::move(t)}); }
+  std::vector<std::string> take_used() { return std::move(used_); }
+  void set_self(std::string self) { self_ = std::move(self); }
+
+ private:
+  const Devices& devices_;
+  std::string self_;
+  std::vector<std::pair<std::string, std::shared_ptr<Target>>> pending_;
+  std::vector<std::string> used_;
+};
+
+// Builds the table of one device spec (targets opened and checked), with
+// every segment read-only if `read_only`. `source` names the text in errors.
+Result<std::shared_ptr<TableTarget>> build_table(const DeviceSpec& spec, std::string_view source, bool read_only,
+                                                 Resolver& resolver);
+
+// A device's table as a table-file section: "[name]" or "[name ro]", then its
+// segment lines.
+std::string spec_text(const DeviceSpec& spec, bool read_only);
+
+// Device names: letters, digits, '-', '_', '.'.
+bool valid_device_name(std::string_view name);
+
+}  // namespace strata::control

@@ -1,0 +1,314 @@
+#include "control/live_target.h"
+
+#include <future>
+
+#include <fmt/core.h>
+
+#include "core/log.h"
+
+namespace strata::control {
+namespace {
+
+uint32_t pack(const Caps& c) {
+  return c.can_write | c.can_flush << 1 | c.can_fua << 2 | c.can_trim << 3 | c.can_zero << 4 |
+         c.can_fast_zero << 5 | c.can_extents << 6 | c.can_cache << 7 | c.can_multi_conn << 8;
+}
+
+Caps unpack(uint32_t b) {
+  Caps c;
+  c.can_write = b & 1;
+  c.can_flush = b & 2;
+  c.can_fua = b & 4;
+  c.can_trim = b & 8;
+  c.can_zero = b & 16;
+  c.can_fast_zero = b & 32;
+  c.can_extents = b & 64;
+  c.can_cache = b & 128;
+  c.can_multi_conn = b & 256;
+  return c;
+}
+
+// A request held across a reload that shrank the device (FUSE, or NBD with
+// --force) may lie past the new end.
+std::unexpected<Error> past_end(uint64_t offset, uint64_t length, uint64_t size) {
+  return fail(ENOSPC, fmt::format("request [{}, +{}) lies past the end of the reloaded device ({} bytes)", offset,
+                                  length, size));
+}
+
+}  // namespace
+
+struct LiveTarget::Gate {
+  PerQueue& pq;
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(std::coroutine_handle<> h) { pq.parked.push_back(h); }
+  void await_resume() const noexcept {}
+};
+
+LiveTarget::LiveTarget(std::shared_ptr<TableTarget> table) {
+  publish_shape(*table);
+  MutexLock l(ctl_mu_);
+  active_ = std::move(table);
+}
+
+LiveTarget::~LiveTarget() = default;
+
+void LiveTarget::publish_shape(const TableTarget& t) {
+  caps_bits_.store(pack(t.caps()), std::memory_order_release);
+  BlockSizes b = t.block_sizes();
+  bs_min_.store(b.minimum);
+  bs_pref_.store(b.preferred);
+  bs_max_.store(b.maximum);
+  size_.store(t.size(), std::memory_order_release);
+}
+
+Caps LiveTarget::caps() const { return unpack(caps_bits_.load(std::memory_order_acquire)); }
+
+BlockSizes LiveTarget::block_sizes() const { return {bs_min_.load(), bs_pref_.load(), bs_max_.load()}; }
+
+std::string LiveTarget::table_line() const { return active()->table_line(); }
+
+void LiveTarget::info(InfoSink& out) const { active()->info(out); }
+
+std::vector<std::string> LiveTarget::contexts() const { return active()->contexts(); }
+
+std::shared_ptr<TableTarget> LiveTarget::active() const {
+  MutexLock l(ctl_mu_);
+  return active_;
+}
+
+bool LiveTarget::suspended() const {
+  MutexLock l(ctl_mu_);
+  return suspended_;
+}
+
+bool LiveTarget::has_inactive() const {
+  MutexLock l(ctl_mu_);
+  return inactive_ != nullptr;
+}
+
+Result<> LiveTarget::attach_queue(Queue& q) {
+  std::shared_ptr<TableTarget> t = active();
+  TRY(t->attach_queue(q));
+  per_queue_[q.id()].table = t;
+  MutexLock l(ctl_mu_);
+  queues_.push_back(&q);
+  return {};
+}
+
+void LiveTarget::leave(PerQueue& pq) {
+  if (--pq.in_flight == 0 && pq.on_drained) {
+    auto fn = std::move(pq.on_drained);
+    pq.on_drained = nullptr;
+    fn();
+  }
+}
+
+// Every I/O method: wait at the gate, count the request, run it on the
+// queue's table (held for the request's life), uncount it.
+#define LIVE_ENTER(q)                            \
+  PerQueue& pq = per_queue_[(q).id()];           \
+  if (pq.suspended) {                            \
+    held_.fetch_add(1, std::memory_order_relaxed); \
+    while (pq.suspended) co_await Gate{pq};      \
+    held_.fetch_sub(1, std::memory_order_relaxed); \
+  }                                              \
+  ++pq.in_flight;                                \
+  std::shared_ptr<TableTarget> t = pq.table
+
+Task<Result<>> LiveTarget::read(Queue& q, std::span<std::byte> buf, uint64_t offset) {
+  LIVE_ENTER(q);
+  Result<> r;
+  if (in_range(t->size(), offset, buf.size()))
+    r = co_await t->read(q, buf, offset);
+  else
+    r = past_end(offset, buf.size(), t->size());
+  leave(pq);
+  co_return r;
+}
+
+std::optional<std::span<const std::byte>> LiveTarget::read_view(Queue& q, uint64_t offset, uint64_t length) {
+  PerQueue& pq = per_queue_[q.id()];
+  if (pq.suspended || !pq.table || !in_range(pq.table->size(), offset, length)) return std::nullopt;
+  return pq.table->read_view(q, offset, length);
+}
+
+Task<Result<>> LiveTarget::write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {
+  LIVE_ENTER(q);
+  Result<> r;
+  if (in_range(t->size(), offset, buf.size()))
+    r = co_await t->write(q, buf, offset, f);
+  else
+    r = past_end(offset, buf.size(), t->size());
+  leave(pq);
+  co_return r;
+}
+
+Task<Result<>> LiveTarget::flush(Queue& q) {
+  LIVE_ENTER(q);
+  Result<> r = co_await t->flush(q);
+  leave(pq);
+  co_return r;
+}
+
+Task<Result<>> LiveTarget::trim(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
+  LIVE_ENTER(q);
+  Result<> r;
+  if (in_range(t->size(), offset, length))
+    r = co_await t->trim(q, offset, length, f);
+  else
+    r = past_end(offset, length, t->size());
+  leave(pq);
+  co_return r;
+}
+
+Task<Result<>> LiveTarget::zero(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
+  LIVE_ENTER(q);
+  Result<> r;
+  if (in_range(t->size(), offset, length))
+    r = co_await t->zero(q, offset, length, f);
+  else
+    r = past_end(offset, length, t->size());
+  leave(pq);
+  co_return r;
+}
+
+Task<Result<Extents>> LiveTarget::extents(Queue& q, uint64_t offset, uint64_t length) {
+  LIVE_ENTER(q);
+  Result<Extents> r;
+  if (in_range(t->size(), offset, length))
+    r = co_await t->extents(q, offset, length);
+  else
+    r = past_end(offset, length, t->size());
+  leave(pq);
+  co_return r;
+}
+
+Task<Result<>> LiveTarget::cache(Queue& q, uint64_t offset, uint64_t length) {
+  LIVE_ENTER(q);
+  Result<> r;
+  if (in_range(t->size(), offset, length))
+    r = co_await t->cache(q, offset, length);
+  else
+    r = past_end(offset, length, t->size());
+  leave(pq);
+  co_return r;
+}
+
+Task<Result<Extents>> LiveTarget::context_extents(Queue& q, std::string_view context, uint64_t offset,
+                                                  uint64_t length) {
+  LIVE_ENTER(q);
+  Result<Extents> r;
+  if (in_range(t->size(), offset, length))
+    r = co_await t->context_extents(q, context, offset, length);
+  else
+    r = past_end(offset, length, t->size());
+  leave(pq);
+  co_return r;
+}
+
+#undef LIVE_ENTER
+
+Result<> LiveTarget::suspend(bool flush) {
+  std::vector<Queue*> qs;
+  std::shared_ptr<TableTarget> t;
+  {
+    MutexLock l(ctl_mu_);
+    if (suspended_) return {};
+    suspended_ = true;
+    qs = queues_;
+    t = active_;
+  }
+  std::vector<std::future<void>> drained;
+  for (Queue* q : qs) {
+    auto p = std::make_shared<std::promise<void>>();
+    drained.push_back(p->get_future());
+    q->post([this, q, p] {
+      PerQueue& pq = per_queue_[q->id()];
+      pq.suspended = true;
+      if (pq.in_flight == 0)
+        p->set_value();
+      else
+        pq.on_drained = [p] { p->set_value(); };
+    });
+  }
+  for (auto& f : drained) f.wait();
+  if (flush && !qs.empty() && t->caps().can_flush) {
+    Queue* q = qs[0];
+    auto r = q->call([&] { return t->flush(*q); });
+    if (!r) return fail(r.error().code, "suspend: flush: " + r.error().message + " (the device is suspended)");
+  }
+  return {};
+}
+
+Result<> LiveTarget::load(std::shared_ptr<TableTarget> t) {
+  std::vector<Queue*> qs;
+  {
+    MutexLock l(ctl_mu_);
+    qs = queues_;
+  }
+  for (Queue* q : qs) TRY(q->call([&]() -> Task<Result<>> { co_return t->attach_queue(*q); }));
+  MutexLock l(ctl_mu_);
+  inactive_ = std::move(t);
+  return {};
+}
+
+void LiveTarget::clear_inactive() {
+  MutexLock l(ctl_mu_);
+  inactive_.reset();
+}
+
+bool LiveTarget::resume(uint64_t conn_mark) {
+  bool swapped = false;
+  if (has_inactive()) {
+    // A swap needs no request in flight: suspend (flushing) if not yet.
+    if (auto r = suspend(true); !r) LOG_WARN("resume: {}", r.error().message);
+  }
+  std::vector<Queue*> qs;
+  std::shared_ptr<TableTarget> t;
+  {
+    MutexLock l(ctl_mu_);
+    if (!suspended_) return false;
+    if (inactive_) {
+      retired_.push_back({active_, conn_mark});
+      active_ = std::move(inactive_);
+      inactive_.reset();
+      swapped = true;
+      publish_shape(*active_);
+    }
+    qs = queues_;
+    t = active_;
+  }
+  std::vector<std::future<void>> done;
+  for (Queue* q : qs) {
+    auto p = std::make_shared<std::promise<void>>();
+    done.push_back(p->get_future());
+    q->post([this, q, p, t] {
+      PerQueue& pq = per_queue_[q->id()];
+      pq.table = t;
+      pq.suspended = false;
+      auto parked = std::move(pq.parked);
+      pq.parked.clear();
+      p->set_value();
+      for (auto h : parked) h.resume();
+    });
+  }
+  for (auto& f : done) f.wait();
+  MutexLock l(ctl_mu_);
+  suspended_ = false;
+  return swapped;
+}
+
+void LiveTarget::reap(uint64_t oldest_conn) {
+  std::vector<std::shared_ptr<TableTarget>> drop;  // destroyed outside the lock
+  MutexLock l(ctl_mu_);
+  for (auto it = retired_.begin(); it != retired_.end();) {
+    if (it->mark <= oldest_conn) {
+      drop.push_back(std::move(it->table));
+      it = retired_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+}  // namespace strata::control

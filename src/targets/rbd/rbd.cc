@@ -201,15 +201,15 @@ Result<std::shared_ptr<Target>> RbdTarget::create(Params& p, Resolver& r) {
   s.read_only = t->read_only_;
 
   if (!s.snap.empty() && !t->read_only_)
-    return fail(EROFS, fmt::format("rbd {}: a snapshot is read-only: add `ro` (or serve --read-only)", s.name()));
+    return fail(EROFS, fmt::format("{}: a snapshot is read-only: add `ro` (or serve --read-only)", s.name()));
   if (excl && *parse_bool(*excl) && t->read_only_)
-    return fail(EINVAL, fmt::format("rbd {}: exclusive=on needs a writable image (drop `ro` or exclusive=on)",
+    return fail(EINVAL, fmt::format("{}: exclusive=on needs a writable image (drop `ro` or exclusive=on)",
                                     s.name()));
 
   t->session_ = TRY(RbdSession::open(s));
   t->image_ = t->session_->image();
   if (t->session_->size() < t->length_)
-    return fail(EINVAL, fmt::format("rbd {}: image too small: the segment needs {} bytes, the image has {} "
+    return fail(EINVAL, fmt::format("{}: image too small: the segment needs {} bytes, the image has {} "
                                     "(rbd resize, or a shorter segment)",
                                     s.name(), t->length_, t->session_->size()));
   if (!t->read_only_ && s.exclusive) {

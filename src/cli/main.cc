@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include "cli/live.h"
 #include "cli/serve.h"
 #include "control/client.h"
 #include "control/sync.h"
@@ -95,6 +96,18 @@ strata::Result<json> call_with_progress(const std::string& ctl, const std::strin
                                  [&](const json& pr) { print_progress(pr, label, tty); });
   if (tty) fmt::print(stderr, "\n");
   return r;
+}
+
+// --detach: the job's id on stdout.
+int start_detached(const std::string& ctl, const std::string& method, json params) {
+  params["detach"] = true;
+  auto r = strata::control::call(ctl.empty() ? strata::control::default_control_path() : ctl, method, params);
+  if (!r) {
+    fmt::print(stderr, "strata: {}\n", r.error().message);
+    return 1;
+  }
+  fmt::print("{}\n", (*r)["job"].get<uint64_t>());
+  return 0;
 }
 
 // `strata flatten DEVICE --to RAW --table T`: no server; the table is loaded
@@ -240,6 +253,7 @@ int main(int argc, char** argv) {
   sync->add_option("--max-rounds", max_rounds, "Passes before giving up on converging")->default_val(8);
   sync->add_option("--control", ctl, "Control socket of the server");
   sync->add_flag("--json", as_json, "Print the raw JSON reply");
+  bool detach = false;
 
   auto* fusecmd = app.add_subcommand("fuse", "FUSE exports of a running server");
   fusecmd->require_subcommand(1);
@@ -291,8 +305,14 @@ int main(int argc, char** argv) {
   flat->add_option("--table", flat_tables, "Offline: load this table here (read-only) instead of asking a server");
   flat->add_option("--control", ctl, "Control socket of the server");
   flat->add_flag("--json", as_json, "Print the raw JSON reply");
+  for (auto* c : {sync, merge, flat})
+    c->add_flag("--detach", detach,
+                "Start the job, print its id and return (else follow it; Ctrl-C cancels it; see `strata jobs`)");
+  strata::cli::LiveCommands live;
+  strata::cli::add_live_commands(app, live);
 
   CLI11_PARSE(app, argc, argv);
+  if (auto rc = strata::cli::run_live_commands(live)) return *rc;
   if (so.state_dir.empty()) {
     if (const char* e = std::getenv("STRATA_STATE_DIR"); e && *e)
       so.state_dir = e;
@@ -371,6 +391,7 @@ int main(int argc, char** argv) {
   }
   if (sync->parsed()) {
     json p = {{"device", device}, {"map", map}, {"to", to}, {"final", final_pass}, {"max_rounds", max_rounds}};
+    if (detach) return start_detached(ctl, "device_sync", p);
     auto r = call_with_progress(ctl, "device_sync", p, "");
     if (!r) {
       fmt::print(stderr, "strata: {}\n", r.error().message);
@@ -383,7 +404,8 @@ int main(int argc, char** argv) {
                  (*r)["rounds"].get<int>(), (*r)["milliseconds"].get<int64_t>(),
                  (*r)["converged"].get<bool>() ? ", converged" : ", NOT converged",
                  human_size((*r)["dirty_bytes_left"].get<uint64_t>()));
-    return 0;
+    // Not converged: blocks are still dirty. --json callers read "converged".
+    return !as_json && !(*r)["converged"].get<bool>() ? 2 : 0;
   }
   if (layer->parsed()) {
     if (l_create->parsed()) {
@@ -421,6 +443,10 @@ int main(int argc, char** argv) {
       }
       const auto& h = (*l)->header();
       auto bits = (*l)->read_bitmap();
+      if (!bits) {  // never "0 chunks" for a bitmap that cannot be read
+        fmt::print(stderr, "strata: {}\n", bits.error().message);
+        return 1;
+      }
       uint64_t present = 0, zero = 0;
       if (bits)
         for (uint8_t s : *bits) {
@@ -470,6 +496,7 @@ int main(int argc, char** argv) {
   if (merge->parsed()) {
     json mp{{"device", device}};
     if (!merge_layer.empty()) mp["layer"] = std::filesystem::absolute(merge_layer).string();
+    if (detach) return start_detached(ctl, "device_merge", mp);
     auto r = call_with_progress(ctl, "device_merge", mp, "merge");
     if (!r) {
       fmt::print(stderr, "strata: {}\n", r.error().message);
@@ -484,6 +511,7 @@ int main(int argc, char** argv) {
   }
   if (flat->parsed()) {
     if (!flat_tables.empty()) return flatten_offline(flat_tables, device, to, as_json);
+    if (detach) return start_detached(ctl, "device_flatten", json{{"device", device}, {"to", to}});
     auto r = call_with_progress(ctl, "device_flatten", json{{"device", device}, {"to", to}}, "flatten");
     if (!r) {
       fmt::print(stderr, "strata: {}\n", r.error().message);

@@ -14,6 +14,7 @@
 #include "targets/layer.h"
 #include "core/params.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 namespace {
@@ -78,6 +79,7 @@ void print_status(const json& r) {
 // A long request (sync, merge, flatten): a progress bar on stderr from the
 // server's progress lines ("round N" when no label is given).
 void print_progress(const json& pr, const std::string& label, bool tty) {
+  if (!pr.contains("copied_bytes")) return;  // the server's keep-alive line
   uint64_t done = pr.value("copied_bytes", uint64_t{0});
   uint64_t total = std::max<uint64_t>(1, pr.value("total_bytes", uint64_t{1}));
   bool chunks = pr.value("unit", std::string()) == "chunks";
@@ -91,6 +93,9 @@ void print_progress(const json& pr, const std::string& label, bool tty) {
 
 strata::Result<json> call_with_progress(const std::string& ctl, const std::string& method, const json& params,
                                         const std::string& label) {
+  // Ctrl-C ends this client, and the server cancels the job it follows
+  // (even when started in the background of a script, where SIGINT is ignored).
+  ::signal(SIGINT, SIG_DFL);
   bool tty = ::isatty(STDERR_FILENO);
   auto r = strata::control::call(ctl.empty() ? strata::control::default_control_path() : ctl, method, params,
                                  [&](const json& pr) { print_progress(pr, label, tty); });

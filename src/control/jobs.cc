@@ -56,6 +56,8 @@ nlohmann::json Job::to_json() const {
   if (state_ == State::kRunning && rate > 0 && total_ >= done_)
     j["eta_seconds"] = static_cast<double>(total_ - done_) / rate;
   if (!result_.is_null()) j["result"] = result_;
+  // A merge counts chunks, not bytes.
+  if (detail_.is_object() && detail_.contains("unit")) j["unit"] = detail_["unit"];
   return j;
 }
 

@@ -29,6 +29,7 @@ struct Server::Client {
   bool follow_owns = false;   // the followed job was started by this request
   bool follow_job_reply = false;  // the reply is the job's JSON (job_wait)
   std::chrono::steady_clock::time_point last_progress{};
+  std::string last_line;  // the last progress line sent
 };
 
 Server::Server(Daemon& d) : d_(d) {}
@@ -328,8 +329,12 @@ void Server::tick_followers() {
     nlohmann::json detail = c.follow->detail();
     if (detail.is_null()) detail = nlohmann::json::object();
     detail["job"] = c.follow->id();
+    std::string line = nlohmann::json{{"progress", detail}}.dump() + "\n";
+    // The same line again only as a keep-alive, once a second.
+    if (line == c.last_line && now - c.last_progress < std::chrono::seconds(1)) continue;
     c.last_progress = now;
-    queue_line(c, nlohmann::json{{"progress", detail}}.dump() + "\n");
+    c.last_line = line;
+    queue_line(c, line);
   }
 }
 

@@ -1,8 +1,7 @@
 #!/bin/bash
 # SIGHUP re-reads the --table file and applies the difference: a device added is created, a device whose lines
 # changed is reloaded (its NBD client stays connected and reads the new bytes), a device gone is removed, an
-# unchanged one is left alone. A broken file changes
-# nothing.
+# unchanged one is left alone. A broken file changes nothing.
 source "$(dirname "$0")/functions.sh"
 requires jq
 S="$STRATA"

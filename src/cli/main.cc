@@ -200,6 +200,7 @@ int main(int argc, char** argv) {
   serve->add_option("--tls-psk", so.tls_psk, "Pre-shared keys file (psktool's username:hexkey lines)")
       ->check(CLI::ExistingFile);
   serve->add_flag("--tls-verify-peer", so.tls_verify_peer, "Require client certificates signed by the CA");
+  serve->add_flag("--empty", so.empty, "Start with no device: create them at runtime (strata create)");
   bool help_targets = false;
   serve->add_flag("--help-targets", help_targets, "Describe every target type and exit");
 

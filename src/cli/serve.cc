@@ -116,8 +116,12 @@ int serve(const ServeOptions& o) {
     LOG_ERROR("{}", specs.error().message);
     return 1;
   }
-  if (specs->empty() && o.control.empty() && o.tables.empty() && o.file.empty()) {
-    LOG_ERROR("nothing to serve: give --table FILE or --file PATH, or --control PATH to create devices at runtime");
+  // No device at all is a server configured at runtime (strata create): asked
+  // for with --empty, or by giving only --control (no listener, no table).
+  const bool runtime_only = !o.control.empty() && o.unix_paths.empty() && o.tcp.empty();
+  if (o.tables.empty() && o.file.empty() && !o.empty && !runtime_only) {
+    LOG_ERROR("nothing to serve: give --table FILE or --file PATH, or --empty to start with no device and "
+              "create them at runtime (strata create)");
     return 1;
   }
 

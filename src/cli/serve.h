@@ -35,6 +35,7 @@ struct ServeOptions {
   std::string tls_certificates;
   std::string tls_psk;
   bool tls_verify_peer = false;
+  bool empty = false;  // --empty: no devices at start (strata create adds them)
 };
 
 int serve(const ServeOptions& o);

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Devices at runtime on a server started with only --control: `strata create` serves a device at once over NBD (a
+# Devices at runtime on a server started with no device (--empty): `strata create` serves a device at once over NBD (a
 # bad table creates nothing), `strata remove` is refused while an NBD client is connected or another device uses it
 # and --force ends the client's connection; 100 devices created and removed leave the server's open fds as they were
 # and its RSS within 4 MiB; `strata dump` re-creates the devices.
@@ -7,7 +7,7 @@ source "$(dirname "$0")/functions.sh"
 requires jq qemu-io
 S="$STRATA"
 rm -f "$SOCK"
-"$S" serve --unix "$SOCK" --control "$CTL" >>"$STRATA_LOG" 2>&1 &
+"$S" serve --empty --unix "$SOCK" --control "$CTL" >>"$STRATA_LOG" 2>&1 &
 STRATA_PID=$!
 for i in $(seq 1 100); do [ -S "$CTL" ] && ctl list >/dev/null 2>&1 && break; sleep 0.05; done
 [ "$(ctl list --json)" = "[]" ] || die "a server with no table has devices: $(ctl list --json)"

@@ -21,6 +21,7 @@
 #                           one rbd segment `rbd SPEC conf=$CEPH_CONF OPTS...`
 #   rbd_export_file SPEC OUT  `rbd export` an image (or @snap) to a file
 #
+# CEPH_KEEP_LOGS=DIR: on failure, the cluster's and strata's logs are copied there.
 # On exit, pass or fail: strata, then the OSD, mgr and mon are killed by pid,
 # then functions.sh's cleanup runs (which removes $WORK).
 
@@ -107,6 +108,8 @@ mgr_tick_period = 2
 osd_data = $CEPH_DIR/osd.\$id
 keyring = \$osd_data/keyring
 osd_objectstore = memstore
+# a SIGTERM'ed memstore OSD saves its content only on a full shutdown
+osd_fast_shutdown = false
 memstore_device_bytes = $((4 << 30))
 osd_op_num_shards = 2
 osd_op_num_threads_per_shard = 1
@@ -239,6 +242,10 @@ ceph_cleanup() {
   if [ $rc -ne 0 ] && [ -n "$CEPH_DIR" ]; then
     echo "---- ceph osd log (last 10 lines) ----" >&2
     tail -n10 "$CEPH_DIR/log/osd.stderr" 2>/dev/null >&2
+    if [ -n "${CEPH_KEEP_LOGS:-}" ]; then
+      mkdir -p "$CEPH_KEEP_LOGS" && cp -r "$CEPH_DIR/log" "$STRATA_LOG" "$CEPH_KEEP_LOGS/" 2>/dev/null
+      echo "ceph and strata logs copied to $CEPH_KEEP_LOGS" >&2
+    fi
   fi
   (exit $rc)
   cleanup

@@ -212,6 +212,7 @@ Result<std::shared_ptr<Target>> RbdTarget::create(Params& p, Resolver& r) {
     return fail(EINVAL, fmt::format("{}: image too small: the segment needs {} bytes, the image has {} "
                                     "(rbd resize, or a shorter segment)",
                                     s.name(), t->length_, t->session_->size()));
+  t->fast_diff_ = t->query_fast_diff();
   if (!t->read_only_ && s.exclusive) {
     TRY(t->session_->lock_exclusive());
     t->locked_ = true;
@@ -236,7 +237,7 @@ Caps RbdTarget::caps() const {
   c.can_trim = !read_only_;
   c.can_zero = !read_only_;
   c.can_fast_zero = !read_only_;
-  c.can_extents = fast_diff_valid();
+  c.can_extents = fast_diff_.load(std::memory_order_relaxed);
   c.can_multi_conn = true;
   return c;
 }
@@ -263,11 +264,10 @@ std::string RbdTarget::table_line() const {
 void RbdTarget::info(InfoSink& out) const {
   out.add("image", spec_.name());
   out.add("client", session_->self());
-  int owner = 0;
-  if (locked_) rbd_is_exclusive_lock_owner(image_, &owner);
-  out.add("lock", !locked_ ? (spec_.exclusive && !read_only_ ? "none" : "off") : owner ? "held" : "lost");
-  out.add("lock_owner", locked_ && owner ? session_->self() : std::string());
-  out.add("fast_diff", fast_diff_valid() ? "valid" : "no");
+  const bool held = locked_ && !lock_lost_.load(std::memory_order_relaxed);
+  out.add("lock", !locked_ ? "off" : held ? "held" : "lost");
+  out.add("lock_owner", held ? session_->self() : std::string());
+  out.add("fast_diff", fast_diff_.load(std::memory_order_relaxed) ? "valid" : "no");
   stats_.report(out);
   auto mean_us = [](uint64_t ns, uint64_t n) { return n ? ns / n / 1000 : 0; };
   out.add("read_latency_us", mean_us(read_ns_.load(std::memory_order_relaxed), stats_.reads.load()));
@@ -307,6 +307,7 @@ Error RbdTarget::io_error(std::string_view op, uint64_t offset, uint64_t length,
   std::string what = fmt::format("rbd {} {}@{}+{}", op, spec_.name(), offset, length);
   if (e == ETIMEDOUT)
     return Error{EIO, fmt::format("{}: no answer from the cluster within {} s", what, spec_.timeout.count())};
+  if ((e == ESHUTDOWN || e == EROFS) && locked_) lock_lost_.store(true, std::memory_order_relaxed);
   if (e == ESHUTDOWN)
     return Error{EIO, fmt::format("{}: this client was blocklisted (another client broke our exclusive lock): "
                                   "nothing more is written",
@@ -395,7 +396,7 @@ Task<Result<>> RbdTarget::zero(Queue& q, uint64_t offset, uint64_t length, IoFla
 
 // ---- block status
 
-bool RbdTarget::fast_diff_valid() const {
+bool RbdTarget::query_fast_diff() const {
   if (!(session_->features() & RBD_FEATURE_FAST_DIFF)) return false;
   uint64_t flags = 0;
   if (rbd_get_flags(image_, &flags) < 0) return false;
@@ -423,8 +424,17 @@ Result<Extents> RbdTarget::diff_extents(uint64_t offset, uint64_t length) const 
 }
 
 Task<Result<Extents>> RbdTarget::extents(Queue& q, uint64_t offset, uint64_t length) {
-  if (length == 0 || !fast_diff_valid()) co_return co_await Target::extents(q, offset, length);
-  co_return co_await q.blocking([this, offset, length] { return diff_extents(offset, length); });
+  if (length == 0 || !fast_diff_.load(std::memory_order_relaxed))
+    co_return co_await Target::extents(q, offset, length);
+  co_return co_await q.blocking([this, offset, length]() -> Result<Extents> {
+    // The object map may have been invalidated since (librbd marks it so
+    // after a failure to update it): then everything is data.
+    if (!query_fast_diff()) {
+      fast_diff_.store(false, std::memory_order_relaxed);
+      return Extents{Extent{length, 0}};
+    }
+    return diff_extents(offset, length);
+  });
 }
 
 }  // namespace strata

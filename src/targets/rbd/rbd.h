@@ -63,7 +63,8 @@ class RbdTarget final : public Target {
   RbdTarget() = default;
   RbdQueue& queue_state(Queue& q);
   Error io_error(std::string_view op, uint64_t offset, uint64_t length, ssize_t r) const;
-  bool fast_diff_valid() const;
+  // Asks librbd (may wait: blocking pool or load only).
+  bool query_fast_diff() const;
   Result<Extents> diff_extents(uint64_t offset, uint64_t length) const;
 
   RbdSpec spec_;
@@ -72,6 +73,10 @@ class RbdTarget final : public Target {
   uint64_t length_ = 0;
   bool read_only_ = false;
   bool locked_ = false;  // we took the exclusive lock at load
+  // Kept here because info() and caps() must not wait: librbd's own queries
+  // take image locks that its refresh may hold across cluster round trips.
+  mutable std::atomic<bool> lock_lost_{false};       // a request failed for want of the lock
+  mutable std::atomic<bool> fast_diff_{false};  // refreshed by extents(), on the blocking pool
   std::unique_ptr<std::atomic<RbdQueue*>[]> queues_{new std::atomic<RbdQueue*>[kMaxQueues]{}};
 
   mutable IoStats stats_;

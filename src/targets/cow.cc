@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <linux/falloc.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <future>
+#include <set>
 
 #include <fmt/core.h>
 
@@ -36,8 +38,12 @@ Result<std::shared_ptr<Target>> CowTarget::create(Params& p, Resolver& r) {
   std::vector<std::unique_ptr<LayerFile>> chain;
   std::string path = t->top_path_;
   bool top = true;
+  std::set<std::pair<dev_t, ino_t>> seen;  // a parent cycle is named as one, not as a lock conflict
   for (;;) {
     if (chain.size() >= kMaxLayers) return fail(ELOOP, fmt::format("{}: more than {} layers", t->top_path_, kMaxLayers));
+    if (struct stat st {}; ::stat(path.c_str(), &st) == 0 && !seen.insert({st.st_dev, st.st_ino}).second)
+      return fail(ELOOP, fmt::format("layer {}: parent cycle: its parent {} is already in the stack",
+                                     chain.back()->path(), path));
     auto l = LayerFile::open(path, top && !t->read_only_);
     // A parent that is not there: say whose parent it is, as `layer check` does.
     if (!l && !chain.empty() && l.error().code == ENOENT)

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <set>
 
 #include <fmt/core.h>
 
@@ -47,8 +48,29 @@ uint64_t bitmap_bytes_for(uint64_t size, uint32_t chunk) {
   return ((chunks * 2 + 7) / 8 + 4095) / 4096 * 4096;
 }
 
+// Opens a layer file, refusing anything but a regular file before it could
+// block (a FIFO's open() waits for a writer, ignoring SIGTERM). O_NONBLOCK is
+// cleared again: io_uring would fail reads with EAGAIN instead of waiting.
+Result<int> open_regular(const std::string& path, int flags) {
+  int fd = ::open(path.c_str(), flags | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) return posix_error(fmt::format("layer {}", path), errno);
+  struct stat st {};
+  if (::fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return fail(EINVAL, fmt::format("layer {}: not a regular file", path));
+  }
+  (void)::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  return fd;
+}
+
+// The data region starts after the bitmap, rounded up to 1 MiB.
+uint64_t data_offset_for(uint64_t bitmap_bytes) {
+  return (LayerFile::kHeaderSize + bitmap_bytes + (1 << 20) - 1) / (1 << 20) * (1 << 20);
+}
+
+// `b` holds the header as read (or zeros): bytes this version does not
+// know (reserved space, a compatible feature's fields) are kept as they are.
 void encode(const LayerFile::Header& h, uint8_t* b) {
-  std::memset(b, 0, LayerFile::kHeaderSize);
   std::memcpy(b, kMagic, 8);
   put<uint32_t>(b, 8, h.version);
   put<uint32_t>(b, 12, h.incompat);
@@ -61,8 +83,13 @@ void encode(const LayerFile::Header& h, uint8_t* b) {
   put<uint64_t>(b, 72, h.bitmap_offset);
   put<uint64_t>(b, 80, h.bitmap_bytes);
   put<uint64_t>(b, 88, h.data_offset);
-  put<uint16_t>(b, 96, static_cast<uint16_t>(h.parent_path.size()));
-  std::memcpy(b + 98, h.parent_path.data(), h.parent_path.size());
+  if (get<uint16_t>(b, 96) != h.parent_path.size() ||
+      std::memcmp(b + 98, h.parent_path.data(), h.parent_path.size()) != 0) {
+    // A new parent path (relinked): the old one's bytes go with it.
+    std::memset(b + 98, 0, kMaxParentPath);
+    put<uint16_t>(b, 96, static_cast<uint16_t>(h.parent_path.size()));
+    std::memcpy(b + 98, h.parent_path.data(), h.parent_path.size());
+  }
   put<uint32_t>(b, LayerFile::kHeaderSize - 4, fnv1a(b, LayerFile::kHeaderSize - 4));
 }
 
@@ -105,8 +132,24 @@ Result<LayerFile::Header> decode(const uint8_t* b, const std::string& path, std:
                              bitmap_bytes_for(h.size, h.chunk_size)));
   else if (h.data_offset < h.bitmap_offset + h.bitmap_bytes || h.data_offset % 4096)
     ps.push_back(fmt::format("{}: data offset {} overlaps the bitmap", path, h.data_offset));
-  if (plen > kMaxParentPath) ps.push_back(fmt::format("{}: parent path too long", path));
-  else h.parent_path.assign(reinterpret_cast<const char*>(b + 98), plen);
+  else if (h.data_offset != data_offset_for(h.bitmap_bytes))
+    // Every field the format derives is checked, not only trusted: a data
+    // offset elsewhere would serve other bytes than were written.
+    ps.push_back(fmt::format("{}: data offset {} is not the {} the format gives", path, h.data_offset,
+                             data_offset_for(h.bitmap_bytes)));
+  if (plen > kMaxParentPath) {
+    ps.push_back(fmt::format("{}: parent path too long", path));
+  } else {
+    h.parent_path.assign(reinterpret_cast<const char*>(b + 98), plen);
+    if (h.parent_path.find('\0') != std::string::npos)
+      ps.push_back(fmt::format("{}: the parent path holds a NUL byte", path));
+  }
+  const bool has_parent_uuid = h.parent_uuid != Uuid{};
+  if (has_parent_uuid && plen == 0)
+    ps.push_back(fmt::format("{}: a parent UUID ({}) but no parent path: the layers below cannot be found", path,
+                             uuid_string(h.parent_uuid)));
+  if (!has_parent_uuid && plen != 0)
+    ps.push_back(fmt::format("{}: a parent path but no parent UUID", path));
   if (!ps.empty()) return fail(EINVAL, ps.front());
   return h;
 }
@@ -163,7 +206,7 @@ Result<std::unique_ptr<LayerFile>> LayerFile::create(const std::string& path, ui
   h.size = size;
   h.uuid = new_uuid();
   h.bitmap_bytes = bitmap_bytes_for(size, chunk_size);
-  h.data_offset = (kHeaderSize + h.bitmap_bytes + (1 << 20) - 1) / (1 << 20) * (1 << 20);
+  h.data_offset = data_offset_for(h.bitmap_bytes);
   if (parent) {
     if (parent->header().size != size || parent->header().chunk_size != chunk_size)
       return fail(EINVAL, fmt::format("parent {} has size {} and chunk size {}: a child must match", parent->path(),
@@ -190,8 +233,7 @@ void LayerFile::prepare_for_writes() const {
 Result<std::unique_ptr<LayerFile>> LayerFile::open(const std::string& path, bool writable, bool lock) {
   std::unique_ptr<LayerFile> l(new LayerFile());
   l->path_ = path;
-  l->fd_ = ::open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
-  if (l->fd_ < 0) return posix_error(fmt::format("layer {}", path), errno);
+  l->fd_ = TRY(open_regular(path, writable ? O_RDWR : O_RDONLY));
   if (lock && ::flock(l->fd_, (writable ? LOCK_EX : LOCK_SH) | LOCK_NB) < 0) {
     int e = errno;
     if (e == EWOULDBLOCK)
@@ -207,15 +249,21 @@ Result<std::unique_ptr<LayerFile>> LayerFile::open(const std::string& path, bool
   struct stat st;
   if (::fstat(l->fd_, &st) == 0 && static_cast<uint64_t>(st.st_size) < l->h_.data_offset)
     return fail(EINVAL, fmt::format("layer {}: file is shorter than its header and bitmap", path));
+  if (static_cast<uint64_t>(st.st_size) < l->h_.data_offset + l->h_.size)
+    return fail(EINVAL, fmt::format("layer {}: the data region is truncated: {} bytes, the header needs {}", path,
+                                    st.st_size, l->h_.data_offset + l->h_.size));
+  std::memcpy(l->raw_.data(), b, kHeaderSize);
   if (writable) l->prepare_for_writes();
   return l;
 }
 
 Result<> LayerFile::write_header() {
   uint8_t b[kHeaderSize];
+  std::memcpy(b, raw_.data(), kHeaderSize);
   encode(h_, b);
   if (::pwrite(fd_, b, kHeaderSize, 0) != static_cast<ssize_t>(kHeaderSize))
     return posix_error(fmt::format("layer {}: write header", path_), errno ? errno : EIO);
+  std::memcpy(raw_.data(), b, kHeaderSize);
   return {};
 }
 
@@ -252,11 +300,47 @@ Result<> LayerFile::write_bitmap_pages(const std::vector<uint8_t>& states, uint6
 
 std::vector<std::string> LayerFile::check(const std::string& path) {
   std::vector<std::string> ps;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    ps.push_back(fmt::format("{}: {}", path, std::strerror(errno)));
+  std::set<std::pair<dev_t, ino_t>> seen;
+  check_chain(path, ps, seen, nullptr, {});
+  return ps;
+}
+
+void LayerFile::check_chain(const std::string& path, std::vector<std::string>& ps,
+                            std::set<std::pair<dev_t, ino_t>>& seen, const Header* child,
+                            const std::string& child_path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) {
+    // Never open a FIFO or a device: open() could block forever.
+    if (!S_ISREG(st.st_mode)) {
+      ps.push_back(fmt::format("{}: not a regular file", path));
+      return;
+    }
+    if (!seen.insert({st.st_dev, st.st_ino}).second) {
+      ps.push_back(fmt::format("{}: parent cycle: this layer is already below in the chain", path));
+      return;
+    }
+  }
+  auto own = check_one(path);
+  const bool ok = own.empty();
+  for (auto& p : own) ps.push_back(std::move(p));
+  if (!ok) return;
+  auto l = open(path, false, false);
+  if (!l) return;
+  const Header& h = (*l)->header();
+  if (child && (h.size != child->size || h.chunk_size != child->chunk_size))
+    ps.push_back(fmt::format("{}: size {} and chunk size {} differ from its child's ({} and {} in {})", path, h.size,
+                             h.chunk_size, child->size, child->chunk_size, child_path));
+  if (!h.parent_path.empty()) check_chain((*l)->parent_full_path(), ps, seen, &h, path);
+}
+
+std::vector<std::string> LayerFile::check_one(const std::string& path) {
+  std::vector<std::string> ps;
+  auto ofd = open_regular(path, O_RDONLY);
+  if (!ofd) {
+    ps.push_back(ofd.error().message);
     return ps;
   }
+  int fd = *ofd;
   uint8_t b[kHeaderSize];
   ssize_t n = ::pread(fd, b, kHeaderSize, 0);
   ::close(fd);
@@ -342,6 +426,7 @@ Result<std::vector<std::string>> LayerFile::repair(const std::string& path) {
                                       "is damaged",
                                       path, why));
     uint8_t nb[kHeaderSize];
+    std::memcpy(nb, b, kHeaderSize);
     encode(*h, nb);
     if (::pwrite(fd, nb, kHeaderSize, 0) != static_cast<ssize_t>(kHeaderSize) || ::fdatasync(fd) < 0)
       return posix_error(fmt::format("layer {}: write header", path), errno ? errno : EIO);

@@ -15,6 +15,8 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
+#include <sys/types.h>
 #include <span>
 #include <string>
 #include <vector>
@@ -92,7 +94,8 @@ class LayerFile {
   Result<> sync();
   void rename_to(std::string path) { path_ = std::move(path); }
 
-  // Header problems for `strata layer check`: one message per problem.
+  // Problems for `strata layer check`, of the layer and of every layer
+  // below it (geometry against the child, parent cycles): one message each.
   static std::vector<std::string> check(const std::string& path);
   // `strata layer check --repair`: fixes what needs no guessing (see
   // layer.cc); returns one line per fix. Takes the layer's exclusive lock.
@@ -100,9 +103,16 @@ class LayerFile {
 
  private:
   LayerFile() = default;
+  static std::vector<std::string> check_one(const std::string& path);
+  static void check_chain(const std::string& path, std::vector<std::string>& ps,
+                          std::set<std::pair<dev_t, ino_t>>& seen, const Header* child,
+                          const std::string& child_path);
   std::string path_;
   int fd_ = -1;
   Header h_;
+  // The header as last read or written: write_header() keeps the bytes of
+  // fields this version does not know.
+  std::array<uint8_t, kHeaderSize> raw_{};
   mutable std::once_flag map_once_;
   mutable MappedRange data_map_;
 };

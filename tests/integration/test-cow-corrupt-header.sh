@@ -1,5 +1,5 @@
 #!/bin/bash
-# cow: a damaged layer, top or lower (wrong magic, a flipped header byte, an unknown incompatible feature bit, a wrong bitmap size, bitmap bits past the last chunk, a chunk in the invalid state 3, a missing parent, a parent replaced by another layer): `strata layer check` names the problem in one line and exits 1, `strata serve` of the stack fails at start with the same clear message, and neither changes a byte of any layer.
+# cow: a damaged layer, top or lower (wrong magic, a flipped header byte, an unknown incompatible feature bit, a wrong bitmap size, bitmap bits past the last chunk, a chunk in the invalid state 3, a data offset other than the format's, a parent UUID without a path or a path without a UUID, a NUL in the parent path, a truncated data region, a missing parent, a parent replaced by another layer, a parent that is a FIFO, a parent cycle, a parent whose geometry differs from its child's): `strata layer check` names the problem in one line and exits 1, `strata serve` of the stack fails at start with the same clear message, and neither changes a byte of any layer.
 . "$(dirname "$0")/functions.sh"
 requires jq
 
@@ -46,7 +46,8 @@ with open(path, 'r+b') as f:
 PY
 }
 
-sums() { sha256sum "$WORK"/case/*.layer* 2>/dev/null | sed "s|$WORK/case/||"; }
+# Regular files only: reading a FIFO would wait for a writer.
+sums() { find "$WORK/case" -type f -name "*.layer*" -exec sha256sum {} + | sort | sed "s|$WORK/case/||"; }
 
 # try NAME LAYER EXPECT CORRUPT-COMMAND...: corrupt a copy of the stack, then
 # check LAYER and serve the stack.
@@ -100,7 +101,27 @@ for L in top l1; do
   try "$L bitmap size" $L "bitmap size mismatch" patch "$F" 80 Q 12288
   try "$L bits past the end" $L "bits set past the end" past_end "$F"
   try "$L invalid state" $L "invalid state" patch "$F" $((4096 + 1)) bytes 0c nofix
+  # Derived fields are checked, not trusted: data 1 MiB further on would serve other bytes.
+  try "$L data offset" $L "is not the 1048576 the format gives" patch "$F" 88 Q 2097152
+  try "$L truncated data" $L "the data region is truncated" truncate -s $((M + SIZE - 4096)) "$F"
 done
+try "parent uuid without path" l1 "but no parent path" patch "$WORK/case/l1.layer" 48 bytes 0102030405060708090a0b0c0d0e0f10
+try "parent path without uuid" top "a parent path but no parent UUID" patch "$WORK/case/top.layer" 48 bytes 00000000000000000000000000000000
+try "NUL in parent path" top "the parent path holds a NUL byte" patch "$WORK/case/top.layer" 99 bytes 00
+# l1's parent made the top (path and UUID right): top -> l1 -> top.
+cycle() {
+  local uuid
+  uuid=$(od -An -tx1 -j32 -N16 "$WORK/case/top.layer" | tr -d ' \n')
+  patch "$WORK/case/l1.layer" 48 bytes "$uuid" nofix
+  patch "$WORK/case/l1.layer" 98 bytes "$(printf top.layer | od -An -tx1 | tr -d ' \n')" nofix
+  patch "$WORK/case/l1.layer" 96 H 9
+}
+try "parent cycle" top "parent cycle" cycle
+# A FIFO's open() would wait for a writer forever: it is refused, not opened.
+fifo() { rm "$WORK/case/l1.layer" && mkfifo "$WORK/case/l1.layer"; }
+try "parent is a FIFO" top "not a regular file" fifo
+# The top claims 8 KiB chunks (its own header is consistent; its parent has 4 KiB).
+try "parent geometry" top "from its child's" patch "$WORK/case/top.layer" 20 I 8192
 # Broken parent links, seen from the top.
 try "missing parent" top "broken parent link" mv "$WORK/case/l1.layer" "$WORK/case/l1.moved"
 other() {

@@ -15,6 +15,9 @@ PKGS=(
   # rbd target: librbd/librados (no pkg-config files), and a one-node Ceph
   # cluster for its tests (test-rbd-*.sh: 1 mon, 1 mgr, 1 memstore OSD)
   librbd-dev libradospp-dev ceph-mon ceph-mgr ceph-osd ceph-common uuid-runtime
+  # service: socket activation and sd_notify (libsystemd), its tests and unit checks
+  # (systemd-socket-activate, systemd-analyze), the metrics endpoint (libmicrohttpd) and its format check
+  libsystemd-dev systemd libmicrohttpd-dev curl python3-prometheus-client
 )
 
 missing=()

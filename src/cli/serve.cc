@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <fstream>
 #include <map>
 #include <future>
@@ -13,6 +14,7 @@
 
 #include <fmt/core.h>
 
+#include "cli/service.h"
 #include "control/client.h"
 #include "control/server.h"
 #include "core/log.h"
@@ -110,6 +112,14 @@ int serve(const ServeOptions& o) {
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
+  // Sockets passed by socket activation: taken before any thread starts
+  // (it edits the environment).
+  auto activated = take_listen_fds();
+  if (!activated) {
+    LOG_ERROR("{}", activated.error().message);
+    return 1;
+  }
+
   std::string source;
   auto specs = load_specs(o, source);
   if (!specs) {
@@ -118,7 +128,8 @@ int serve(const ServeOptions& o) {
   }
   // No device at all is a server configured at runtime (strata create): asked
   // for with --empty, or by giving only --control (no listener, no table).
-  const bool runtime_only = !o.control.empty() && o.unix_paths.empty() && o.tcp.empty();
+  const bool runtime_only = (!o.control.empty() || activated->control >= 0) && o.unix_paths.empty() &&
+                            o.tcp.empty() && activated->nbd.empty();
   if (o.tables.empty() && o.file.empty() && !o.empty && !runtime_only) {
     LOG_ERROR("nothing to serve: give --table FILE or --file PATH, or --empty to start with no device and "
               "create them at runtime (strata create)");
@@ -170,6 +181,17 @@ int serve(const ServeOptions& o) {
   }
   so.max_connections = o.max_connections;
   so.handshake_timeout = std::chrono::milliseconds(static_cast<int64_t>(o.handshake_timeout * 1000));
+  if (!o.max_memory.empty()) {
+    auto m = parse_size(o.max_memory);
+    uint64_t least = nbd::MemoryBudget::minimum(o.max_connections);
+    if (!m || *m < least) {
+      LOG_ERROR("--max-memory {}: {}", o.max_memory,
+                m ? fmt::format("at least {} MiB for --max-connections {}", least >> 20, o.max_connections)
+                  : m.error().message);
+      return 1;
+    }
+    so.max_memory = *m;
+  }
   nbd::Server server(qptrs, so);
 
   // Every device is served through a TrackTarget (dirty maps), which costs
@@ -199,8 +221,14 @@ int serve(const ServeOptions& o) {
       return 1;
     }
   }
+  for (int fd : activated->nbd) {
+    if (auto r = server.listen_fd(fd); !r) {
+      LOG_ERROR("{}", r.error().message);
+      return 1;
+    }
+  }
   std::vector<std::string> tcp = o.tcp;
-  if (tcp.empty() && o.unix_paths.empty()) tcp.push_back("127.0.0.1:10809");
+  if (tcp.empty() && o.unix_paths.empty() && activated->nbd.empty()) tcp.push_back("127.0.0.1:10809");
   for (const auto& t : tcp) {
     auto colon = t.rfind(':');
     if (colon == std::string::npos) {
@@ -235,7 +263,8 @@ int serve(const ServeOptions& o) {
   control::Server ctl(daemon);
   std::string ctl_path = o.control.empty() ? control::default_control_path() : o.control;
   if (o.control.empty() && ctl_path == "/run/strata/control.sock") ::mkdir("/run/strata", 0700);
-  if (auto r = ctl.start(ctl_path); !r) {
+  if (activated->control >= 0) ctl_path = "passed by the service manager";
+  if (auto r = activated->control >= 0 ? ctl.start_fd(activated->control) : ctl.start(ctl_path); !r) {
     LOG_ERROR("{}", r.error().message);
     return 1;
   }
@@ -262,17 +291,41 @@ int serve(const ServeOptions& o) {
   fmt::print("strata: control socket {}\n", ctl_path);
   std::fflush(stdout);
 
+  // Every listener and device is up.
+  auto status = [&devices, &server] {
+    auto n = devices.list().size();
+    auto c = server.stats().active;
+    return fmt::format("{} device{}, {} connection{}", n, n == 1 ? "" : "s", c, c == 1 ? "" : "s");
+  };
+  notify("READY=1\nSTATUS=" + status());
+  // Alive: every queue runs a posted closure within the timeout.
+  auto queues_alive = [&qptrs](std::chrono::microseconds timeout) {
+    auto left = std::make_shared<std::atomic<std::size_t>>(qptrs.size());
+    for (Queue* q : qptrs) q->post([left] { left->fetch_sub(1); });
+    auto until = std::chrono::steady_clock::now() + timeout;
+    while (left->load() > 0 && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return left->load() == 0;
+  };
+  Watchdog watchdog(queues_alive, status);
+
   int sig = 0;
   for (;;) {
     sigwait(&sigs, &sig);
     if (sig != SIGHUP) break;
     // Re-read the tables and apply the difference, in turn with the control
     // requests that change devices.
+    notify(reloading_state());
     if (o.tables.empty()) {
       LOG_WARN("SIGHUP: no --table to re-read");
+      notify("READY=1");
       continue;
     }
-    ctl.run_on_worker([&o, &daemon] {
+    ctl.run_on_worker([&o, &daemon, &status] {
+      struct Ready {  // whichever way the reload ends
+        decltype(status)& st;
+        ~Ready() { notify("READY=1\nSTATUS=" + st()); }
+      } ready{status};
       std::string src;
       auto again = load_specs(o, src);
       if (!again) {
@@ -286,6 +339,8 @@ int serve(const ServeOptions& o) {
         LOG_INFO("SIGHUP: {}", r->dump());
     });
   }
+  notify("STOPPING=1");
+  watchdog.stop();
   LOG_INFO("signal {}: finishing requests in flight", sig);
   jobs.stop();
   ctl.stop();

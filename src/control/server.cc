@@ -39,7 +39,13 @@ Server::~Server() { stop(); }
 Result<> Server::start(const std::string& path) {
   auto l = listen_unix(path, 128, 0600);
   if (!l) return fail(l.error().code, "control socket " + l.error().message);
-  fd_ = *l;
+  auto r = start_fd(*l);
+  if (r) path_ = path;
+  return r;
+}
+
+Result<> Server::start_fd(int fd) {
+  fd_ = fd;
   int fl = ::fcntl(fd_, F_GETFL);
   ::fcntl(fd_, F_SETFL, fl | O_NONBLOCK);
   wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -47,7 +53,6 @@ Result<> Server::start(const std::string& path) {
     ::close(fd_);
     return posix_error("eventfd", errno);
   }
-  path_ = path;
   thread_ = std::thread([this] { loop(); });
   worker_ = std::thread([this] { worker(); });
   return {};
@@ -63,7 +68,7 @@ void Server::stop() {
   for (auto& [id, c] : clients_) ::close(c->fd);
   clients_.clear();
   ::close(fd_);
-  ::unlink(path_.c_str());
+  if (!path_.empty()) ::unlink(path_.c_str());
   ::close(wake_fd_);
 }
 

@@ -90,6 +90,9 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   Result<> start(const std::string& path);
+  // The same on a socket already listening (socket activation); takes the
+  // fd and never unlinks its file.
+  Result<> start_fd(int fd);
   void stop();
   // Runs fn on the worker, after the requests queued before it (SIGHUP).
   void run_on_worker(std::function<void()> fn) EXCLUDES(mu_);

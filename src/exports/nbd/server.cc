@@ -1,6 +1,7 @@
 #include "exports/nbd/server.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -10,6 +11,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstddef>
+#include <cstring>
 #include <thread>
 
 #include <fmt/core.h>
@@ -121,6 +124,31 @@ Result<> Server::listen_tcp(const std::string& host, const std::string& port) {
     return {};
   }
   return fail(std::move(last));
+}
+
+Result<> Server::listen_fd(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) return posix_error("passed socket", errno);
+  // Accepts go through io_uring, which waits for a connection itself.
+  int fl = ::fcntl(fd, F_GETFL);
+  if (fl >= 0) ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+  auto l = std::make_unique<Listener>();
+  l->fd = fd;  // never unlinked: the socket file belongs to the service manager
+  listeners_.push_back(std::move(l));
+  if (ss.ss_family == AF_UNIX) {
+    const auto* un = reinterpret_cast<const sockaddr_un*>(&ss);
+    std::size_t n = len > offsetof(sockaddr_un, sun_path) ? len - offsetof(sockaddr_un, sun_path) : 0;
+    std::string path(un->sun_path, strnlen(un->sun_path, n));
+    uris_.push_back(fmt::format("nbd+unix:///?socket={}", path));
+  } else {
+    char h[NI_MAXHOST], s[NI_MAXSERV];
+    if (::getnameinfo(reinterpret_cast<sockaddr*>(&ss), len, h, sizeof h, s, sizeof s,
+                      NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+      return {};
+    uris_.push_back(ss.ss_family == AF_INET6 ? fmt::format("nbd://[{}]:{}", h, s) : fmt::format("nbd://{}:{}", h, s));
+  }
+  return {};
 }
 
 namespace {

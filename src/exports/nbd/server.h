@@ -61,6 +61,8 @@ class Server {
   // Binds and listens; call before start().
   Result<> listen_unix(const std::string& path);
   Result<> listen_tcp(const std::string& host, const std::string& port);
+  // Serves a socket already listening (socket activation); takes the fd.
+  Result<> listen_fd(int fd);
   // Human-readable addresses, e.g. "nbd+unix:///?socket=/x", "nbd://127.0.0.1:10809".
   const std::vector<std::string>& uris() const { return uris_; }
 

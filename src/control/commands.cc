@@ -330,6 +330,11 @@ Result<std::shared_ptr<Job>> start_job_checked(Daemon& d, const std::string& met
     if (!dev) return fail(ENOENT, fmt::format("no device named '{}'", *device));
     if (so.to.find("://") == std::string::npos) so.to = TRY(allowed_path(d, so.to));
     TRY(dev->track->map_bits(so.map));  // the map exists
+    if (dev->live->suspended())
+      // Its reads and the map's checkpoint would wait for the writes held.
+      return fail(EBUSY, fmt::format("device '{}' is suspended: a sync would wait for its resume (resume it "
+                                     "first; `strata flatten` copies a suspended device)",
+                                     *device));
     auto track = dev->track;
     Queue* q = d.queue;
     return d.jobs->start(*device, "sync", [track, q, so](Job& job) -> Result<json> {
@@ -375,6 +380,29 @@ Result<std::shared_ptr<Job>> start_job_checked(Daemon& d, const std::string& met
     to = TRY(allowed_path(d, to));
     auto track = dev->track;
     Queue* q = d.queue;
+    auto live = dev->live;
+    if (live->pin_suspended()) {
+      // A suspended device is quiet: copy its active table as it is, beneath
+      // the gate (through the device the reads would wait for the resume),
+      // and keep it suspended until the copy ends.
+      auto table = live->active();
+      auto job = d.jobs->start(*device, "flatten", [live, table, q, to](Job& job) -> Result<json> {
+        struct Unpin {
+          LiveTarget& l;
+          ~Unpin() { l.unpin(); }
+        } unpin{*live};
+        auto r = flatten_device(
+            *table, *q, to,
+            [&job](const json& p) {
+              job.progress(p.value("copied_bytes", uint64_t{0}), p.value("total_bytes", uint64_t{0}), p);
+            },
+            job.cancel_flag());
+        if (!r) return fail(r.error());
+        return json{{"to", to}, {"bytes", *r}, {"suspended", true}};
+      });
+      if (!job) live->unpin();
+      return job;
+    }
     return d.jobs->start(*device, "flatten", [track, q, to](Job& job) -> Result<json> {
       // A point-in-time copy: the device as it was when the job began.
       uint64_t by_writes = 0;

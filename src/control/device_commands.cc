@@ -88,6 +88,7 @@ Result<std::shared_ptr<Device>> load_inactive(Daemon& d, const std::shared_ptr<c
 
 // Resumes a device; a swapped-in table becomes its spec.
 void resume_device(Daemon& d, const std::shared_ptr<const Device>& cur) {
+  if (cur->live->pinned()) return;  // resume() would refuse: the record stays as it is
   bool swapped = cur->live->resume(d.nbd->next_connection_id());
   if (!swapped && !cur->inactive) return;
   auto next = std::make_shared<Device>(*cur);
@@ -194,6 +195,10 @@ json run_device_change(Daemon& d, const std::string& method, const json& params)
   }
   if (method == "device_resume") {
     if (cur->inactive && d.jobs->running_on(name)) return err(fmt::format("a job is running on device '{}'", name));
+    if (cur->live->pinned())
+      return err(fmt::format("device '{}' is being flattened while suspended: resume once the job ends (strata "
+                             "job wait), or cancel it",
+                             name));
     resume_device(d, cur);
     auto now = d.devices->find(name);
     return ok({{"name", name}, {"size", now->live->size()}, {"table", now->live->table_line()}});

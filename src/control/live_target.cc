@@ -81,6 +81,23 @@ bool LiveTarget::suspended() const {
   return suspended_;
 }
 
+bool LiveTarget::pin_suspended() {
+  MutexLock l(ctl_mu_);
+  if (!suspended_) return false;
+  ++pins_;
+  return true;
+}
+
+void LiveTarget::unpin() {
+  MutexLock l(ctl_mu_);
+  --pins_;
+}
+
+bool LiveTarget::pinned() const {
+  MutexLock l(ctl_mu_);
+  return pins_ > 0;
+}
+
 bool LiveTarget::has_inactive() const {
   MutexLock l(ctl_mu_);
   return inactive_ != nullptr;
@@ -259,6 +276,11 @@ void LiveTarget::clear_inactive() {
 
 bool LiveTarget::resume(uint64_t conn_mark) {
   bool swapped = false;
+  if (pinned()) {
+    // A copy reads the quiet table: writes released now would make it fuzzy.
+    LOG_WARN("resume: the device is being copied while suspended; it stays suspended");
+    return false;
+  }
   if (has_inactive()) {
     // A swap needs no request in flight: suspend (flushing) if not yet.
     if (auto r = suspend(true); !r) LOG_WARN("resume: {}", r.error().message);

@@ -82,6 +82,13 @@ class LiveTarget final : public Target {
   // Frees retired tables no connection older than `oldest_conn` can still
   // read from.
   void reap(uint64_t oldest_conn) EXCLUDES(ctl_mu_);
+  // A copy of the quiet active table (a flatten of a suspended device) keeps
+  // the device suspended: pin_suspended() returns false if it is not
+  // suspended; while pinned, resume() refuses (returns false, releases
+  // nothing). Every successful pin is matched by one unpin().
+  bool pin_suspended() EXCLUDES(ctl_mu_);
+  void unpin() EXCLUDES(ctl_mu_);
+  bool pinned() const EXCLUDES(ctl_mu_);
   // Requests held by the gate now.
   uint64_t held_requests() const { return held_.load(std::memory_order_relaxed); }
 
@@ -106,6 +113,7 @@ class LiveTarget final : public Target {
   std::shared_ptr<TableTarget> active_ GUARDED_BY(ctl_mu_);
   std::shared_ptr<TableTarget> inactive_ GUARDED_BY(ctl_mu_);
   bool suspended_ GUARDED_BY(ctl_mu_) = false;
+  int pins_ GUARDED_BY(ctl_mu_) = 0;
   std::vector<Queue*> queues_ GUARDED_BY(ctl_mu_);
   struct Retired {
     std::shared_ptr<TableTarget> table;

@@ -225,13 +225,18 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
 }
 
 Result<uint64_t> flatten_device(Target& t, Queue& q, const std::string& to,
-                                const std::function<void(const nlohmann::json&)>& progress) {
+                                const std::function<void(const nlohmann::json&)>& progress,
+                                const std::atomic<bool>* cancel) {
   int fd = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return posix_error(fmt::format("flatten to {}", to), errno);
   uint64_t size = t.size(), chunk = 4 << 20;
   Buffer buf = Buffer::get(chunk);
   Result<> r;
   for (uint64_t off = 0; off < size && r; off += chunk) {
+    if (cancel && cancel->load()) {
+      r = fail(ECANCELED, "cancelled");
+      break;
+    }
     uint64_t n = std::min(chunk, size - off);
     r = q.call([&] { return t.read(q, {buf.data(), n}, off); });
     if (!r) break;

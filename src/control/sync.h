@@ -34,7 +34,8 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
 // truncated; zero runs stay holes), then fdatasync. Reads go through `q`
 // from the calling thread (never a queue thread). Returns the bytes.
 Result<uint64_t> flatten_device(Target& t, Queue& q, const std::string& to,
-                                const std::function<void(const nlohmann::json&)>& progress);
+                                const std::function<void(const nlohmann::json&)>& progress,
+                                const std::atomic<bool>* cancel = nullptr);
 
 // The same for a device being served: a point-in-time copy (cbw.h), the
 // device as it was when the call began, while writes go on. Returns the

@@ -1,5 +1,5 @@
 #!/bin/bash
-# suspend / reload / resume under a verifying NBD client: across 60 cycles in which device "d" moves between a file
+# suspend / reload / resume under a verifying NBD client: across 100 cycles in which device "d" moves between a file
 # and a `linear` over another device holding the same bytes (copied while d is suspended), the client that writes and
 # reads back without pause stays connected and sees 0 errors and 0 mismatches; its requests wait while d is
 # suspended. A reload that changes the size is refused while the client is connected; a bad table changes nothing;
@@ -54,7 +54,7 @@ open(out, "w").write("ops %d errors %d mismatches %d slowest %.3f\n" % (ops, err
 PY
 C=$!
 sleep 0.3
-cycles=60
+cycles=100
 for i in $(seq 1 $cycles); do
   ctl suspend d >/dev/null
   # d is quiet and flushed: give the other backing its bytes, then switch to it.

@@ -1,9 +1,12 @@
 #include "core/log.h"
 
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -63,8 +66,38 @@ std::string log_escape(std::string_view s) {
   return out;
 }
 
+LogStyle detect_log_style() {
+  const char* js = std::getenv("JOURNAL_STREAM");
+  if (!js || !*js) return LogStyle::kPlain;
+  unsigned long long dev = 0, ino = 0;
+  char tail = 0;
+  if (std::sscanf(js, "%llu:%llu%c", &dev, &ino, &tail) != 2) return LogStyle::kPlain;
+  struct stat st;
+  if (::fstat(STDERR_FILENO, &st) < 0) return LogStyle::kPlain;
+  // Inherited by a process whose stderr was redirected since: not the journal.
+  return static_cast<unsigned long long>(st.st_dev) == dev && static_cast<unsigned long long>(st.st_ino) == ino
+             ? LogStyle::kJournal
+             : LogStyle::kPlain;
+}
+
+std::string format_log_line(LogStyle style, LogLevel level, std::string_view text, int64_t now_ms) {
+  if (style == LogStyle::kJournal) {
+    static constexpr int kPriority[] = {7, 6, 4, 3};  // LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERR
+    return fmt::format("<{}>{}\n", kPriority[static_cast<int>(level)], log_escape(text));
+  }
+  time_t secs = static_cast<time_t>(now_ms / 1000);
+  struct tm tm;
+  ::gmtime_r(&secs, &tm);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z strata: {}: {}\n", tm.tm_year + 1900, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, now_ms % 1000, kNames[static_cast<int>(level)],
+                     log_escape(text));
+}
+
 void log_line(LogLevel level, std::string_view text) {
-  std::string line = fmt::format("strata: {}: {}\n", kNames[static_cast<int>(level)], log_escape(text));
+  static const LogStyle style = detect_log_style();
+  timespec ts{};
+  if (style == LogStyle::kPlain) ::clock_gettime(CLOCK_REALTIME, &ts);
+  std::string line = format_log_line(style, level, text, int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000);
   ssize_t r = ::write(STDERR_FILENO, line.data(), line.size());
   (void)r;
 }

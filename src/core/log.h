@@ -4,6 +4,7 @@
 
 #include <fmt/core.h>
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -21,6 +22,18 @@ std::string log_escape(std::string_view s);
 void set_log_level(LogLevel level);
 LogLevel log_level();
 void log_line(LogLevel level, std::string_view text);
+
+// How a line is written. kJournal: stderr is the journal (systemd sets
+// JOURNAL_STREAM to the device and inode of the stream it gave us), so each
+// line starts with its sd-daemon priority (<3> error, <4> warning, <6> info,
+// <7> debug) and has no timestamp (the journal keeps its own). kPlain:
+// "2026-12-06T19:30:00.123Z strata: warn: text" (UTC).
+enum class LogStyle { kPlain, kJournal };
+// Decided from the environment and stderr; log_line() asks once.
+LogStyle detect_log_style();
+// The line log_line() writes (escaped, with its newline); `now_ms`: Unix
+// time in milliseconds, for kPlain.
+std::string format_log_line(LogStyle style, LogLevel level, std::string_view text, int64_t now_ms);
 
 template <typename... Args>
 void log(LogLevel level, fmt::format_string<Args...> f, Args&&... args) {

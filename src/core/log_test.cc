@@ -1,6 +1,10 @@
 #include "core/log.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
 
 namespace strata {
 namespace {
@@ -27,6 +31,72 @@ TEST(LogEscape, InvalidUtf8IsEscapedBytewise) {
   EXPECT_EQ(log_escape("\xf4\x90\x80\x80"), "\\xf4\\x90\\x80\\x80");  // past U+10FFFF
   EXPECT_EQ(log_escape("\xc2\x9b"), "\\xc2\\x9b");         // C1 control (CSI)
   EXPECT_EQ(log_escape("ok\x80ok"), "ok\\x80ok");          // a stray continuation byte
+}
+
+
+// Sets JOURNAL_STREAM for one test and restores it after.
+class JournalStreamEnv {
+ public:
+  explicit JournalStreamEnv(const char* v) {
+    if (const char* old = std::getenv("JOURNAL_STREAM")) old_ = old, had_ = true;
+    if (v)
+      ::setenv("JOURNAL_STREAM", v, 1);
+    else
+      ::unsetenv("JOURNAL_STREAM");
+  }
+  ~JournalStreamEnv() {
+    if (had_)
+      ::setenv("JOURNAL_STREAM", old_.c_str(), 1);
+    else
+      ::unsetenv("JOURNAL_STREAM");
+  }
+
+ private:
+  std::string old_;
+  bool had_ = false;
+};
+
+std::string stderr_dev_ino(long long ino_delta = 0) {
+  struct stat st;
+  EXPECT_EQ(::fstat(STDERR_FILENO, &st), 0);
+  return fmt::format("{}:{}", static_cast<unsigned long long>(st.st_dev),
+                     static_cast<long long>(st.st_ino) + ino_delta);
+}
+
+TEST(LogStyle, JournalOnlyWhenJournalStreamIsStderr) {
+  {
+    JournalStreamEnv e(nullptr);
+    EXPECT_EQ(detect_log_style(), LogStyle::kPlain);
+  }
+  {
+    JournalStreamEnv e(stderr_dev_ino().c_str());
+    EXPECT_EQ(detect_log_style(), LogStyle::kJournal);
+  }
+  {
+    // Another stream (stderr redirected after systemd set the variable).
+    JournalStreamEnv e(stderr_dev_ino(1).c_str());
+    EXPECT_EQ(detect_log_style(), LogStyle::kPlain);
+  }
+  for (const char* bad : {"", "garbage", "1:2:3", "12"}) {
+    JournalStreamEnv e(bad);
+    EXPECT_EQ(detect_log_style(), LogStyle::kPlain) << bad;
+  }
+}
+
+TEST(LogStyle, JournalLinesCarrySdDaemonPrioritiesAndNoTimestamp) {
+  EXPECT_EQ(format_log_line(LogStyle::kJournal, LogLevel::kError, "disk: EIO", 0), "<3>disk: EIO\n");
+  EXPECT_EQ(format_log_line(LogStyle::kJournal, LogLevel::kWarn, "w", 0), "<4>w\n");
+  EXPECT_EQ(format_log_line(LogStyle::kJournal, LogLevel::kInfo, "i", 0), "<6>i\n");
+  EXPECT_EQ(format_log_line(LogStyle::kJournal, LogLevel::kDebug, "d", 0), "<7>d\n");
+  // Escaped as ever: a client cannot start a line of its own, with its own priority.
+  EXPECT_EQ(format_log_line(LogStyle::kJournal, LogLevel::kInfo, "name\n<0>forged", 0), "<6>name\\n<0>forged\n");
+}
+
+TEST(LogStyle, PlainLinesCarryAUtcTimestamp) {
+  // 2026-12-06T19:30:05.042Z
+  EXPECT_EQ(format_log_line(LogStyle::kPlain, LogLevel::kWarn, "x\ty", 1796585405042),
+            "2026-12-06T19:30:05.042Z strata: warn: x\\ty\n");
+  EXPECT_EQ(format_log_line(LogStyle::kPlain, LogLevel::kError, "e", 0), "1970-01-01T00:00:00.000Z strata: error: e\n");
 }
 
 }  // namespace

@@ -37,7 +37,7 @@ assert struct.unpack(">QQ", g[:16]) == (0x4E42444D41474943, 0x49484156454F5054),
     nbdinfo --size "$u" >/dev/null || die "--tcp $addr $*: nothing served on port $port"
   fi
   if [ "$expect" = warn ]; then
-    grep -E "^strata: warn" "$STRATA_LOG" | grep -qF -- "--tcp $addr: serving a non-loopback address without --tls=require" ||
+    grep -E "^[0-9T:.-]+Z strata: warn" "$STRATA_LOG" | grep -qF -- "--tcp $addr: serving a non-loopback address without --tls=require" ||
       die "--tcp $addr $*: no warning naming $addr: $(cat "$STRATA_LOG")"
   else
     if grep -iE "non-loopback|warn" "$STRATA_LOG"; then die "--tcp $addr $*: unexpected warning (above)"; fi

@@ -172,6 +172,8 @@ int main(int argc, char** argv) {
   serve->add_option("--control", so.control, "Control socket path (default: $STRATA_CONTROL or /run/strata/control.sock)");
   serve->add_option("--queues", so.queues, "I/O threads (default: number of CPUs, at most 4)");
   serve->add_option("--max-connections", so.max_connections, "Most clients at once")->default_val(256);
+  serve->add_option("--max-memory", so.max_memory,
+                    "Request and reply buffers of all NBD clients at most (e.g. 512M; default min(1G, RAM/4))");
   serve->add_option("--handshake-timeout", so.handshake_timeout, "Seconds a client has to finish the handshake")
       ->default_val(10);
   serve->add_option("--pidfile", so.pidfile, "Write the server's pid here once it is ready");

@@ -10,11 +10,23 @@
 // Transmission. The reader parses headers straight out of its receive buffer;
 // a write's payload is copied from that buffer and the rest received directly
 // into the request's own (4 KiB-aligned, pooled) buffer. Each request runs as
-// its own coroutine; the reader stops reading when kMaxInFlight requests or
-// kMaxInFlightBytes of payload are outstanding -- replies queued but not yet
-// sent included, since a client that does not read its replies would
-// otherwise keep every read's data buffered -- so one client cannot make the
-// server buffer without bound.
+// its own coroutine; the reader stops reading when kMaxInFlight requests are
+// outstanding or the connection holds its fair share of the memory budget.
+//
+// Memory budget (budget.h). A read's buffer, a write's payload and a read
+// reply waiting to be sent are taken from the server-wide pool, at most the
+// connection's fair share (and kMaxInFlightBytes), and given back when the
+// write is done or the reply sent. Replies queued but not sent count, since a
+// client that does not read its replies would otherwise keep every read's
+// data buffered. When the pool has no room for a request, it still runs, on
+// the connection's own chunks: a write is received and written a chunk at a
+// time by the reader; a read is "deferred": nothing is read until its reply
+// is next to be sent, then it is read and sent a chunk at a time (structured
+// replies: one data chunk each, so an error midway is still an error chunk;
+// simple replies or DF: one header, and an error midway closes the
+// connection, as the spec requires). A client that never reads its replies
+// therefore holds at most its fair share and one chunk, and a good client
+// always gets its requests served, whatever the others do.
 //
 // Every request is checked before it reaches the target, in the order the
 // spec implies: command known, flags valid for it, write on a read-only export
@@ -118,11 +130,17 @@ Detached Connection::run() {
   bool go = co_await handshake();
   if (go) {
     in_handshake_ = false;
+    server_.budget().joined();
+    member_ = true;
     co_await transmission();
   }
   // Wait for every request to reply and the send queue to drain.
   reader_closing_ = true;
   while (in_flight_ > 0 || sending_) co_await Park{reader_waiting_};
+  for (auto& r : out_) drop(r);
+  out_.clear();
+  CHECK(held_ == 0);
+  if (member_) server_.budget().left();
   LOG_DEBUG("conn {}: closed", id_);
   server_.connection_closed(this);
   delete this;
@@ -680,9 +698,17 @@ Task<void> Connection::transmission() {
         reply_error(req, err ? err : kEINVAL, "write refused");
         continue;
       }
+      if (!take(req.length)) {
+        ++in_flight_;
+        bool ok = co_await write_in_chunks(req);
+        --in_flight_;
+        if (!ok || dead_) co_return;
+        continue;
+      }
       payload = Buffer::get(req.length);
       auto rr = co_await read_exact(payload.data(), req.length);
       if (!rr) {
+        give(req.length);
         LOG_DEBUG("conn {}: {}", id_, rr.error().message);
         co_return;
       }
@@ -691,7 +717,6 @@ Task<void> Connection::transmission() {
       continue;
     }
     ++in_flight_;
-    if (req.type == kCmdRead || req.type == kCmdWrite) in_flight_bytes_ += req.length;
     serve(req, std::move(payload));
     if (dead_) co_return;
   }
@@ -715,8 +740,17 @@ Detached Connection::serve(Request r, Buffer payload) {
     std::optional<std::span<const std::byte>> view;
     if (!tls_ && queued_bytes_ < kViewBacklog) view = t->read_view(q_, r.offset, r.length);
     Buffer data;
+    if (!view && r.length > 0 && !take(r.length)) {
+      reply.deferred = true;
+      reply.req = r;
+      --in_flight_;
+      queue_reply(std::move(reply));
+      maybe_wake();
+      co_return;
+    }
     if (!view) {
       data = Buffer::get(r.length);
+      reply.pooled = r.length;
       res = co_await t->read(q_, data.span(), r.offset);
     }
     if (res && r.length > 0) {
@@ -749,6 +783,8 @@ Detached Connection::serve(Request r, Buffer payload) {
     }
   } else if (r.type == kCmdWrite) {
     res = co_await t->write(q_, payload.span(), r.offset, f);
+    payload = Buffer();
+    give(r.length);
   } else if (r.type == kCmdFlush) {
     res = co_await t->flush(q_);
   } else if (r.type == kCmdTrim) {
@@ -780,8 +816,8 @@ Detached Connection::serve(Request r, Buffer payload) {
         reply_block_status(r, contexts_[i].first, all[i], i + 1 == all.size());
   }
   --in_flight_;
-  if (r.type == kCmdRead || r.type == kCmdWrite) in_flight_bytes_ -= r.length;
   if (!res) {
+    drop(reply);
     bool expected = r.type == kCmdWriteZeroes && f.fast_zero && res.error().code == ENOTSUP;
     if (!expected) LOG_WARN("conn {}: cmd {} {}+{}: {}", id_, r.type, r.offset, r.length, res.error().message);
     reply_error(r, errno_to_nbd(res.error().code), res.error().message);
@@ -834,6 +870,10 @@ void Connection::reply_ok(const Request& r) {
 }
 
 void Connection::reply_error(const Request& r, uint32_t err, std::string_view msg) {
+  queue_reply(error_reply(r, err, msg));
+}
+
+Connection::Reply Connection::error_reply(const Request& r, uint32_t err, std::string_view msg) const {
   Reply reply;
   if (structured_) {
     msg = msg.substr(0, std::min<std::size_t>(msg.size(), 256));
@@ -856,13 +896,16 @@ void Connection::reply_error(const Request& r, uint32_t err, std::string_view ms
     put64(reply.hdr.data() + 8, r.cookie);
     reply.hdr_len = kSimpleReplySize;
   }
-  queue_reply(std::move(reply));
+  return reply;
 }
 
 // ------------------------------------------------------------------ sending
 
 void Connection::queue_reply(Reply r) {
-  if (dead_) return;
+  if (dead_) {
+    drop(r);
+    return;
+  }
   queued_bytes_ += r.data_len;
   out_.push_back(std::move(r));
   if (!sending_) {
@@ -876,7 +919,20 @@ Task<void> Connection::drain_send_queue() {
   // Let every request completed in this batch queue its reply first.
   co_await q_.ring().defer();
   while (!out_.empty() && !dead_) {
-    std::size_t batch = std::min(out_.size(), kMaxBatch);
+    if (out_.front().deferred) {
+      Request req = out_.front().req;
+      auto sent = co_await send_deferred_read(req);
+      if (!sent) {
+        LOG_DEBUG("conn {}: {}", id_, sent.error().message);
+        dead_ = true;
+        ::shutdown(fd_, SHUT_RDWR);
+        break;
+      }
+      out_.pop_front();
+      continue;
+    }
+    std::size_t batch = 0;
+    while (batch < std::min(out_.size(), kMaxBatch) && !out_[batch].deferred) ++batch;
     std::size_t niov = 0;
     for (std::size_t i = 0; i < batch; ++i) {
       Reply& r = out_[i];
@@ -911,15 +967,17 @@ Task<void> Connection::drain_send_queue() {
       else
         LOG_DEBUG("conn {}: {}", id_, sent.error().message);
       dead_ = true;
-      out_.clear();
-      queued_bytes_ = 0;
       ::shutdown(fd_, SHUT_RDWR);
     }
     if (dead_) break;
     for (std::size_t i = 0; i < batch; ++i) {
-      queued_bytes_ -= out_.front().data_len;
+      drop(out_.front());
       out_.pop_front();
     }
+  }
+  if (dead_) {
+    for (auto& r : out_) drop(r);
+    out_.clear();
   }
   sending_ = false;
   maybe_wake();
@@ -1048,7 +1106,100 @@ Task<Result<bool>> Connection::splice_batch(std::size_t batch) {
 }
 
 bool Connection::reader_must_wait() const {
-  return in_flight_ + out_.size() >= kMaxInFlight || in_flight_bytes_ + queued_bytes_ >= kMaxInFlightBytes;
+  return in_flight_ + out_.size() >= kMaxInFlight ||
+         held_ >= std::min(kMaxInFlightBytes, server_.budget().fair_share());
+}
+
+bool Connection::take(uint64_t n) {
+  if (held_ + n > kMaxInFlightBytes || !server_.budget().try_take(held_, n)) return false;
+  held_ += n;
+  return true;
+}
+
+void Connection::give(uint64_t n) {
+  held_ -= n;
+  server_.budget().give(n);
+}
+
+void Connection::drop(Reply& r) {
+  queued_bytes_ -= r.data_len;
+  r.data_len = 0;
+  r.data = Buffer();
+  if (r.pooled) give(std::exchange(r.pooled, 0));
+}
+
+Task<bool> Connection::write_in_chunks(const Request& r) {
+  const auto& t = export_->target;
+  const uint32_t chunk = server_.budget().chunk();
+  Buffer buf = Buffer::get(std::min<uint64_t>(chunk, r.length));
+  IoFlags f;
+  f.fua = r.flags & kCmdFlagFua;
+  Result<> res;
+  for (uint64_t done = 0; done < r.length;) {
+    uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(chunk, r.length - done));
+    auto rr = co_await read_exact(buf.data(), n);
+    if (!rr) {
+      LOG_DEBUG("conn {}: {}", id_, rr.error().message);
+      co_return false;
+    }
+    // After a failed piece the rest is still received (the stream stays in sync).
+    if (res) res = co_await t->write(q_, buf.span().first(n), r.offset + done, f);
+    done += n;
+  }
+  if (!res) {
+    LOG_WARN("conn {}: cmd {} {}+{}: {}", id_, r.type, r.offset, r.length, res.error().message);
+    reply_error(r, errno_to_nbd(res.error().code), res.error().message);
+  } else {
+    reply_ok(r);
+  }
+  co_return true;
+}
+
+Task<Result<>> Connection::send_deferred_read(const Request& r) {
+  const auto& t = export_->target;
+  const uint32_t chunk = server_.budget().chunk();
+  Buffer buf = Buffer::get(std::min<uint64_t>(chunk, r.length));
+  // One data chunk per piece, unless the client asked for one (DF) or
+  // structured replies are off: then one header for the whole read.
+  const bool pieces = structured_ && !(r.flags & kCmdFlagDf);
+  bool started = false;
+  for (uint64_t done = 0; done < r.length;) {
+    uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(chunk, r.length - done));
+    auto rr = co_await t->read(q_, buf.span().first(n), r.offset + done);
+    if (!rr) {
+      LOG_WARN("conn {}: cmd {} {}+{}: {}", id_, r.type, r.offset, r.length, rr.error().message);
+      if (started && !pieces)
+        co_return fail(EIO, "read failed after its reply began; closing: " + rr.error().message);
+      Reply e = error_reply(r, errno_to_nbd(rr.error().code), rr.error().message);
+      co_return co_await send_now({e.hdr.data(), e.hdr_len}, {e.data.data(), e.data_len});
+    }
+    std::array<std::byte, 28> h;
+    std::size_t hl = 0;
+    bool last = done + n == r.length;
+    if (pieces || !started) {
+      if (structured_) {
+        put32(h.data(), kStructuredReplyMagic);
+        put16(h.data() + 4, last || !pieces ? kReplyFlagDone : 0);
+        put16(h.data() + 6, kReplyOffsetData);
+        put64(h.data() + 8, r.cookie);
+        put32(h.data() + 16, (pieces ? n : r.length) + 8);
+        put64(h.data() + 20, r.offset + done);
+        hl = 28;
+      } else {
+        put32(h.data(), kSimpleReplyMagic);
+        put32(h.data() + 4, 0);
+        put64(h.data() + 8, r.cookie);
+        hl = kSimpleReplySize;
+      }
+    }
+    started = true;
+    if (hl)
+      CO_TRY(co_await send_now({h.data(), hl}, buf.span().first(n)));
+    else
+      CO_TRY(co_await send_now(buf.span().first(n)));
+    done += n;
+  }
+  co_return Result<>{};
 }
 
 void Connection::maybe_wake() {

@@ -60,6 +60,12 @@ class Connection {
     // which outlives this connection.
     const std::byte* view = nullptr;
     uint32_t data_len = 0;
+    // Bytes of `data` taken from the server's memory budget.
+    uint32_t pooled = 0;
+    // A read whose data is read from the target only when its turn to be
+    // sent comes, a chunk at a time (the budget had no room for it).
+    bool deferred = false;
+    Request req{};
     const std::byte* payload() const { return view ? view : data.data(); }
   };
 
@@ -70,6 +76,15 @@ class Connection {
   Task<Result<OptionResult>> handle_option(uint32_t opt, std::vector<std::byte>& data);
   Task<void> transmission();
   Detached serve(Request r, Buffer payload);
+  // A write the budget had no room for: received and written a chunk at a
+  // time by the reader. False when the connection failed.
+  Task<bool> write_in_chunks(const Request& r);
+  // Sends a deferred read's reply, reading it from the target chunk by chunk.
+  Task<Result<>> send_deferred_read(const Request& r);
+  // Memory budget: takes n bytes for this connection (false: over its fair
+  // share or the pool is full), or gives them back.
+  bool take(uint64_t n);
+  void give(uint64_t n);
 
   // Socket I/O under TLS or not; in the handshake, against the deadline.
   Task<int> raw_recv(std::span<std::byte> buf);
@@ -89,6 +104,9 @@ class Connection {
   void queue_reply(Reply r);
   Task<void> drain_send_queue();
   void reply_error(const Request& r, uint32_t nbd_err, std::string_view msg);
+  Reply error_reply(const Request& r, uint32_t nbd_err, std::string_view msg) const;
+  // Drops a queued reply, giving back its budget.
+  void drop(Reply& r);
   void reply_ok(const Request& r);
   void reply_block_status(const Request& r, uint32_t context_id, const Extents& e, bool done);
 
@@ -141,7 +159,8 @@ class Connection {
 
   // Transmission state (queue thread only).
   uint32_t in_flight_ = 0;
-  uint64_t in_flight_bytes_ = 0;
+  uint64_t held_ = 0;  // bytes taken from the server's memory budget
+  bool member_ = false;  // counted in the budget's fair shares
   std::coroutine_handle<> reader_waiting_;
   std::deque<Reply> out_;
   uint64_t queued_bytes_ = 0;  // reply payload bytes in out_

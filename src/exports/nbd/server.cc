@@ -23,7 +23,10 @@
 
 namespace strata::nbd {
 
-Server::Server(std::vector<Queue*> queues, ServerOptions opts) : queues_(std::move(queues)), opts_(opts) {
+Server::Server(std::vector<Queue*> queues, ServerOptions opts)
+    : queues_(std::move(queues)),
+      opts_(opts),
+      budget_(opts.max_memory ? opts.max_memory : MemoryBudget::default_total(), opts.max_connections) {
   CHECK(!queues_.empty());
 }
 

@@ -17,6 +17,7 @@
 
 #include "core/queue.h"
 #include "core/target.h"
+#include "exports/nbd/budget.h"
 #include "exports/nbd/tls.h"
 
 namespace strata::nbd {
@@ -31,6 +32,9 @@ struct Export {
 struct ServerOptions {
   std::size_t max_connections = 256;
   std::chrono::milliseconds handshake_timeout{10000};
+  // Request and reply buffers of all connections (--max-memory); 0: the
+  // default, MemoryBudget::default_total().
+  uint64_t max_memory = 0;
   std::shared_ptr<const TlsConfig> tls;  // null: --tls=off
 };
 
@@ -80,6 +84,7 @@ class Server {
 
   // Used by connections.
   const ServerOptions& options() const { return opts_; }
+  MemoryBudget& budget() { return budget_; }
   void connection_closed(Connection* c);
   void connection_opened(Connection* c);
 
@@ -93,6 +98,7 @@ class Server {
 
   std::vector<Queue*> queues_;
   ServerOptions opts_;
+  MemoryBudget budget_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::vector<std::string> uris_;
   std::atomic<bool> stopping_{false};

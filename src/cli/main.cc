@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include "cli/help.h"
 #include "cli/live.h"
 #include "cli/serve.h"
 #include "control/client.h"
@@ -155,6 +156,7 @@ int flatten_offline(const std::vector<std::string>& tables, const std::string& d
 
 int main(int argc, char** argv) {
   CLI::App app{"strata: a userspace block-device engine (device-mapper in user space, exported over NBD)"};
+  strata::cli::setup_help(app);
   app.require_subcommand(1);
 
   strata::cli::ServeOptions so;
@@ -319,7 +321,7 @@ int main(int argc, char** argv) {
   strata::cli::LiveCommands live;
   strata::cli::add_live_commands(app, live);
 
-  CLI11_PARSE(app, argc, argv);
+  if (auto rc = strata::cli::parse_command_line(app, argc, argv)) return *rc;
   if (auto rc = strata::cli::run_live_commands(live)) return *rc;
   if (so.state_dir.empty()) {
     if (const char* e = std::getenv("STRATA_STATE_DIR"); e && *e)

@@ -8,6 +8,8 @@ PKGS=(
   # build
   build-essential make cmake pkg-config
   liburing-dev libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgnutls28-dev
+  # the lock contracts, checked by clang's -Wthread-safety (scripts/check-thread-safety.sh)
+  clang-14
   # test clients and peers
   fuse3 e2fsprogs xfsprogs libnbd-bin libnbd-dev python3-libnbd nbdkit qemu-utils fio jq xxd util-linux procps gnutls-bin
   # nfs target: libnfs, and an NFSv3 server for its tests (test-nfs-*.sh)

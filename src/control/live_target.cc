@@ -30,7 +30,7 @@ Caps unpack(uint32_t b) {
 
 // A request held across a reload that shrank the device (FUSE, or NBD with
 // --force) may lie past the new end.
-std::unexpected<Error> past_end(uint64_t offset, uint64_t length, uint64_t size) {
+Failure past_end(uint64_t offset, uint64_t length, uint64_t size) {
   return fail(ENOSPC, fmt::format("request [{}, +{}) lies past the end of the reloaded device ({} bytes)", offset,
                                   length, size));
 }

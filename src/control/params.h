@@ -39,7 +39,7 @@ class ParamReader {
     if (required) return fail(EINVAL, fmt::format("\"{}\" is required", key));
     return std::optional<T>();
   }
-  static std::unexpected<Error> bad(const char* key, const char* what) {
+  static Failure bad(const char* key, const char* what) {
     return fail(EINVAL, fmt::format("\"{}\" must be {}", key, what));
   }
   const nlohmann::json& p_;

@@ -90,11 +90,16 @@ void Server::worker() {
   for (;;) {
     Work w;
     {
-      std::unique_lock<Mutex> l(mu_);
-      cv_.wait(l, [&]() NO_THREAD_SAFETY_ANALYSIS { return stopping_.load() || !work_.empty(); });
-      if (stopping_.load()) return;
+      // Locked by hand, not by a std::unique_lock, so the analysis sees mu_ held.
+      mu_.lock();
+      cv_.wait(mu_, [&]() NO_THREAD_SAFETY_ANALYSIS { return stopping_.load() || !work_.empty(); });
+      if (stopping_.load()) {
+        mu_.unlock();
+        return;
+      }
       w = std::move(work_.front());
       work_.pop_front();
+      mu_.unlock();
     }
     if (w.fn) {
       w.fn();
@@ -312,6 +317,13 @@ void Server::tick_followers() {
     if (!c.follow) continue;
     auto st = c.follow->state();
     if (st != Job::State::kRunning) {
+      // The job's last progress before its reply, so that a follower sees
+      // where it ended (100% when done) even of a job shorter than a tick.
+      if (nlohmann::json last = c.follow->detail(); last.is_object() && last.contains("copied_bytes")) {
+        last["job"] = c.follow->id();
+        std::string line = nlohmann::json{{"progress", last}}.dump() + "\n";
+        if (line != c.last_line) queue_line(c, line);
+      }
       nlohmann::json j = c.follow->to_json();
       nlohmann::json r;
       if (c.follow_job_reply)

@@ -4,7 +4,7 @@
 
 namespace strata {
 
-std::unexpected<Error> posix_error(std::string_view context, int err) {
+Failure posix_error(std::string_view context, int err) {
   std::string msg(context);
   msg += ": ";
   msg += std::strerror(err);

@@ -92,7 +92,7 @@ void CopyBeforeWrite::unlock(uint64_t b0, uint64_t b1) {
       busy_.erase(it);
     }
   }
-  for (auto& [q, h] : wake) q->post([h] { h.resume(); });
+  for (auto& [q, h] : wake) q->post([h = h] { h.resume(); });
 }
 
 Task<Result<>> CopyBeforeWrite::copy_locked(Queue& q, uint64_t b0, uint64_t b1) {

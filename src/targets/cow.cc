@@ -349,7 +349,7 @@ void CowTarget::unlock_chunks(uint64_t c0, uint64_t c1) {
       busy_.erase(it);
     }
   }
-  for (auto& [q, h] : wake) q->post([h] { h.resume(); });
+  for (auto& [q, h] : wake) q->post([h = h] { h.resume(); });
 }
 
 Task<Result<>> CowTarget::write_top(Queue& q, const std::byte* buf, uint64_t offset, uint64_t length, bool fua) {

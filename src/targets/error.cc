@@ -4,7 +4,7 @@
 
 namespace strata {
 namespace {
-std::unexpected<Error> eio(const char* op, uint64_t offset) {
+Failure eio(const char* op, uint64_t offset) {
   return fail(EIO, fmt::format("error target: {} at {}", op, offset));
 }
 }  // namespace

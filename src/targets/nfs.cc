@@ -505,6 +505,7 @@ void NfsTarget::info(InfoSink& out) const {
   out.add("nfs_in_flight", in_flight);
   out.add("nfs_queued", queued);
   out.add("connections", connected);
+  out.add("connects", connects);
   out.add("reconnects", disconnects);
   out.add("connect_failures", failures);
   out.add("calls_resent", resent);
@@ -621,6 +622,7 @@ Task<Result<>> NfsTarget::write(Queue& q, std::span<const std::byte> buf, uint64
     writes_in_flight_.fetch_sub(1, std::memory_order_acq_rel);
   }
   struct InFlight {
+    explicit InFlight(std::atomic<int>& c) : n(c) {}
     std::atomic<int>& n;
     ~InFlight() { n.fetch_sub(1, std::memory_order_acq_rel); }
   };

@@ -149,7 +149,6 @@ class NfsTarget final : public Target {
 
   mutable std::mutex mu_;
   RetainedWrites retained_;  // guarded by mu_
-  uint64_t seq_ = 0;         // guarded by mu_
 
   // Rewriting after a verifier change runs alone: new writes wait for it.
   std::atomic<bool> rewriting_{false};

@@ -27,14 +27,20 @@ nbdcopy "$WORK/data.img" "$(uri plain)"
 layers() { ctl status vm --json | jq '.[0].segments[0].info.layers'; }
 [ "$(layers)" = 2 ] || die "expected 2 layers, got $(layers)"
 
-# cancel_half ID: cancel job ID once it has copied something (it must not have ended), polling every millisecond.
-cancel_half() {
-  $PYTHON - "$CTL" "$1" <<'PY' || die "could not cancel job $1 half-way"
+# start_and_cancel_half METHOD PARAMS: start a job (detached) and cancel it once it has copied something (it must not
+# have ended), polling every millisecond; prints the job's id. The job is started from the poller itself, so that a
+# slow start of the poller on a busy machine cannot let a short job end first.
+start_and_cancel_half() {
+  $PYTHON - "$CTL" "$1" "$2" <<'PY' || die "could not cancel a $1 job half-way"
 import json, socket, sys, time
 s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("r")
 def ask(req):
     s.sendall((json.dumps(req) + "\n").encode()); return json.loads(f.readline())
-jid = int(sys.argv[2])
+params = json.loads(sys.argv[3]); params["detach"] = True
+r = ask({"method": sys.argv[2], "params": params})
+assert r["ok"], r
+jid = r["result"]["job"]
+print(jid, flush=True)
 for _ in range(20000):
     j = [x for x in ask({"method": "job_list"})["result"] if x["id"] == jid][0]
     assert j["state"] == "running", j
@@ -63,8 +69,8 @@ done
 [ "$st" = cancelled ] || die "the interrupted merge's job is '$st', not cancelled"
 
 # 2. A merge cancelled with `job cancel`.
-id=$(ctl merge vm --detach)
-cancel_half "$id"
+id=$(start_and_cancel_half device_merge '{"device": "vm"}')
+[[ $id =~ ^[0-9]+$ ]] || die "no merge job to cancel"
 rc=0; ctl job wait "$id" --json >"$WORK/w1.json" || rc=$?
 [ $rc -eq 3 ] || die "job wait of a cancelled merge exited $rc: $(cat "$WORK/w1.json")"
 [ "$(jq -r .state "$WORK/w1.json")" = cancelled ] || die "merge job: $(cat "$WORK/w1.json")"
@@ -80,8 +86,8 @@ nbdcopy "$(uri vm)" "$WORK/after.img"
 cmp "$WORK/data.img" "$WORK/after.img" || die "the merged stack differs from the reference"
 
 # 4. A sync cancelled half-way keeps what it did not copy dirty.
-id=$(ctl sync plain --map m --to "$WORK/replica.img" --detach)
-cancel_half "$id"
+id=$(start_and_cancel_half device_sync "{\"device\": \"plain\", \"map\": \"m\", \"to\": \"$WORK/replica.img\"}")
+[[ $id =~ ^[0-9]+$ ]] || die "no sync job to cancel"
 rc=0; ctl job wait "$id" >/dev/null || rc=$?
 [ $rc -eq 3 ] || die "job wait of a cancelled sync exited $rc"
 left=$(ctl dirty status plain --json | jq '.[0].dirty_bytes')

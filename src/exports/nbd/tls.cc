@@ -9,7 +9,7 @@
 namespace strata::nbd {
 namespace {
 
-std::unexpected<Error> tls_error(std::string_view what, int r) {
+Failure tls_error(std::string_view what, int r) {
   return fail(EPROTO, fmt::format("{}: {}", what, gnutls_strerror(r)));
 }
 

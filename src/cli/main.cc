@@ -205,6 +205,7 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   serve->add_flag("--tls-verify-peer", so.tls_verify_peer, "Require client certificates signed by the CA");
   serve->add_flag("--empty", so.empty, "Start with no device: create them at runtime (strata create)");
+  serve->add_option("--metrics", so.metrics, "Serve Prometheus metrics at http://HOST:PORT/metrics");
   bool help_targets = false;
   serve->add_flag("--help-targets", help_targets, "Describe every target type and exit");
 

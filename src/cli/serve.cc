@@ -14,8 +14,10 @@
 
 #include <fmt/core.h>
 
+#include "cli/metrics_server.h"
 #include "cli/service.h"
 #include "control/client.h"
+#include "control/metrics.h"
 #include "control/server.h"
 #include "core/log.h"
 #include "core/queue.h"
@@ -269,6 +271,14 @@ int serve(const ServeOptions& o) {
     return 1;
   }
 
+  MetricsServer metrics([&daemon] { return control::render_metrics(daemon); });
+  if (!o.metrics.empty()) {
+    if (auto r = metrics.start(o.metrics); !r) {
+      LOG_ERROR("{}", r.error().message);
+      return 1;
+    }
+  }
+
   server.start();
   if (!o.pidfile.empty()) {
     std::ofstream(o.pidfile) << ::getpid() << "\n";
@@ -289,6 +299,7 @@ int serve(const ServeOptions& o) {
     }
   }
   fmt::print("strata: control socket {}\n", ctl_path);
+  if (!o.metrics.empty()) fmt::print("strata: metrics at {}\n", metrics.url());
   std::fflush(stdout);
 
   // Every listener and device is up.
@@ -341,6 +352,7 @@ int serve(const ServeOptions& o) {
   }
   notify("STOPPING=1");
   watchdog.stop();
+  metrics.stop();
   LOG_INFO("signal {}: finishing requests in flight", sig);
   jobs.stop();
   ctl.stop();

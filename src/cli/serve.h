@@ -37,6 +37,7 @@ struct ServeOptions {
   std::string tls_psk;
   bool tls_verify_peer = false;
   bool empty = false;  // --empty: no devices at start (strata create adds them)
+  std::string metrics;  // --metrics HOST:PORT: Prometheus text at /metrics ("" = none)
 };
 
 int serve(const ServeOptions& o);

@@ -433,12 +433,28 @@ Task<Result<>> TrackTarget::write(Queue& q, std::span<const std::byte> buf, uint
   return write_tracked(q, buf, offset, f);
 }
 
+Task<Result<>> TrackTarget::read(Queue& q, std::span<std::byte> buf, uint64_t offset) {
+  IoMetrics::Request m(metrics_, q.id(), IoOp::kRead, buf.size());
+  auto r = co_await lower_->read(q, buf, offset);
+  m.done(r.has_value());
+  co_return r;
+}
+
+Task<Result<>> TrackTarget::flush(Queue& q) {
+  IoMetrics::Request m(metrics_, q.id(), IoOp::kFlush, 0);
+  auto r = co_await lower_->flush(q);
+  m.done(r.has_value());
+  co_return r;
+}
+
 Task<Result<>> TrackTarget::write_tracked(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {
+  IoMetrics::Request m(metrics_, q.id(), IoOp::kWrite, buf.size());
   CO_TRY(co_await enter(q));
   uint64_t epoch = mark(q, offset, buf.size());
   if (auto c = per_queue_[q.id()].copy) co_await c->before_write(q, offset, buf.size());
   auto r = co_await lower_->write(q, buf, offset, f);
   leave(q, epoch);
+  m.done(r.has_value());
   co_return r;
 }
 
@@ -450,11 +466,13 @@ Task<Result<>> TrackTarget::trim(Queue& q, uint64_t offset, uint64_t length, IoF
 }
 
 Task<Result<>> TrackTarget::trim_tracked(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
+  IoMetrics::Request m(metrics_, q.id(), IoOp::kTrim, length);
   CO_TRY(co_await enter(q));
   uint64_t epoch = mark(q, offset, length);
   if (auto c = per_queue_[q.id()].copy) co_await c->before_write(q, offset, length);
   auto r = co_await lower_->trim(q, offset, length, f);
   leave(q, epoch);
+  m.done(r.has_value());
   co_return r;
 }
 
@@ -466,11 +484,13 @@ Task<Result<>> TrackTarget::zero(Queue& q, uint64_t offset, uint64_t length, IoF
 }
 
 Task<Result<>> TrackTarget::zero_tracked(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
+  IoMetrics::Request m(metrics_, q.id(), IoOp::kZero, length);
   CO_TRY(co_await enter(q));
   uint64_t epoch = mark(q, offset, length);
   if (auto c = per_queue_[q.id()].copy) co_await c->before_write(q, offset, length);
   auto r = co_await lower_->zero(q, offset, length, f);
   leave(q, epoch);
+  m.done(r.has_value());
   co_return r;
 }
 

@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "core/metrics.h"
 #include "core/queue.h"
 #include "core/target.h"
 #include "targets/cbw.h"
@@ -131,8 +132,12 @@ class TrackTarget final : public ForwardingTarget {
 
   // Reads pass through unchanged, so views do too.
   std::optional<std::span<const std::byte>> read_view(Queue& q, uint64_t offset, uint64_t length) override {
-    return lower_->read_view(q, offset, length);
+    auto v = lower_->read_view(q, offset, length);
+    if (v) metrics_.count_view(q.id(), length);
+    return v;
   }
+  Task<Result<>> read(Queue& q, std::span<std::byte> buf, uint64_t offset) override;
+  Task<Result<>> flush(Queue& q) override;
   Task<Result<>> write(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) override;
   Task<Result<>> trim(Queue& q, uint64_t offset, uint64_t length, IoFlags f) override;
   Task<Result<>> zero(Queue& q, uint64_t offset, uint64_t length, IoFlags f) override;
@@ -176,6 +181,9 @@ class TrackTarget final : public ForwardingTarget {
   void close_clean();
 
   static constexpr std::string_view kContextPrefix = "strata:dirty:";
+
+  // What clients asked of this device (every request goes through here).
+  const IoMetrics& metrics() const { return metrics_; }
 
  private:
   struct Map {
@@ -227,6 +235,7 @@ class TrackTarget final : public ForwardingTarget {
   std::shared_ptr<CopyBeforeWrite> copy_;  // under mu_
   std::vector<Queue*> queues_;
   std::unique_ptr<PerQueue[]> per_queue_{new PerQueue[kMaxQueues]};
+  IoMetrics metrics_;
 };
 
 }  // namespace strata

@@ -174,6 +174,10 @@ int main(int argc, char** argv) {
   serve->add_option("--control", so.control, "Control socket path (default: $STRATA_CONTROL or /run/strata/control.sock)");
   serve->add_option("--queues", so.queues, "I/O threads (default: number of CPUs, at most 4)");
   serve->add_option("--max-connections", so.max_connections, "Most clients at once")->default_val(256);
+  serve->add_option("--max-handshakes", so.max_handshakes,
+                    "Clients in the handshake at once, apart from --max-connections; a new one evicts the "
+                    "oldest that has sent nothing")
+      ->default_val(128);
   serve->add_option("--max-memory", so.max_memory,
                     "Request and reply buffers of all NBD clients at most (e.g. 512M; default min(1G, RAM/4))");
   serve->add_option("--handshake-timeout", so.handshake_timeout, "Seconds a client has to finish the handshake")

@@ -182,6 +182,7 @@ int serve(const ServeOptions& o) {
     if (mode != nbd::TlsMode::kOff) so.tls = std::move(*tls);
   }
   so.max_connections = o.max_connections;
+  so.max_handshakes = o.max_handshakes;
   so.handshake_timeout = std::chrono::milliseconds(static_cast<int64_t>(o.handshake_timeout * 1000));
   if (!o.max_memory.empty()) {
     auto m = parse_size(o.max_memory);

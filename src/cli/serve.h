@@ -24,6 +24,7 @@ struct ServeOptions {
   unsigned queues = 0;
   std::size_t max_connections = 256;
   double handshake_timeout = 10;
+  std::size_t max_handshakes = 128;
   std::string max_memory;  // --max-memory SIZE ("" = the default)
   std::string pidfile;
   bool verbose = false;

@@ -98,7 +98,10 @@ uint32_t errno_to_nbd(int err) {
 
 Connection::Connection(Server& server, Queue& q, int fd, uint64_t id, std::string peer)
     : server_(server), q_(q), fd_(fd), id_(id), peer_(std::move(peer)) {
-  deadline_ = std::chrono::steady_clock::now() + server_.options().handshake_timeout;
+  auto now = std::chrono::steady_clock::now();
+  accepted_ = now;
+  deadline_ = now + server_.options().handshake_timeout;
+  first_bytes_deadline_ = std::min(deadline_, now + server_.options().first_bytes_timeout);
   rbuf_ = Buffer::get(kRecvBuffer);
   // splice(2) into the socket must not block the queue thread on a full
   // socket: it does unless the socket is O_NONBLOCK (io_uring's own socket
@@ -124,10 +127,19 @@ void Connection::start() { run(); }
 
 void Connection::stop_reading() { ::shutdown(fd_, SHUT_RD); }
 
+void Connection::evict() {
+  evicted_.store(true, std::memory_order_relaxed);
+  ::shutdown(fd_, SHUT_RDWR);
+}
+
 Detached Connection::run() {
   server_.connection_opened(this);
   LOG_DEBUG("conn {}: connected from {}", id_, peer_);
   bool go = co_await handshake();
+  if (go && !server_.handshake_done(this)) {
+    LOG_INFO("conn {} ({}): no connection slot free (--max-connections) or evicted; closing", id_, peer_);
+    go = false;
+  }
   if (go) {
     in_handshake_ = false;
     server_.budget().joined();
@@ -152,11 +164,12 @@ Task<int> Connection::raw_recv(std::span<std::byte> buf) {
   for (;;) {
     int n;
     if (in_handshake_) {
-      auto left = deadline_ - std::chrono::steady_clock::now();
+      auto left = (heard() ? deadline_ : first_bytes_deadline_) - std::chrono::steady_clock::now();
       if (left <= std::chrono::nanoseconds(0)) co_return -ETIMEDOUT;
       n = co_await q_.ring().timed(
           [&](io_uring_sqe* s) { io_uring_prep_recv(s, fd_, buf.data(), buf.size(), 0); }, left);
       if (n == -ECANCELED) co_return -ETIMEDOUT;
+      if (n > 0) heard_.store(true, std::memory_order_relaxed);
     } else {
       n = co_await q_.ring().recv(fd_, buf);
     }
@@ -440,7 +453,10 @@ Task<bool> Connection::handshake() {
   put64(greet + 8, kOptMagic);
   put16(greet + 16, kFlagFixedNewstyle | kFlagNoZeroes);
   auto fail_log = [&](const Error& e) {
-    LOG_INFO("conn {} ({}): handshake ended: {}", id_, peer_, e.message);
+    if (evicted_.load(std::memory_order_relaxed))
+      LOG_DEBUG("conn {} ({}): handshake evicted: {}", id_, peer_, e.message);
+    else
+      LOG_INFO("conn {} ({}): handshake ended: {}", id_, peer_, e.message);
     return false;
   };
   {

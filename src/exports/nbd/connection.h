@@ -40,6 +40,14 @@ class Connection {
   // Thread-safe: makes the reader stop after the requests it has read.
   void stop_reading();
   uint64_t id() const { return id_; }
+  // Thread-safe: the client has sent at least one byte.
+  bool heard() const { return heard_.load(std::memory_order_relaxed); }
+  std::chrono::steady_clock::time_point accepted() const { return accepted_; }
+  // Thread-safe: ends the handshake (its reads and writes fail at once).
+  void evict();
+  // Under the server's lock: in a connection slot (after the handshake).
+  bool transmitting() const { return transmitting_; }
+  void set_transmitting() { transmitting_ = true; }
   // Thread-safe: the target of the export this connection transmits on
   // (null during the handshake); compared, never dereferenced, by others.
   const Target* serving() const { return serving_.load(std::memory_order_acquire); }
@@ -140,7 +148,12 @@ class Connection {
   uint64_t id_;
   std::string peer_;
   std::chrono::steady_clock::time_point deadline_;
+  std::chrono::steady_clock::time_point first_bytes_deadline_;
+  std::chrono::steady_clock::time_point accepted_;
   bool in_handshake_ = true;
+  std::atomic<bool> heard_{false};
+  std::atomic<bool> evicted_{false};
+  bool transmitting_ = false;  // guarded by the server's lock
 
   Buffer rbuf_;
   std::size_t rstart_ = 0, rend_ = 0;

@@ -23,6 +23,15 @@
 
 namespace strata::nbd {
 
+namespace {
+// Connections wait here, in the kernel, while every handshake slot is taken
+// by a handshake too young to evict (capped by net.core.somaxconn).
+constexpr int kListenBacklog = 4096;
+// A handshake is never evicted before this age: every client has this long
+// to send its first bytes, however fast others connect.
+constexpr std::chrono::milliseconds kMinHandshakeAge{50};
+}  // namespace
+
 Server::Server(std::vector<Queue*> queues, ServerOptions opts)
     : queues_(std::move(queues)),
       opts_(opts),
@@ -88,7 +97,7 @@ Result<> Server::listen_unix(const std::string& path) {
   // The process umask decides who may connect (as for nbdkit and qemu-nbd).
   mode_t um = ::umask(0);
   ::umask(um);
-  int fd = TRY(strata::listen_unix(path, 128, 0777 & ~um));
+  int fd = TRY(strata::listen_unix(path, kListenBacklog, 0777 & ~um));
   auto l = std::make_unique<Listener>();
   l->fd = fd;
   l->unlink_path = path;
@@ -112,7 +121,7 @@ Result<> Server::listen_tcp(const std::string& host, const std::string& port) {
     if (fd < 0) continue;
     int one = 1;
     ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (::bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || ::listen(fd, 128) < 0) {
+    if (::bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || ::listen(fd, kListenBacklog) < 0) {
       last = posix_error(fmt::format("tcp {}:{}", host, port), errno).error();
       ::close(fd);
       continue;
@@ -195,6 +204,12 @@ Task<void> Server::accept_loop(Listener* l) {
   Completion c;
   l->pending = &c;
   while (!stopping_.load()) {
+    // Every handshake slot taken by a handshake too young to evict: leave new
+    // connections in the listen backlog until one is old enough.
+    if (auto wait = make_handshake_room(); wait.count() > 0) {
+      co_await ring.sleep(wait);
+      continue;
+    }
     int fd = co_await AcceptAwaiter{ring, l->fd, c};
     if (fd < 0) {
       if (fd == -ECANCELED || stopping_.load()) break;
@@ -204,9 +219,14 @@ Task<void> Server::accept_loop(Listener* l) {
       co_await ring.sleep(std::chrono::milliseconds(100));
       continue;
     }
-    if (active_.load() >= opts_.max_connections) {
+    bool full;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      full = transmitting_ >= opts_.max_connections;
+    }
+    if (full) {
       refused_.fetch_add(1);
-      LOG_WARN("refusing a connection: {} connections already (--max-connections)", active_.load());
+      LOG_WARN("refusing a connection: {} clients already (--max-connections)", opts_.max_connections);
       ::close(fd);
       continue;
     }
@@ -221,11 +241,51 @@ Task<void> Server::accept_loop(Listener* l) {
     active_.fetch_add(1);
     uint64_t id = next_id_.fetch_add(1);
     Queue* q = queues_[next_queue_.fetch_add(1) % queues_.size()];
-    std::string peer = peer_name(fd);
-    q->post([this, q, fd, id, peer] { (new Connection(*this, *q, fd, id, peer))->start(); });
+    auto* c = new Connection(*this, *q, fd, id, peer_name(fd));
+    take_handshake_slot(c);
+    q->post([c] { c->start(); });
   }
   l->pending = nullptr;
   accept_loops_.fetch_sub(1);
+}
+
+std::chrono::nanoseconds Server::make_handshake_room() {
+  std::lock_guard<std::mutex> l(mu_);
+  if (handshakes_.size() < std::max<std::size_t>(opts_.max_handshakes, 1)) return {};
+  // The oldest that has not sent a byte (a client that connects and waits),
+  // else the oldest; never one younger than kMinHandshakeAge. A good client
+  // sends at once and finishes in a few round trips.
+  const auto now = std::chrono::steady_clock::now();
+  auto old = [&](Connection* h) { return now - h->accepted() >= kMinHandshakeAge; };
+  auto victim = std::find_if(handshakes_.begin(), handshakes_.end(),
+                             [&](Connection* h) { return !h->heard() && old(h); });
+  if (victim == handshakes_.end()) victim = handshakes_.begin();
+  if (!old(*victim)) return handshakes_.front()->accepted() + kMinHandshakeAge - now;
+  LOG_DEBUG("conn {}: handshake evicted ({} handshakes at once: --max-handshakes)", (*victim)->id(),
+            handshakes_.size());
+  (*victim)->evict();
+  handshakes_.erase(victim);
+  evicted_.fetch_add(1);
+  return {};
+}
+
+void Server::take_handshake_slot(Connection* c) {
+  std::lock_guard<std::mutex> l(mu_);
+  handshakes_.push_back(c);
+}
+
+bool Server::handshake_done(Connection* c) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = std::find(handshakes_.begin(), handshakes_.end(), c);
+  if (it == handshakes_.end()) return false;  // evicted meanwhile
+  handshakes_.erase(it);
+  if (transmitting_ >= opts_.max_connections) {
+    refused_.fetch_add(1);
+    return false;
+  }
+  ++transmitting_;
+  c->set_transmitting();
+  return true;
 }
 
 void Server::connection_opened(Connection* c) {
@@ -237,6 +297,8 @@ void Server::connection_closed(Connection* c) {
   {
     std::lock_guard<std::mutex> l(mu_);
     conns_.erase(std::remove(conns_.begin(), conns_.end(), c), conns_.end());
+    std::erase(handshakes_, c);
+    if (c->transmitting()) --transmitting_;
   }
   active_.fetch_sub(1);
 }
@@ -263,6 +325,6 @@ void Server::shutdown() {
   }
 }
 
-Server::Stats Server::stats() const { return {active_.load(), total_.load(), refused_.load()}; }
+Server::Stats Server::stats() const { return {active_.load(), total_.load(), refused_.load(), evicted_.load()}; }
 
 }  // namespace strata::nbd

@@ -30,8 +30,16 @@ struct Export {
 };
 
 struct ServerOptions {
+  // Clients in transmission (connection slots).
   std::size_t max_connections = 256;
+  // Clients still in the handshake (handshake slots, apart from the
+  // connection slots): when all are taken, a new connection evicts the
+  // oldest handshake that has sent nothing yet, else the oldest.
+  std::size_t max_handshakes = 128;
   std::chrono::milliseconds handshake_timeout{10000};
+  // A client must send its first bytes within this (and the whole
+  // handshake within handshake_timeout).
+  std::chrono::milliseconds first_bytes_timeout{2000};
   // Request and reply buffers of all connections (--max-memory); 0: the
   // default, MemoryBudget::default_total().
   uint64_t max_memory = 0;
@@ -79,6 +87,7 @@ class Server {
     uint64_t active = 0;
     uint64_t total = 0;
     uint64_t refused = 0;
+    uint64_t evicted = 0;  // handshakes closed to make room for new ones
   };
   Stats stats() const;
 
@@ -87,6 +96,9 @@ class Server {
   MemoryBudget& budget() { return budget_; }
   void connection_closed(Connection* c);
   void connection_opened(Connection* c);
+  // The handshake of `c` is over: it leaves its handshake slot and takes a
+  // connection slot; false when none is free (the caller closes).
+  bool handshake_done(Connection* c);
 
  private:
   struct Listener {
@@ -95,6 +107,10 @@ class Server {
     Completion* pending = nullptr;  // the accept in flight (queue 0 only)
   };
   Task<void> accept_loop(Listener* l);
+  // When every handshake slot is taken, evicts one old enough; else returns
+  // how long to wait before one is. Called on queue 0, before accepting.
+  std::chrono::nanoseconds make_handshake_room();
+  void take_handshake_slot(Connection* c);
 
   std::vector<Queue*> queues_;
   ServerOptions opts_;
@@ -109,6 +125,9 @@ class Server {
   mutable std::mutex mu_;
   std::vector<std::shared_ptr<const Export>> exports_;  // guarded by mu_
   std::vector<Connection*> conns_;                       // guarded by mu_
+  std::vector<Connection*> handshakes_;  // guarded by mu_; in accept order
+  std::size_t transmitting_ = 0;         // guarded by mu_
+  std::atomic<uint64_t> evicted_{0};
   std::atomic<uint64_t> active_{0};
   std::atomic<int> accept_loops_{0};
 };

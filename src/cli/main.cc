@@ -5,6 +5,7 @@
 
 #include "cli/help.h"
 #include "cli/live.h"
+#include "cli/progress.h"
 #include "cli/serve.h"
 #include "control/client.h"
 #include "control/sync.h"
@@ -22,16 +23,7 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string human_size(uint64_t n) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(n);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
-  return u == 0 ? fmt::format("{} B", n) : fmt::format("{:.1f} {}", v, units[u]);
-}
+using strata::cli::human_size;
 
 int client(const std::string& ctl, const std::string& method, const json& params, bool as_json,
            void (*print)(const json&)) {
@@ -77,30 +69,16 @@ void print_status(const json& r) {
   }
 }
 
-// A long request (sync, merge, flatten): a progress bar on stderr from the
-// server's progress lines ("round N" when no label is given).
-void print_progress(const json& pr, const std::string& label, bool tty) {
-  if (!pr.contains("copied_bytes")) return;  // the server's keep-alive line
-  uint64_t done = pr.value("copied_bytes", uint64_t{0});
-  uint64_t total = std::max<uint64_t>(1, pr.value("total_bytes", uint64_t{1}));
-  bool chunks = pr.value("unit", std::string()) == "chunks";
-  auto amount = [&](uint64_t v) { return chunks ? std::to_string(v) : human_size(v); };
-  std::string what = label.empty() ? fmt::format("round {}", pr.value("round", 0)) : label;
-  int width = 40, fill = static_cast<int>(width * std::min(done, total) / total);
-  fmt::print(stderr, "{}{} [{}{}] {:>3}% {}/{}{}{}", tty ? "\r" : "", what, std::string(fill, '#'),
-             std::string(width - fill, '.'), 100 * done / total, amount(done), amount(total),
-             chunks ? " chunks" : "", tty ? "" : "\n");
-}
-
 strata::Result<json> call_with_progress(const std::string& ctl, const std::string& method, const json& params,
                                         const std::string& label) {
   // Ctrl-C ends this client, and the server cancels the job it follows
   // (even when started in the background of a script, where SIGINT is ignored).
   ::signal(SIGINT, SIG_DFL);
-  bool tty = ::isatty(STDERR_FILENO);
+  // A long request (sync, merge, flatten): its progress on stderr (cli/progress.h).
+  strata::cli::Progress progress(label, ::isatty(STDERR_FILENO));
   auto r = strata::control::call(ctl.empty() ? strata::control::default_control_path() : ctl, method, params,
-                                 [&](const json& pr) { print_progress(pr, label, tty); });
-  if (tty) fmt::print(stderr, "\n");
+                                 [&](const json& pr) { progress.update(pr); });
+  progress.finish(r.has_value());
   return r;
 }
 
@@ -140,9 +118,9 @@ int flatten_offline(const std::vector<std::string>& tables, const std::string& d
     fmt::print(stderr, "strata: {}\n", r.error().message);
     return 1;
   }
-  bool tty = ::isatty(STDERR_FILENO);
-  auto r = strata::control::flatten_device(*dev->table, q, to, [&](const json& pr) { print_progress(pr, "flatten", tty); });
-  if (tty) fmt::print(stderr, "\n");
+  strata::cli::Progress progress("flatten", ::isatty(STDERR_FILENO));
+  auto r = strata::control::flatten_device(*dev->table, q, to, [&](const json& pr) { progress.update(pr); });
+  progress.finish(r.has_value());
   q.stop();
   if (!r) {
     fmt::print(stderr, "strata: {}\n", r.error().message);
@@ -293,12 +271,14 @@ int main(int argc, char** argv) {
   l_create->add_option("--size", lsize, "Virtual size (e.g. 1G); defaults to the parent's");
   l_create->add_option("--chunk-size", lchunk, "Chunk size, a power of two from 512 to 1M (default: the parent's, else 4096)");
   l_create->add_option("--parent", lparent, "Parent layer (stored relative to the new layer)");
+  l_create->add_flag("--json", as_json, "JSON");
   auto* l_info = layer->add_subcommand("info", "Show a layer's header and chunk counts");
   l_info->add_option("path", lpath, "Layer file")->required();
   l_info->add_flag("--json", as_json, "JSON");
   auto* l_check = layer->add_subcommand("check", "Check a layer; change nothing unless --repair");
   l_check->add_option("path", lpath, "Layer file")->required();
   l_check->add_flag("--repair", repair, "Fix what can be fixed (bits past the end, checksum)");
+  l_check->add_flag("--json", as_json, "JSON: {path, ok, problems, repaired, remaining}");
 
   auto* snap = app.add_subcommand("snapshot", "Online: make the top layer of a cow device read-only, put a new one on it");
   snap->add_option("device", device, "Device name")->required();
@@ -446,8 +426,16 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "strata: {}\n", l.error().message);
         return 1;
       }
-      fmt::print("{}: layer {} ({} bytes, {} byte chunks{})\n", lpath, strata::uuid_string((*l)->header().uuid),
-                 *size, *chunk, parent ? ", parent " + (*l)->header().parent_path : std::string(", over the base"));
+      if (as_json)
+        fmt::print("{}\n", json{{"path", lpath},
+                                {"uuid", strata::uuid_string((*l)->header().uuid)},
+                                {"size", *size},
+                                {"chunk_size", *chunk},
+                                {"parent_path", (*l)->header().parent_path}}
+                               .dump(2));
+      else
+        fmt::print("{}: layer {} ({} bytes, {} byte chunks{})\n", lpath, strata::uuid_string((*l)->header().uuid),
+                   *size, *chunk, parent ? ", parent " + (*l)->header().parent_path : std::string(", over the base"));
       return 0;
     }
     if (l_info->parsed()) {
@@ -480,6 +468,22 @@ int main(int argc, char** argv) {
       return 0;
     }
     auto problems = strata::LayerFile::check(lpath);
+    if (as_json) {
+      // {path, ok, problems, repaired, remaining}: ok is whether it is sound now.
+      json j = {{"path", lpath}, {"problems", problems}, {"repaired", json::array()}, {"remaining", problems}};
+      if (!problems.empty() && repair) {
+        auto fixed = strata::LayerFile::repair(lpath);
+        if (!fixed) {
+          fmt::print(stderr, "strata: {}\n", fixed.error().message);
+          return 1;
+        }
+        j["repaired"] = *fixed;
+        j["remaining"] = strata::LayerFile::check(lpath);
+      }
+      j["ok"] = j["remaining"].empty();
+      fmt::print("{}\n", j.dump(2));
+      return j["ok"].get<bool>() ? 0 : 1;
+    }
     for (const auto& p : problems) fmt::print("{}\n", p);
     if (problems.empty()) {
       fmt::print("{}: ok\n", lpath);

@@ -20,6 +20,8 @@ PKGS=(
   # service: socket activation and sd_notify (libsystemd), its tests and unit checks
   # (systemd-socket-activate, systemd-analyze), the metrics endpoint (libmicrohttpd) and its format check
   libsystemd-dev systemd libmicrohttpd-dev curl python3-prometheus-client
+  # man pages (pandoc from docs/man/*.md) and their check (groff, man, col)
+  pandoc groff-base man-db bsdextrautils
 )
 
 missing=()

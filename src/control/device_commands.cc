@@ -191,7 +191,10 @@ json run_device_change(Daemon& d, const std::string& method, const json& params)
     auto r = cur->live->suspend(!nf->value_or(false));
     if (!r) return err(r.error().message);
     auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
-    return ok({{"name", name}, {"suspend_us", us}});
+    return ok({{"name", name},
+               {"suspend_us", us},
+               {"drain_us", cur->live->last_drain_us()},
+               {"flush_us", cur->live->last_flush_us()}});
   }
   if (method == "device_resume") {
     if (cur->inactive && d.jobs->running_on(name)) return err(fmt::format("a job is running on device '{}'", name));
@@ -199,9 +202,12 @@ json run_device_change(Daemon& d, const std::string& method, const json& params)
       return err(fmt::format("device '{}' is being flattened while suspended: resume once the job ends (strata "
                              "job wait), or cancel it",
                              name));
+    const bool was_suspended = cur->live->suspended() || cur->inactive;
     resume_device(d, cur);
     auto now = d.devices->find(name);
-    return ok({{"name", name}, {"size", now->live->size()}, {"table", now->live->table_line()}});
+    json out{{"name", name}, {"size", now->live->size()}, {"table", now->live->table_line()}};
+    if (was_suspended) out["held_us"] = now->live->last_hold_us();
+    return ok(out);
   }
   if (method == "device_remove") {
     auto r = remove_device(d, name, force);

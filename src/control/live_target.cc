@@ -228,10 +228,28 @@ Task<Result<Extents>> LiveTarget::context_extents(Queue& q, std::string_view con
 Result<> LiveTarget::suspend(bool flush) {
   std::vector<Queue*> qs;
   std::shared_ptr<TableTarget> t;
+  if (flush) {
+    // Most of the writeback first, while requests still flow: the flush
+    // under the gate then has only what was written since, and requests are
+    // held for that instead of for the whole page cache's writeback
+    // (bench/suspend.sh: 4k randwrite QD32 was held ~115 ms per suspend).
+    {
+      MutexLock l(ctl_mu_);
+      if (suspended_) return {};
+      qs = queues_;
+      t = active_;
+    }
+    if (!qs.empty() && t->caps().can_flush) {
+      Queue* q = qs[0];
+      auto r = q->call([&] { return t->flush(*q); });
+      if (!r) return fail(r.error().code, "suspend: flush: " + r.error().message + " (the device is not suspended)");
+    }
+  }
   {
     MutexLock l(ctl_mu_);
     if (suspended_) return {};
     suspended_ = true;
+    closed_at_ = std::chrono::steady_clock::now();
     qs = queues_;
     t = active_;
   }
@@ -249,10 +267,23 @@ Result<> LiveTarget::suspend(bool flush) {
     });
   }
   for (auto& f : drained) f.wait();
+  auto us_since = [](std::chrono::steady_clock::time_point t0) {
+    return static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
+  };
+  std::chrono::steady_clock::time_point closed;
+  {
+    MutexLock l(ctl_mu_);
+    closed = closed_at_;
+  }
+  last_drain_us_.store(us_since(closed), std::memory_order_relaxed);
+  last_flush_us_.store(0, std::memory_order_relaxed);
   if (flush && !qs.empty() && t->caps().can_flush) {
+    auto t0 = std::chrono::steady_clock::now();
     Queue* q = qs[0];
     auto r = q->call([&] { return t->flush(*q); });
     if (!r) return fail(r.error().code, "suspend: flush: " + r.error().message + " (the device is suspended)");
+    last_flush_us_.store(us_since(t0), std::memory_order_relaxed);
   }
   return {};
 }
@@ -317,6 +348,10 @@ bool LiveTarget::resume(uint64_t conn_mark) {
   for (auto& f : done) f.wait();
   MutexLock l(ctl_mu_);
   suspended_ = false;
+  last_hold_us_.store(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                                std::chrono::steady_clock::now() - closed_at_)
+                                                .count()),
+                      std::memory_order_relaxed);
   return swapped;
 }
 

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <coroutine>
 #include <functional>
 #include <memory>
@@ -89,6 +90,13 @@ class LiveTarget final : public Target {
   bool pin_suspended() EXCLUDES(ctl_mu_);
   void unpin() EXCLUDES(ctl_mu_);
   bool pinned() const EXCLUDES(ctl_mu_);
+  // How long the gate was closed (requests held) in the last suspend that
+  // was resumed: from the gate closing to every queue released.
+  uint64_t last_hold_us() const { return last_hold_us_.load(std::memory_order_relaxed); }
+  // The last suspend's drain (gate closed to no request in flight) and its
+  // flush under the gate.
+  uint64_t last_drain_us() const { return last_drain_us_.load(std::memory_order_relaxed); }
+  uint64_t last_flush_us() const { return last_flush_us_.load(std::memory_order_relaxed); }
   // Requests held by the gate now.
   uint64_t held_requests() const { return held_.load(std::memory_order_relaxed); }
 
@@ -113,6 +121,8 @@ class LiveTarget final : public Target {
   std::shared_ptr<TableTarget> active_ GUARDED_BY(ctl_mu_);
   std::shared_ptr<TableTarget> inactive_ GUARDED_BY(ctl_mu_);
   bool suspended_ GUARDED_BY(ctl_mu_) = false;
+  std::chrono::steady_clock::time_point closed_at_ GUARDED_BY(ctl_mu_);
+  std::atomic<uint64_t> last_hold_us_{0}, last_drain_us_{0}, last_flush_us_{0};
   int pins_ GUARDED_BY(ctl_mu_) = 0;
   std::vector<Queue*> queues_ GUARDED_BY(ctl_mu_);
   struct Retired {

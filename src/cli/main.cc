@@ -7,6 +7,7 @@
 #include "cli/live.h"
 #include "cli/progress.h"
 #include "cli/serve.h"
+#include "cli/state_dir.h"
 #include "control/client.h"
 #include "control/sync.h"
 #include "core/queue.h"
@@ -176,7 +177,7 @@ int main(int argc, char** argv) {
       ->transform(CLI::CheckedTransformer(std::map<std::string, std::string>{{"batch", "1"}, {"normal", "0"}}))
       ->default_str("batch");
   serve->add_option("--state-dir", so.state_dir,
-                    "Where dirty maps persist (default: $STRATA_STATE_DIR, else /var/lib/strata as root)");
+                    "Where dirty maps persist (default: $STRATA_STATE_DIR, else as root /var/lib/strata, or /var/lib/strata/@CONTROL-PATH for a server on another --control)");
   serve->add_option("--tls", so.tls, "TLS: off, on (offered), require (plaintext refused)")
       ->check(CLI::IsMember({"off", "on", "require"}))
       ->default_val("off");
@@ -311,8 +312,9 @@ int main(int argc, char** argv) {
   if (so.state_dir.empty()) {
     if (const char* e = std::getenv("STRATA_STATE_DIR"); e && *e)
       so.state_dir = e;
-    else if (::getuid() == 0)
-      so.state_dir = "/var/lib/strata";
+    else  // as root, one per control socket: two servers never share one
+      so.state_dir =
+          strata::cli::default_state_dir(so.control.empty() ? strata::control::default_control_path() : so.control);
   }
 
   json params = json::object();
@@ -336,7 +338,7 @@ int main(int argc, char** argv) {
     };
     if (d_list->parsed() && offline) {
       std::string dir = state_dir.empty() ? (std::getenv("STRATA_STATE_DIR") ? std::getenv("STRATA_STATE_DIR")
-                                                                               : std::string("/var/lib/strata"))
+                                                                               : strata::cli::default_state_dir(ctl))
                                           : state_dir;
       std::string path = dir + "/" + (device.empty() ? "_default" : device) + "/" + map + ".dmap";
       bool consistent = false;

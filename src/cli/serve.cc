@@ -16,6 +16,7 @@
 
 #include "cli/metrics_server.h"
 #include "cli/service.h"
+#include "cli/state_dir.h"
 #include "control/client.h"
 #include "control/metrics.h"
 #include "control/server.h"
@@ -164,6 +165,10 @@ int serve(const ServeOptions& o) {
           return 1;
         }
       }
+    }
+    if (auto r = lock_state_dir(o.state_dir); !r) {
+      LOG_ERROR("{}", r.error().message);
+      return 1;
     }
   }
 

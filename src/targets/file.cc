@@ -43,6 +43,7 @@ Result<std::shared_ptr<Target>> FileTarget::create(Params& p, Resolver& r) {
   t->offset_ = TRY(p.arg_u64(1, "offset"));
   t->direct_ = TRY(p.option_bool("direct", false));
   t->read_only_ = p.flag("ro") || p.read_only;
+  const bool lock = TRY(p.option_bool("lock", true));
   TRY(p.finish(2));
   t->length_ = p.length;
 
@@ -67,6 +68,9 @@ Result<std::shared_ptr<Target>> FileTarget::create(Params& p, Resolver& r) {
       return fail(EINVAL, fmt::format("file {}: the filesystem does not support direct=on (O_DIRECT)", t->path_));
     return posix_error(fmt::format("file {}: open", t->path_), e);
   }
+
+  // Before anything else touches the file: another server may be serving it.
+  if (lock) t->lock_ = TRY(FileLock::acquire(t->fd_, t->path_, !t->read_only_));
 
   uint64_t file_size = static_cast<uint64_t>(st.st_size);
   if (!t->regular_) {
@@ -117,11 +121,13 @@ std::string FileTarget::table_line() const {
   std::string s = fmt::format("file {} {}", path_, offset_);
   if (direct_) s += " direct=on";
   if (read_only_) s += " ro";
+  if (!lock_) s += " lock=off";
   return s;
 }
 
 void FileTarget::info(InfoSink& out) const {
   out.add("path", path_);
+  out.add("locked", lock_ ? (read_only_ ? "shared" : "exclusive") : "no");
   stats_.report(out);
   out.add("mapped_reads", mapped_reads_.load(std::memory_order_relaxed));
 }

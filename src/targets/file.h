@@ -11,6 +11,7 @@
 
 #include "core/queue.h"
 #include "core/target.h"
+#include "targets/file_lock.h"
 #include "targets/mapped_range.h"
 #include "targets/registry.h"
 
@@ -19,10 +20,11 @@ namespace strata {
 class FileTarget final : public Target {
  public:
   static constexpr std::string_view kHelp =
-      "file <path> <offset> [direct=on|off] [ro]\n"
+      "file <path> <offset> [direct=on|off] [ro] [lock=on|off]\n"
       "  A range of a regular file or block device starting at byte <offset>.\n"
       "  direct=on opens it O_DIRECT (no page cache; offset and segment must be\n"
-      "  multiples of 4096). ro opens it read-only.";
+      "  multiples of 4096). ro opens it read-only. The file is locked (an OFD\n"
+      "  lock: exclusive when writable, shared when ro) unless lock=off.";
   static Result<std::shared_ptr<Target>> create(Params& p, Resolver& r);
 
   FileTarget(const FileTarget&) = delete;
@@ -68,6 +70,7 @@ class FileTarget final : public Target {
 
   std::string path_;
   int fd_ = -1;
+  std::shared_ptr<FileLock> lock_;  // null with lock=off
   MappedRange map_;  // the segment, for read_view
   uint64_t offset_ = 0;
   uint64_t length_ = 0;

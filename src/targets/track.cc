@@ -306,9 +306,26 @@ Result<std::shared_ptr<TrackTarget>> TrackTarget::create(std::shared_ptr<Target>
     std::string why;
     auto f = MapFile::open(path, false, consistent, why);
     if (!f) return fail(f.error());
-    if ((*f)->header().size != t->size())
-      return fail(EINVAL, fmt::format("dirty map {}: made for a device of {} bytes, this one has {}", path,
-                                      (*f)->header().size, t->size()));
+    if ((*f)->header().size != t->size()) {
+      // Not this device's map (another server's, a device since resized):
+      // its bits say nothing here. The device still serves, with a fresh map
+      // of the same name marked inconsistent (its consumer must copy
+      // everything); the old file is kept beside it.
+      uint64_t was = (*f)->header().size, gran = (*f)->header().granularity;
+      std::string name = (*f)->header().name;
+      f->reset();
+      std::string aside = path + ".wrong-size";
+      if (::rename(path.c_str(), aside.c_str()) < 0) return posix_error(fmt::format("dirty map {}: rename", path), errno);
+      auto nf = MapFile::create(path, name, gran, t->size());
+      if (!nf) return fail(nf.error());
+      f = std::move(nf);
+      consistent = false;
+      why = fmt::format("made for a device of {} bytes, this one has {}: replaced by an empty map marked "
+                        "INCONSISTENT (a full copy is needed); the old file is {}",
+                        was, t->size(), aside);
+      LOG_WARN("dirty map {}/{}: {}", t->device_, n.substr(0, n.size() - 5), why);
+      why.clear();
+    }
     auto m = std::make_shared<Map>();
     m->name = n.substr(0, n.size() - 5);
     m->slot = (*f)->header().active_slot;

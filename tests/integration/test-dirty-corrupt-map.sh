@@ -1,7 +1,7 @@
 #!/bin/bash
-# A dirty map file with a bad header (magic, checksum, truncated or empty, short bitmaps, version, granularity, device size) makes `strata serve` fail at start-up with a message naming the file and the fault, serving nothing and leaving the file as it was; `dirty list --offline` reports the same error; the intact file loads again afterwards.
+# A dirty map file with a bad header (magic, checksum, truncated or empty, short bitmaps, version, granularity) makes `strata serve` fail at start-up with a message naming the file and the fault, serving nothing and leaving the file as it was; `dirty list --offline` reports the same error; a map made for a device of another size is replaced by an inconsistent one (the server serves; the old file kept aside); the intact file loads again afterwards.
 . "$(dirname "$0")/functions.sh"
-requires qemu-io cmp
+requires qemu-io cmp jq
 
 IMG=$WORK/d.img
 truncate -s 16M "$IMG"
@@ -87,9 +87,22 @@ check empty "dirty map $MAP: header is truncated"
 check short-bitmaps "dirty map $MAP: file is shorter than its bitmaps"
 check version "dirty map $MAP: unsupported version 2"
 check granularity "dirty map $MAP: bad granularity, size or slot in the header"
-# A map made for a device of another size: only the server can tell.
+# A map made for a device of another size (another server's, a device since
+# resized): only the server can tell. It serves, with the map replaced by an
+# empty one of the right size marked inconsistent (a full copy is needed), the
+# old file kept aside, the other map intact.
 corrupt size
-serve_fails size "dirty map $MAP: made for a device of 8388608 bytes, this one has 16777216"
+cp "$MAP" "$WORK/corrupt.dmap"
+start_strata --file "$IMG" --export d --state-dir "$ST"
+grep -qF "dirty map d/m: made for a device of 8388608 bytes, this one has 16777216: replaced by an empty map marked INCONSISTENT (a full copy is needed); the old file is $MAP.wrong-size" "$STRATA_LOG" ||
+  die "size: no warning naming the map: $(cat "$STRATA_LOG")"
+[ "$(ctl dirty status d --json | jq -c 'sort_by(.name) | map([.name, .consistent])')" = '[["good",true],["m",false]]' ] ||
+  die "size: status: $(ctl dirty status d --json)"
+[ "$(ctl dirty list d good)" = "$want" ] || die "size: the other map: $(ctl dirty list d good)"
+qio "$(uri d)" "read 0 4096" >/dev/null
+stop_strata
+cmp -s "$MAP.wrong-size" "$WORK/corrupt.dmap" || die "size: the old map file was changed"
+rm -f "$MAP.wrong-size"
 
 # The intact file loads again, with its bits.
 cp "$WORK/pristine.dmap" "$MAP"

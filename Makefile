@@ -3,7 +3,7 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build run test unit asan bench soak clean
+.PHONY: all deps build run test unit asan bench soak deb clean
 
 all: build
 
@@ -39,6 +39,10 @@ soak: build
 
 bench: build
 	bash bench/run.sh
+
+# The Debian package (debian/, debhelper), built from source: build/deb/strata_*.deb.
+deb: deps
+	bash scripts/make-deb.sh
 
 clean:
 	rm -rf $(BUILD) build-asan

@@ -22,6 +22,8 @@ PKGS=(
   libsystemd-dev systemd libmicrohttpd-dev curl python3-prometheus-client
   # man pages (pandoc from docs/man/*.md) and their check (groff, man, col)
   pandoc groff-base man-db bsdextrautils
+  # make deb and its check
+  debhelper dpkg-dev lintian
 )
 
 missing=()

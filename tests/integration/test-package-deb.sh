@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# test-package-deb.sh: `make deb` (scripts/make-deb.sh, debhelper) makes a package holding the binary, the
+# systemd units, tmpfiles.d, both man pages, the bash completion and the docs, depending on the libraries the
+# binary links (libsystemd, libmicrohttpd...), with no lintian error; the binary in it runs. The package is made
+# from the strata this test run built (STRATA_PREBUILT), so no second compile; `make deb` compiles from source.
+source "$(dirname "$0")/functions.sh"
+requires dpkg-buildpackage dh lintian dpkg-deb pandoc
+deb=$(STRATA_PREBUILT=$(dirname "$STRATA") OUT=$WORK/deb bash "$STRATA_SRC/scripts/make-deb.sh") || die "make deb failed"
+[ -f "$deb" ] || die "no package: $deb"
+dpkg-deb -c "$deb" | awk '{print $6}' | sed 's|^\./|/|' >"$WORK/contents"
+for f in /usr/bin/strata /lib/systemd/system/strata.service /lib/systemd/system/strata.socket \
+  /lib/systemd/system/strata-control.socket /usr/lib/tmpfiles.d/strata.conf /usr/share/man/man1/strata.1.gz \
+  /usr/share/man/man5/strata-targets.5.gz /usr/share/bash-completion/completions/strata \
+  /usr/share/doc/strata/copyright /usr/share/doc/strata/README.md.gz /usr/share/doc/strata/service.md.gz \
+  /usr/share/doc/strata/metrics.md.gz /usr/share/doc/strata/targets/cow.md; do
+  grep -qx "$f" "$WORK/contents" || die "the package lacks $f: $(cat "$WORK/contents")"
+done
+deps=$(dpkg-deb -f "$deb" Depends)
+for lib in libsystemd0 libmicrohttpd12 liburing2 libgnutls30; do
+  grep -q "$lib" <<<"$deps" || die "Depends lacks $lib: $deps"
+done
+# Units are installed, neither started nor enabled on a first install (only re-enabled on upgrade if they were):
+# nothing listens before the table is written.
+dpkg-deb -e "$deb" "$WORK/ctrl"
+if grep -qE 'deb-systemd-invoke|systemctl .*(start|restart)' "$WORK/ctrl/postinst"; then
+  die "postinst starts a unit: $(cat "$WORK/ctrl/postinst")"
+fi
+awk '/deb-systemd-helper enable/ && prev !~ /was-enabled/ { bad = 1 } NF && $1 !~ /^#/ { prev = $0 } END { exit bad }' \
+  "$WORK/ctrl/postinst" || die "postinst enables a unit unconditionally: $(cat "$WORK/ctrl/postinst")"
+lintian --no-tag-display-limit "$deb" >"$WORK/lintian" 2>&1 || true
+if grep -E '^E: ' "$WORK/lintian" >&2; then die "lintian errors (above)"; fi
+dpkg-deb -x "$deb" "$WORK/root"
+"$WORK/root/usr/bin/strata" --version | grep -q '^strata 0\.' || die "the packaged binary does not run"
+zcat "$WORK/root/usr/share/man/man1/strata.1.gz" | grep -q '^\.SH SYNOPSIS' || die "strata.1 is not a man page"

@@ -337,9 +337,10 @@ int main(int argc, char** argv) {
       for (const auto& e : r["extents"]) fmt::print("{} {}\n", e[0].get<uint64_t>(), e[1].get<uint64_t>());
     };
     if (d_list->parsed() && offline) {
-      std::string dir = state_dir.empty() ? (std::getenv("STRATA_STATE_DIR") ? std::getenv("STRATA_STATE_DIR")
-                                                                               : strata::cli::default_state_dir(ctl))
-                                          : state_dir;
+      const std::string server = ctl.empty() ? strata::control::default_control_path() : ctl;
+      std::string dir = !state_dir.empty()                ? state_dir
+                        : std::getenv("STRATA_STATE_DIR") ? std::getenv("STRATA_STATE_DIR")
+                                                          : strata::cli::default_state_dir(server);
       std::string path = dir + "/" + (device.empty() ? "_default" : device) + "/" + map + ".dmap";
       bool consistent = false;
       std::string why;

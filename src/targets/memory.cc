@@ -1,20 +1,45 @@
 #include "targets/memory.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+
+#include <fmt/core.h>
+
+#include "core/log.h"
 
 namespace strata {
 
 Result<std::shared_ptr<Target>> MemoryTarget::create(Params& p, Resolver& r) {
   (void)r;
   TRY(p.finish(0));
-  return std::make_shared<MemoryTarget>(p.length);
+  return std::shared_ptr<Target>(TRY(make(p.length)));
 }
 
-MemoryTarget::MemoryTarget(uint64_t size) : size_(size), pages_((size + kPage - 1) / kPage) {}
+Result<std::shared_ptr<MemoryTarget>> MemoryTarget::make(uint64_t size) {
+  if (size > kMaxSize)
+    return fail(EINVAL, fmt::format("{} bytes is more than the largest memory device ({} bytes, {} TiB)", size,
+                                    kMaxSize, kMaxSize >> 40));
+  auto t = std::make_shared<MemoryTarget>(size);
+  if (!t->top_) return fail(ENOMEM, fmt::format("{} bytes: no memory for its page table", size));
+  return t;
+}
+
+MemoryTarget::MemoryTarget(uint64_t size)
+    : size_(size),
+      nleaves_(std::max<uint64_t>(((size + kPage - 1) / kPage + kLeafPages - 1) / kLeafPages, 1)),
+      top_(static_cast<std::atomic<Slot*>*>(std::calloc(nleaves_, sizeof(std::atomic<Slot*>)))) {
+  CHECK(size <= kMaxSize);
+}
 
 MemoryTarget::~MemoryTarget() {
-  for (auto& p : pages_) delete[] p.load();
+  for (uint64_t l = 0; top_ && l < nleaves_; ++l) {
+    Slot* leaf = top_[l].load();
+    if (!leaf) continue;
+    for (uint64_t i = 0; i < kLeafPages; ++i) delete[] leaf[i].load();
+    std::free(leaf);
+  }
+  std::free(top_);
 }
 
 Caps MemoryTarget::caps() const {
@@ -28,10 +53,22 @@ Caps MemoryTarget::caps() const {
 void MemoryTarget::info(InfoSink& out) const { out.add("allocated_bytes", allocated_.load() * kPage); }
 
 std::byte* MemoryTarget::page(uint64_t i, bool allocate) {
-  std::byte* p = pages_[i].load(std::memory_order_acquire);
+  std::atomic<Slot*>& top = top_[i / kLeafPages];
+  Slot* leaf = top.load(std::memory_order_acquire);
+  if (!leaf) {
+    if (!allocate) return nullptr;
+    auto* fresh = static_cast<Slot*>(std::calloc(kLeafPages, sizeof(Slot)));
+    CHECK(fresh != nullptr);  // out of memory is fatal, as for new
+    if (top.compare_exchange_strong(leaf, fresh, std::memory_order_acq_rel))
+      leaf = fresh;
+    else
+      std::free(fresh);
+  }
+  Slot& slot = leaf[i % kLeafPages];
+  std::byte* p = slot.load(std::memory_order_acquire);
   if (p || !allocate) return p;
   auto* fresh = new std::byte[kPage]();
-  if (pages_[i].compare_exchange_strong(p, fresh, std::memory_order_acq_rel)) {
+  if (slot.compare_exchange_strong(p, fresh, std::memory_order_acq_rel)) {
     allocated_.fetch_add(1, std::memory_order_relaxed);
     return fresh;
   }

@@ -1,12 +1,14 @@
 // MemoryTarget: a sparse RAM disk, for unit tests and benchmarks. Pages of
 // 64 KiB are allocated on first write (lock-free, by compare-and-swap) and
 // never freed before the target is; unallocated pages read as zeros and are
-// reported as holes.
+// reported as holes. The page table has two levels, each allocated zeroed by
+// calloc (untouched, it costs address space, not memory): a leaf of 65,536
+// page pointers (4 GiB of device) is made on the first write into its range,
+// so even a 1 PiB device takes no memory until written.
 #pragma once
 
 #include <atomic>
 #include <memory>
-#include <vector>
 
 #include "core/target.h"
 #include "targets/registry.h"
@@ -19,6 +21,9 @@ class MemoryTarget final : public Target {
       "memory\n  A sparse in-memory disk, lost when the server exits.";
   static Result<std::shared_ptr<Target>> create(Params& p, Resolver& r);
 
+  // Fails when the size is over kMaxSize (or the page table cannot be had).
+  static Result<std::shared_ptr<MemoryTarget>> make(uint64_t size);
+  // For tests: a size make() accepts.
   explicit MemoryTarget(uint64_t size);
   ~MemoryTarget() override;
   MemoryTarget(const MemoryTarget&) = delete;
@@ -38,11 +43,18 @@ class MemoryTarget final : public Target {
 
  private:
   static constexpr uint64_t kPage = 64 * 1024;
+  static constexpr uint64_t kLeafPages = 1 << 16;
+  // The largest device: the top level of its page table stays under 32 MiB
+  // of address space.
+  static constexpr uint64_t kMaxSize = (32ull << 20) / sizeof(void*) * kLeafPages * kPage;
+  using Slot = std::atomic<std::byte*>;
   std::byte* page(uint64_t i, bool allocate);
   void zero_range(uint64_t offset, uint64_t length);
 
   uint64_t size_;
-  std::vector<std::atomic<std::byte*>> pages_;
+  uint64_t nleaves_;
+  // top_[i] points to leaf i (kLeafPages slots), or is null.
+  std::atomic<Slot*>* top_;
   std::atomic<uint64_t> allocated_{0};
 };
 

@@ -100,8 +100,12 @@ Result<std::vector<DeviceSpec>> parse_config(std::string_view text, std::string_
     auto num = parse_u64(words[1]);
     if (!num) return bad(lineno, fmt::format("field 2 (num_sectors): {}", num.error().message));
     if (*num == 0) return bad(lineno, "field 2 (num_sectors): a segment must hold at least one sector");
-    if (*start > UINT64_MAX / kSectorSize || *num > UINT64_MAX / kSectorSize - *start)
-      return bad(lineno, "field 2 (num_sectors): segment end is too large");
+    // Devices end below 2^63 bytes: NBD clients (qemu, libnbd) take no more.
+    constexpr uint64_t kMaxSectors = INT64_MAX / kSectorSize;
+    if (*start > kMaxSectors || *num > kMaxSectors - *start)
+      return bad(lineno, fmt::format("field 2 (num_sectors): segment end is too large (a device ends by sector {}, "
+                                     "2^63 bytes)",
+                                     kMaxSectors));
     if (*start != next_sector) {
       if (*start < next_sector)
         return bad(lineno, fmt::format("field 1 (start_sector): segment at sector {} overlaps the previous one, "

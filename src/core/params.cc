@@ -4,15 +4,17 @@
 
 #include <fmt/core.h>
 
+#include "core/log.h"
+
 namespace strata {
 
 Result<uint64_t> parse_u64(std::string_view s) {
   uint64_t v = 0;
   if (s.empty()) return fail(EINVAL, "empty number");
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v, 10);
-  if (ec == std::errc::result_out_of_range) return fail(ERANGE, fmt::format("'{}' is too large", s));
+  if (ec == std::errc::result_out_of_range) return fail(ERANGE, fmt::format("'{}' is too large", log_escape(s)));
   if (ec != std::errc() || p != s.data() + s.size())
-    return fail(EINVAL, fmt::format("'{}' is not a non-negative integer", s));
+    return fail(EINVAL, fmt::format("'{}' is not a non-negative integer", log_escape(s)));
   return v;
 }
 
@@ -29,22 +31,28 @@ Result<uint64_t> parse_size(std::string_view s) {
   }
   std::string_view digits = mult == 1 ? s : s.substr(0, s.size() - 1);
   auto v = parse_u64(digits);
-  if (!v) return fail(EINVAL, fmt::format("'{}' is not a size", s));
-  if (*v > UINT64_MAX / mult) return fail(ERANGE, fmt::format("'{}' is too large", s));
+  if (!v) return fail(EINVAL, fmt::format("'{}' is not a size", log_escape(s)));
+  if (*v > UINT64_MAX / mult) return fail(ERANGE, fmt::format("'{}' is too large", log_escape(s)));
   return *v * mult;
 }
 
 Result<bool> parse_bool(std::string_view s) {
   if (s == "on" || s == "yes" || s == "true" || s == "1") return true;
   if (s == "off" || s == "no" || s == "false" || s == "0") return false;
-  return fail(EINVAL, fmt::format("'{}' is not on or off", s));
+  return fail(EINVAL, fmt::format("'{}' is not on or off", log_escape(s)));
 }
 
 Params::Params(const std::vector<std::string>& words) {
-  for (const auto& w : words) {
+  for (std::size_t i = 0; i < words.size(); ++i) {
+    const auto& w = words[i];
+    // A NUL would cut a path short where it reaches the system.
+    if (w.find('\0') != std::string::npos && !problem_)
+      problem_ = Error{EINVAL, fmt::format("argument {} '{}' contains a NUL byte", i + 1, log_escape(w))};
     auto eq = w.find('=');
     if (eq != std::string::npos && eq > 0) {
-      options_[w.substr(0, eq)] = w.substr(eq + 1);
+      auto [it, fresh] = options_.emplace(w.substr(0, eq), w.substr(eq + 1));
+      if (!fresh && !problem_)
+        problem_ = Error{EINVAL, fmt::format("option '{}' is given twice", log_escape(it->first))};
     } else {
       positional_.push_back(w);
     }
@@ -53,6 +61,7 @@ Params::Params(const std::vector<std::string>& words) {
 }
 
 Result<std::string> Params::arg(std::size_t i, std::string_view name) {
+  if (problem_) return fail(*problem_);
   if (i >= positional_.size())
     return fail(EINVAL, fmt::format("argument {} ({}) is missing", i + 1, name));
   taken_[i] = true;
@@ -102,14 +111,15 @@ bool Params::flag(std::string_view name) {
 }
 
 Result<> Params::finish(std::size_t max_positional) {
+  if (problem_) return fail(*problem_);
   for (std::size_t i = 0; i < positional_.size(); ++i) {
     if (taken_[i]) continue;
     if (i < max_positional)
-      return fail(EINVAL, fmt::format("argument {} '{}' was not used", i + 1, positional_[i]));
-    return fail(EINVAL, fmt::format("argument {}: unexpected '{}'", i + 1, positional_[i]));
+      return fail(EINVAL, fmt::format("argument {} '{}' was not used", i + 1, log_escape(positional_[i])));
+    return fail(EINVAL, fmt::format("argument {}: unexpected '{}'", i + 1, log_escape(positional_[i])));
   }
   if (!options_.empty()) {
-    return fail(EINVAL, fmt::format("unknown option '{}'", options_.begin()->first));
+    return fail(EINVAL, fmt::format("unknown option '{}'", log_escape(options_.begin()->first)));
   }
   return {};
 }

@@ -51,6 +51,9 @@ class Params {
   std::vector<std::string> positional_;
   std::vector<bool> taken_;
   std::map<std::string, std::string, std::less<>> options_;
+  // The first fault in the words (a NUL byte, an option given twice):
+  // arg() and finish() report it.
+  std::optional<Error> problem_;
 };
 
 }  // namespace strata

@@ -62,3 +62,36 @@ TEST(ParseSize, Suffixes) {
 
 }  // namespace
 }  // namespace strata
+
+namespace strata {
+namespace {
+
+TEST(ParamsHostile, OptionGivenTwiceIsRefused) {
+  Params p({"disk.img", "0", "direct=on", "direct=off"});
+  auto f = p.finish(2);
+  ASSERT_FALSE(f);
+  EXPECT_EQ(f.error().message, "option 'direct' is given twice");
+  Params q({"disk.img", "direct=on", "ro=on"});
+  EXPECT_TRUE(q.arg(0, "path"));
+}
+
+TEST(ParamsHostile, NulInAnArgumentIsRefusedBeforeUse) {
+  Params p({std::string("disk.img\0.evil", 14), "0"});
+  auto a = p.arg(0, "path");
+  ASSERT_FALSE(a) << "a path with a NUL was handed out: " << *a;
+  EXPECT_EQ(a.error().message, "argument 1 'disk.img\\x00.evil' contains a NUL byte");
+  EXPECT_FALSE(p.finish(2));
+}
+
+TEST(ParamsHostile, ControlBytesAreEscapedInMessages) {
+  Params p({"\x1b[31mred=1"});
+  auto f = p.finish(0);
+  ASSERT_FALSE(f);
+  EXPECT_EQ(f.error().message, "unknown option '\\x1b[31mred'");
+  auto b = parse_bool("on\nstrata: error: forged");
+  ASSERT_FALSE(b);
+  EXPECT_EQ(b.error().message.find('\n'), std::string::npos) << b.error().message;
+}
+
+}  // namespace
+}  // namespace strata

@@ -57,6 +57,8 @@ Result<std::vector<DeviceSpec>> parse_config(std::string_view text, std::string_
     std::string_view raw = text.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos);
     pos = nl == std::string_view::npos ? text.size() + 1 : nl + 1;
     ++lineno;
+    // A NUL would cut a path short where it reaches the system.
+    if (raw.find('\0') != std::string_view::npos) return bad(lineno, "the line contains a NUL byte");
     auto hash = raw.find('#');
     std::string_view line = trim(hash == std::string_view::npos ? raw : raw.substr(0, hash));
     if (line.empty()) continue;
@@ -66,7 +68,7 @@ Result<std::vector<DeviceSpec>> parse_config(std::string_view text, std::string_
       auto words = split_words(line.substr(1, line.size() - 2));
       if (words.empty()) return bad(lineno, "device header has no name");
       if (!valid_name(words[0]))
-        return bad(lineno, fmt::format("device name '{}' may only hold letters, digits, '-', '_' and '.'", words[0]));
+        return bad(lineno, fmt::format("device name '{}' may only hold letters, digits, '-', '_' and '.'", log_escape(words[0])));
       if (names.count(words[0])) return bad(lineno, fmt::format("device '{}' is defined twice", words[0]));
       DeviceSpec d;
       d.name = words[0];
@@ -75,7 +77,7 @@ Result<std::vector<DeviceSpec>> parse_config(std::string_view text, std::string_
         if (words[i] == "ro")
           d.read_only = true;
         else
-          return bad(lineno, fmt::format("unknown device option '{}' (known: ro)", words[i]));
+          return bad(lineno, fmt::format("unknown device option '{}' (known: ro)", log_escape(words[i])));
       }
       if (!devs.empty() && devs.back().segments.empty())
         return bad(devs.back().line, fmt::format("device '{}' has no segments", devs.back().name));
@@ -117,7 +119,7 @@ Result<std::vector<DeviceSpec>> parse_config(std::string_view text, std::string_
     }
     if (words.size() < 3) return bad(lineno, "field 3 (target): missing");
     if (!find_target_type(words[2]))
-      return bad(lineno, fmt::format("field 3 (target): unknown target '{}' (known: {})", words[2],
+      return bad(lineno, fmt::format("field 3 (target): unknown target '{}' (known: {})", log_escape(words[2]),
                                      target_type_names()));
     seg.start_sector = *start;
     seg.num_sectors = *num;
@@ -137,7 +139,7 @@ Result<std::vector<DeviceSpec>> parse_config(std::string_view text, std::string_
 Result<std::shared_ptr<Target>> DeviceSet::device(std::string_view name) {
   for (auto& d : devices_)
     if (d.name == name) return std::shared_ptr<Target>(d.table);
-  return fail(ENOENT, fmt::format("no device named '{}' is defined before this line", name));
+  return fail(ENOENT, fmt::format("no device named '{}' is defined before this line", log_escape(name)));
 }
 
 Result<std::unique_ptr<DeviceSet>> DeviceSet::build(const std::vector<DeviceSpec>& specs, std::string_view source,

@@ -37,6 +37,13 @@ TEST(TableParser, GoodTableWithCommentsAndDevices) {
   EXPECT_EQ((*r)[1].segments[0].line, 6);
 }
 
+TEST(TableParser, NulAndControlBytesInALine) {
+  expect_error(std::string_view("0 8 file /tmp/a\0b 0\n", 21), "t.conf:1: the line contains a NUL byte");
+  std::string e = error_of("0 8 \x1b]0;pwned\x07 0\n");
+  EXPECT_NE(e.find("unknown target '\\x1b]0;pwned\\x07'"), std::string::npos) << e;
+  EXPECT_EQ(e.find('\x1b'), std::string::npos) << e;
+}
+
 TEST(TableParser, EveryBadLineNamesLineFieldAndReason) {
   expect_error("x 10 zero\n", "t.conf:1: field 1 (start_sector): 'x' is not a non-negative integer");
   expect_error("-1 10 zero\n", "field 1 (start_sector)");

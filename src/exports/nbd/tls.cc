@@ -2,9 +2,15 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 
 #include <fmt/core.h>
+
+#include "core/log.h"
 
 namespace strata::nbd {
 namespace {
@@ -18,6 +24,35 @@ constexpr const char* kPriority = "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2";
 constexpr const char* kPriorityPsk = "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:+ECDHE-PSK:+DHE-PSK:+PSK";
 
 }  // namespace
+
+Result<std::size_t> check_psk_text(std::string_view text, std::string_view name) {
+  std::size_t keys = 0, lineno = 0;
+  while (!text.empty()) {
+    ++lineno;
+    auto nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text = nl == std::string_view::npos ? std::string_view{} : text.substr(nl + 1);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty()) continue;
+    auto bad = [&](std::string_view why) {
+      return fail(EINVAL, fmt::format("--tls-psk {}: line {}: {} (expected username:hexkey, as psktool writes)",
+                                      log_escape(name), lineno, why));
+    };
+    auto colon = line.find(':');
+    if (colon == std::string_view::npos) return bad("no ':' between the username and the key");
+    if (colon == 0) return bad("empty username");
+    std::string_view key = line.substr(colon + 1);
+    if (key.empty()) return bad("empty key");
+    if (!std::all_of(key.begin(), key.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); }))
+      return bad("the key is not hexadecimal");
+    if (key.size() % 2) return bad("the key has an odd number of hex digits");
+    ++keys;
+  }
+  if (keys == 0) return fail(EINVAL, fmt::format("--tls-psk {}: no key in it (expected username:hexkey lines, as "
+                                                 "psktool writes)",
+                                                 log_escape(name)));
+  return keys;
+}
 
 Result<std::shared_ptr<TlsConfig>> TlsConfig::load(TlsMode mode, const std::string& cert_dir,
                                                    const std::string& psk_file, bool verify_peer) {
@@ -52,6 +87,17 @@ Result<std::shared_ptr<TlsConfig>> TlsConfig::load(TlsMode mode, const std::stri
   if (!psk_file.empty()) {
     struct stat st;
     if (::stat(psk_file.c_str(), &st) < 0) return posix_error(fmt::format("--tls-psk {}", psk_file), errno);
+    if (!S_ISREG(st.st_mode)) return fail(EINVAL, fmt::format("--tls-psk {}: not a regular file", psk_file));
+    if (st.st_size > (1 << 20)) return fail(EINVAL, fmt::format("--tls-psk {}: larger than 1 MiB", psk_file));
+    {
+      std::ifstream in(psk_file, std::ios::binary);
+      std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (!in && !in.eof()) return posix_error(fmt::format("--tls-psk {}", psk_file), errno ? errno : EIO);
+      TRY(check_psk_text(text, psk_file));
+    }
+    if (st.st_mode & S_IROTH)
+      LOG_WARN("--tls-psk {}: the key file is readable by every user (mode {:o}): chmod o-r it", psk_file,
+               st.st_mode & 07777);
     int r = gnutls_psk_allocate_server_credentials(&c->psk_);
     if (r < 0) return tls_error("gnutls_psk_allocate_server_credentials", r);
     r = gnutls_psk_set_server_credentials_file(c->psk_, psk_file.c_str());

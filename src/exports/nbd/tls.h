@@ -22,6 +22,12 @@ namespace strata::nbd {
 
 enum class TlsMode { kOff, kOn, kRequire };
 
+// Checks the text of a PSK file (psktool's `username:hexkey` lines): every
+// non-empty line a non-empty username, a colon, and a key of an even number
+// of hex digits, at least one key. Returns the number of keys, or an error
+// naming the line (`name` is the file's name in it).
+Result<std::size_t> check_psk_text(std::string_view text, std::string_view name);
+
 class TlsConfig {
  public:
   // cert_dir holds ca-cert.pem, server-cert.pem, server-key.pem (the layout

@@ -24,6 +24,8 @@ PKGS=(
   pandoc groff-base man-db bsdextrautils
   # make deb and its check
   debhelper dpkg-dev lintian
+  # strata top's test runs it in a terminal
+  tmux
 )
 
 missing=()

@@ -6,6 +6,7 @@
 #include "cli/help.h"
 #include "cli/live.h"
 #include "cli/progress.h"
+#include "cli/top.h"
 #include "cli/serve.h"
 #include "cli/state_dir.h"
 #include "control/client.h"
@@ -306,9 +307,12 @@ int main(int argc, char** argv) {
                 "Start the job, print its id and return (else follow it; Ctrl-C cancels it; see `strata jobs`)");
   strata::cli::LiveCommands live;
   strata::cli::add_live_commands(app, live);
+  strata::cli::TopOptions top;
+  strata::cli::add_top_command(app, top);
 
   if (auto rc = strata::cli::parse_command_line(app, argc, argv)) return *rc;
   if (auto rc = strata::cli::run_live_commands(live)) return *rc;
+  if (top.cmd->parsed()) return strata::cli::run_top(top);
   if (so.state_dir.empty()) {
     if (const char* e = std::getenv("STRATA_STATE_DIR"); e && *e)
       so.state_dir = e;

@@ -8,6 +8,7 @@
 #include <future>
 #include <cstdlib>
 
+#include "control/metrics.h"
 #include "control/sync.h"
 #include "control/params.h"
 #include "core/buffer.h"
@@ -44,6 +45,7 @@ json device_status(const Device& dev) {
   auto table = dev.live->active();
   json j = device_summary(dev, *table);
   j["held_requests"] = dev.live->held_requests();
+  if (dev.track) j["io"] = io_metrics_json(dev.track->metrics());
   json segs = json::array();
   for (const auto& s : table->segments()) {
     json info = json::object();

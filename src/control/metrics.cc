@@ -101,6 +101,20 @@ std::string metric_label(std::string_view v) {
   return out;
 }
 
+nlohmann::json io_metrics_json(const IoMetrics& m) {
+  auto s = m.snapshot();
+  nlohmann::json ops = nlohmann::json::object(), bytes = nlohmann::json::object(), errors = nlohmann::json::object(),
+                 lat = nlohmann::json::object();
+  for (int i = 0; i < kIoOps; ++i) {
+    ops[kIoOpNames[i]] = s.ops[i];
+    bytes[kIoOpNames[i]] = s.bytes[i];
+    errors[kIoOpNames[i]] = s.errors[i];
+  }
+  for (int i = 0; i < kTimedOps; ++i)
+    lat[kIoOpNames[i]] = {{"count", s.latency[i].count}, {"sum_us", s.latency[i].sum_ns / 1000}};
+  return {{"ops", ops}, {"bytes", bytes}, {"errors", errors}, {"in_flight", s.in_flight}, {"latency", lat}};
+}
+
 std::string render_metrics(const Daemon& d) {
   Families f;
   auto up = std::chrono::duration<double>(std::chrono::steady_clock::now() - d.started).count();

@@ -1,4 +1,4 @@
-// CowTarget: a stack of layers over a base device (seed 002, dm-cow): the
+// CowTarget: a stack of layers over a base device (as dm-cow): the
 // base (any strata device, never written), read-only layers, and one
 // writable layer on top. Each layer holds some chunks, recorded in its own
 // persistent bitmap (docs/format.md).

@@ -1,7 +1,7 @@
 // Design notes
 //
 // The file target maps [0, length) of the device to [offset, offset + length)
-// of a file (seed 000). What the table gives is checked once, at load, each
+// of a file. What the table gives is checked once, at load, each
 // failure with its own message: the path exists and is a regular file or block
 // device; the offset is a number within the file; the file holds the whole
 // segment from the offset; it opens for writing unless `ro` or the export is

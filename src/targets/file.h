@@ -1,4 +1,4 @@
-// FileTarget: a linear range of a regular file or block device (seed 000,
+// FileTarget: a linear range of a regular file or block device (as
 // dm-file): device byte p is file byte offset + p. All I/O goes through the
 // queue's io_uring; the fd is shared by every queue, so a flush on one queue
 // covers writes completed on all of them (multi-conn is safe).

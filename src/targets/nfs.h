@@ -1,4 +1,4 @@
-// NfsTarget: a range of a file on an NFS server (seed 001, dm-nfs), NFSv3
+// NfsTarget: a range of a file on an NFS server (as dm-nfs), NFSv3
 // (or NFSv4.0: PUTFH + READ/WRITE/COMMIT with the anonymous stateid) through
 // libnfs's raw RPC calls, no mount and no client-side cache.
 //

@@ -1,5 +1,5 @@
-// TrackTarget: write tracking over any device (seed 004, loop write tracking,
-// done better). It wraps a device and keeps named dirty maps, each a bitmap
+// TrackTarget: write tracking over any device (loop write
+// tracking, done better). It wraps a device and keeps named dirty maps, each a bitmap
 // of the blocks (of its own granularity) written, trimmed or zeroed since the
 // map's last checkpoint.
 //

@@ -1,5 +1,5 @@
 #!/bin/bash
-# FUSE export + dirty map (seed 004): pages 0, 1 and 3 written through a MAP_SHARED mmap of /dev/loopN (direct I/O over the FUSE file) and msync(MS_SYNC)'ed are exactly what `dirty list` shows ("0 8192", "12288 4096"), with the bytes in the image and page 2 untouched.
+# FUSE export + dirty map: pages 0, 1 and 3 written through a MAP_SHARED mmap of /dev/loopN (direct I/O over the FUSE file) and msync(MS_SYNC)'ed are exactly what `dirty list` shows ("0 8192", "12288 4096"), with the bytes in the image and page 2 untouched.
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/fuse-lib.sh"
 requires losetup jq cmp

@@ -3,7 +3,7 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build run test unit asan bench soak deb clean
+.PHONY: all deps build run test unit asan bench soak deb clean fuzz fuzz-soak
 
 all: build
 
@@ -37,6 +37,14 @@ MINUTES ?= 10
 soak: build
 	bash scripts/soak.sh $(MINUTES)
 
+# libFuzzer harnesses (src/**/*_fuzz.cc) into build-fuzz/fuzz/ (clang, ASan + UBSan);
+# `make fuzz-soak MINUTES=N` runs each N minutes (new inputs: build-fuzz/corpus/).
+fuzz: deps
+	bash scripts/fuzz.sh build
+
+fuzz-soak: deps
+	bash scripts/fuzz.sh soak $(MINUTES)
+
 bench: build
 	bash bench/run.sh
 
@@ -45,4 +53,4 @@ deb: deps
 	bash scripts/make-deb.sh
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-fuzz

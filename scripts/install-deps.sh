@@ -10,6 +10,8 @@ PKGS=(
   liburing-dev libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgnutls28-dev
   # the lock contracts, checked by clang's -Wthread-safety (scripts/check-thread-safety.sh)
   clang-14
+  # libFuzzer and the sanitizer runtimes for clang (make fuzz, the fuzz-* tests)
+  libclang-rt-14-dev
   # test clients and peers
   fuse3 e2fsprogs xfsprogs libnbd-bin libnbd-dev python3-libnbd nbdkit qemu-utils fio jq xxd util-linux procps gnutls-bin
   # nfs target: libnfs, and an NFSv3 server for its tests (test-nfs-*.sh)

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# libFuzzer harnesses (src/**/*_fuzz.cc): build, check, soak.
+#
+#   scripts/fuzz.sh build                 build-fuzz/fuzz/<harness> (clang-14, ASan + UBSan)
+#   scripts/fuzz.sh check NAME [SECONDS]  run one harness SECONDS (default $FUZZ_SECONDS or 30) on its
+#                                         seed corpus (tests/fuzz/corpus/NAME); any finding fails, its input
+#                                         is kept in build-fuzz/artifacts/ and printed in base64
+#   scripts/fuzz.sh all [SECONDS]         check every harness
+#   scripts/fuzz.sh soak MINUTES          every harness MINUTES minutes, new inputs kept in build-fuzz/corpus/
+set -euo pipefail
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${FUZZ_BUILD:-$SRC/build-fuzz}
+CXX=${CLANGXX:-clang++-14}
+CC=${CLANGCC:-clang-14}
+
+build() {
+  command -v "$CXX" >/dev/null || { echo "fuzz: $CXX not found (scripts/install-deps.sh)" >&2; exit 1; }
+  mkdir -p "$BUILD"
+  # One build at a time (ctest may start several checks).
+  exec 9>"$BUILD/.lock"
+  flock 9
+  if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+    CC=$CC CXX=$CXX cmake -S "$SRC" -B "$BUILD" -DSTRATA_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  fi
+  cmake --build "$BUILD" --target fuzzers -j "${JOBS:-$(nproc)}" >"$BUILD/build.log" 2>&1 ||
+    { tail -40 "$BUILD/build.log" >&2; echo "fuzz: build failed ($BUILD/build.log)" >&2; exit 1; }
+  flock -u 9
+}
+
+harnesses() { find "$SRC/src" -name '*_fuzz.cc' -printf '%f\n' | sed 's/\.cc$//' | sort; }
+
+run() { # NAME SECONDS CORPUS_DIR
+  local name=$1 secs=$2 corpus=$3 bin=$BUILD/fuzz/$1 seeds=$SRC/tests/fuzz/corpus/$1
+  [ -x "$bin" ] || { echo "fuzz: no harness $name ($bin)" >&2; exit 1; }
+  mkdir -p "$corpus" "$BUILD/artifacts" "$seeds"
+  local log=$BUILD/artifacts/$name.log rc=0
+  ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
+    "$bin" -max_total_time="$secs" -timeout=25 -rss_limit_mb=2560 -max_len=65536 -print_final_stats=1 \
+    -artifact_prefix="$BUILD/artifacts/$name-" "$corpus" "$seeds" >"$log" 2>&1 || rc=$?
+  grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb|cov: " "$log" | tail -3
+  if [ $rc -ne 0 ]; then
+    tail -60 "$log" >&2
+    local a
+    for a in $(grep -oE "Test unit written to [^ ]+" "$log" | awk '{print $5}'); do
+      echo "fuzz: $name: finding kept in $a (base64: $(base64 -w0 "$a" | head -c 2000))" >&2
+    done
+    echo "fuzz: $name: FAILED (exit $rc): add the input to $seeds once fixed" >&2
+    exit 1
+  fi
+  echo "fuzz: $name: ${secs} s, no finding"
+}
+
+cmd=${1:-}
+case $cmd in
+  build) build ;;
+  check)
+    name=${2:?harness name}
+    secs=${3:-${FUZZ_SECONDS:-30}}
+    build
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    run "$name" "$secs" "$tmp"
+    ;;
+  all)
+    secs=${2:-${FUZZ_SECONDS:-30}}
+    build
+    for h in $(harnesses); do
+      tmp=$(mktemp -d)
+      run "$h" "$secs" "$tmp"
+      rm -rf "$tmp"
+    done
+    ;;
+  soak)
+    mins=${2:?minutes}
+    build
+    for h in $(harnesses); do run "$h" $((mins * 60)) "$BUILD/corpus/$h"; done
+    ;;
+  *)
+    sed -n '2,9p' "$0" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,98 @@
+// libFuzzer: the NBD server as a client sees it, from the first byte on: the
+// handshake (option haggling, STARTTLS into a TLS handshake with a PSK
+// configuration, INFO/GO, meta contexts) and the transmission request parser
+// (requests, payloads, disconnects). One server runs for the whole process,
+// on one queue thread, with a read-write and a read-only export; each input
+// is what one client sends on one connection. The harness reads and drops
+// what the server sends, then closes its side and waits for the server to
+// close: a server that never does is a finding (the per-input timeout).
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "core/queue.h"
+#include "exports/nbd/server.h"
+#include "targets/memory.h"
+
+namespace {
+
+struct Fixture {
+  std::unique_ptr<strata::Queue> q;
+  std::unique_ptr<strata::nbd::Server> server;
+  std::string sock;
+
+  Fixture() {
+    std::string dir = "/tmp/strata-fuzz-" + std::to_string(::getpid());
+    ::mkdir(dir.c_str(), 0700);
+    sock = dir + "/nbd.sock";
+    std::string psk = dir + "/keys.psk";
+    std::ofstream(psk) << "alice:0123456789abcdef0123456789abcdef\n";
+    q = std::make_unique<strata::Queue>(0);
+    if (!q->start()) __builtin_trap();
+    strata::nbd::ServerOptions o;
+    o.max_connections = 4;
+    o.max_handshakes = 4;
+    o.max_memory = strata::nbd::MemoryBudget::minimum(4);
+    o.handshake_timeout = std::chrono::milliseconds(2000);
+    auto tls = strata::nbd::TlsConfig::load(strata::nbd::TlsMode::kOn, "", psk, false);
+    if (!tls) __builtin_trap();
+    o.tls = *tls;
+    server = std::make_unique<strata::nbd::Server>(std::vector<strata::Queue*>{q.get()}, o);
+    auto mem = std::make_shared<strata::MemoryTarget>(1 << 20);
+    server->add_export({"", "a memory disk", mem, false});
+    server->add_export({"ro", "", mem, true});
+    if (!server->listen_unix(sock)) __builtin_trap();
+    server->start();
+  }
+};
+
+Fixture& fixture() {
+  static Fixture* f = new Fixture();  // never destroyed: the queue thread runs until exit
+  return *f;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  Fixture& f = fixture();
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, f.sock.c_str(), sizeof a.sun_path - 1);
+  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) __builtin_trap();
+  ::fcntl(fd, F_SETFL, O_NONBLOCK);
+  size_t sent = 0;
+  bool shut = false;
+  static char sink[1 << 16];
+  for (;;) {
+    if (sent == size && !shut) {
+      ::shutdown(fd, SHUT_WR);
+      shut = true;
+    }
+    pollfd p{fd, static_cast<short>(POLLIN | (shut ? 0 : POLLOUT)), 0};
+    if (::poll(&p, 1, 10000) <= 0) __builtin_trap();  // the server neither reads nor closes
+    if (p.revents & POLLIN) {
+      ssize_t n = ::recv(fd, sink, sizeof sink, 0);
+      if (n == 0 || (n < 0 && errno != EAGAIN)) break;  // the server closed
+    }
+    if (!shut && (p.revents & POLLOUT)) {
+      ssize_t n = ::send(fd, data + sent, size - sent, MSG_NOSIGNAL);
+      if (n > 0) sent += static_cast<size_t>(n);
+      if (n < 0 && errno != EAGAIN) {
+        sent = size;  // the server closed its read side: stop sending
+      }
+    }
+    if ((p.revents & (POLLHUP | POLLERR)) && !(p.revents & POLLIN)) break;
+  }
+  ::close(fd);
+  return 0;
+}

@@ -2,7 +2,7 @@
 # control socket: created mode 0600 whatever the umask, owned by the server's user, removed on SIGTERM; a second server on the same control socket is refused while the first runs.
 . "$(dirname "$0")/functions.sh"
 
-truncate -s 1M "$WORK/x.img"
+truncate -s 1M "$WORK/x.img" "$WORK/y.img"
 umask 0000   # the server must not rely on the caller's umask
 start_strata --file "$WORK/x.img"
 umask 0022
@@ -10,9 +10,11 @@ umask 0022
 [ "$(stat -c %a "$CTL")" = 600 ] || die "control socket mode is $(stat -c %a "$CTL"), want 600"
 [ "$(stat -c %u "$CTL")" = "$(id -u)" ] || die "control socket owner is $(stat -c %u "$CTL")"
 
-# A second server may not steal the live control socket.
+# A second server may not steal the live control socket (another image and
+# state dir, so that their locks are not what refuses it).
 rc=0
-out=$(timeout 10 "$STRATA" serve --file "$WORK/x.img" --unix "$WORK/other.sock" --control "$CTL" 2>&1) || rc=$?
+out=$(timeout 10 "$STRATA" serve --file "$WORK/y.img" --unix "$WORK/other.sock" --control "$CTL" \
+  --state-dir "$WORK/state2" 2>&1) || rc=$?
 [ $rc -ne 0 ] && [ $rc -ne 124 ] || die "second server on the same control socket: rc $rc"
 grep -q "another server is running" <<<"$out" || die "second server: unclear error: $out"
 ctl list >/dev/null || die "the first server lost its control socket"

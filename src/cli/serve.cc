@@ -166,10 +166,6 @@ int serve(const ServeOptions& o) {
         }
       }
     }
-    if (auto r = lock_state_dir(o.state_dir); !r) {
-      LOG_ERROR("{}", r.error().message);
-      return 1;
-    }
   }
 
   nbd::ServerOptions so;

@@ -300,6 +300,7 @@ Result<std::shared_ptr<TrackTarget>> TrackTarget::create(std::shared_ptr<Target>
   }
   ::closedir(d);
   std::sort(names.begin(), names.end());
+  if (!names.empty()) TRY(t->lock_dir());
   for (const auto& n : names) {
     std::string path = t->dir_ + "/" + n;
     bool consistent = false;
@@ -345,6 +346,28 @@ Result<std::shared_ptr<TrackTarget>> TrackTarget::create(std::shared_ptr<Target>
 }
 
 TrackTarget::~TrackTarget() = default;
+
+Result<> TrackTarget::lock_dir() {
+  // This device's maps are this server's alone: an OFD lock on DIR/.lock
+  // (shared within the process, so a device re-created in place is not
+  // refused), taken before a map is opened or made. A device with no map
+  // takes none: servers may share a state dir while their maps differ.
+  std::lock_guard<std::mutex> serial(dir_lock_mu_);
+  if (dir_lock_) return {};
+  std::string lock = dir_ + "/.lock";
+  int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return posix_error(fmt::format("state dir {}", lock), errno);
+  auto l = FileLock::acquire(fd, lock, /*write=*/true);
+  std::string who = l ? "" : FileLock::holder(fd);
+  ::close(fd);
+  if (!l && l.error().code == EBUSY)
+    return fail(EBUSY, fmt::format("dirty maps of device '{}' ({}): in use by another server{}: give each server "
+                                   "its own --state-dir",
+                                   device_, dir_, who.empty() ? "" : " (" + who + ")"));
+  if (!l) return fail(l.error());
+  dir_lock_ = std::move(*l);
+  return {};
+}
 
 Result<> TrackTarget::attach_queue(Queue& q) {
   TRY(lower_->attach_queue(q));
@@ -544,6 +567,7 @@ Result<> TrackTarget::start_map(const std::string& name, uint64_t granularity) {
   }
   if (!dir_.empty()) {
     if (::mkdir(dir_.c_str(), 0700) < 0 && errno != EEXIST) return posix_error(fmt::format("state dir {}", dir_), errno);
+    TRY(lock_dir());
     auto f = MapFile::create(dir_ + "/" + name + ".dmap", name, granularity, size());
     if (!f) return fail(f.error());
     m->file = std::move(*f);

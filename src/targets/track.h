@@ -37,6 +37,7 @@
 #include "core/metrics.h"
 #include "core/queue.h"
 #include "core/target.h"
+#include "targets/file_lock.h"
 #include "targets/cbw.h"
 
 namespace strata {
@@ -229,6 +230,10 @@ class TrackTarget final : public ForwardingTarget {
   Result<> end_sync(const std::string& name, bool replica_has_all);
 
   std::string device_, dir_;
+  // On dir_/.lock from the first map on, while this target lives.
+  Result<> lock_dir();
+  std::mutex dir_lock_mu_;
+  std::shared_ptr<FileLock> dir_lock_;  // guarded by dir_lock_mu_
   mutable std::mutex mu_;                   // guards maps_ and queues_
   std::mutex publish_mu_;                   // one publish() at a time
   MapList maps_;

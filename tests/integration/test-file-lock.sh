@@ -1,5 +1,5 @@
 #!/bin/bash
-# Checks that what one server serves is locked: a second strata on the same image is refused (read-write or read-only) with the file and the holder's pid named, serving nothing; qemu-io is refused too (the same OFD locks); lock=off opts out; read-only servers share an image; a state dir is locked (a second server on it is refused, naming the holder), and the default state dirs of two servers on different control sockets differ.
+# Checks that what one server serves is locked: a second strata on the same image is refused (read-write or read-only) with the file and the holder's pid named, serving nothing; qemu-io is refused too (the same OFD locks); lock=off opts out; read-only servers share an image; a device's dirty maps in a state dir are locked (a second server with a device of the same name and maps there is refused, naming the holder), and the default state dirs of two servers on different control sockets differ.
 source "$(dirname "$0")/functions.sh"
 requires qemu-io
 
@@ -49,10 +49,14 @@ grep -qi "lock" <<<"$out" || die "qemu-io failed for another reason: $out"
 echo "0 32768 file $IMG 0 lock=off" >"$WORK/nolock.table"
 start_other --table "$WORK/nolock.table" --state-dir "$WORK/st2"
 stop_other
-# The same state dir: refused, naming the holder.
+# The same state dir: a device of the same name is refused (its dirty maps are
+# the first server's), naming the holder; another device name is not.
 truncate -s 1M "$WORK/other.img"
-second_fails "state dir" "state dir $WORK/st1 is in use by another server (pid $STRATA_PID (strata)): give each server its own --state-dir" \
+"$STRATA" dirty start '' m --control "$CTL" >/dev/null
+second_fails "state dir" "dirty maps of device '' ($WORK/st1/_default): in use by another server (pid $STRATA_PID (strata)): give each server its own --state-dir" \
   --file "$WORK/other.img" --state-dir "$WORK/st1"
+start_other --file "$WORK/other.img" --export other --state-dir "$WORK/st1"
+stop_other
 stop_strata
 
 # Read-only servers share the image; a writer is then refused.
@@ -77,7 +81,9 @@ trap 'cleanup_other; rm -rf "$dir1" "$dir2"; cleanup' EXIT
 start_strata --file "$IMG"
 truncate -s 1M "$WORK/other.img"
 start_other --file "$WORK/other.img"
-[ -f "$dir1/.lock" ] && [ -f "$dir2/.lock" ] || die "default state dirs: $(ls -la /var/lib/strata)"
+"$STRATA" dirty start '' m --control "$CTL" >/dev/null
+"$STRATA" dirty start '' m --control "$WORK/c2.sock" >/dev/null
+[ -f "$dir1/_default/m.dmap" ] && [ -f "$dir2/_default/m.dmap" ] || die "default state dirs: $(ls -la /var/lib/strata)"
 stop_other
 stop_strata
 echo "PASS: $(basename "$0")"

@@ -58,8 +58,11 @@ expect_bytes "$IMG" 131072 8192 0xa5
 expect_bytes "$MNT/disk" 131072 8192 0xa5
 
 # A second server on the live mount is refused and exits non-zero; the first keeps serving.
+# (lock=off: the image itself would be refused first, the first server holds its lock.)
 rc=0
-timeout 20 "$STRATA" serve --file "$IMG" --export disk --unix "$WORK/second.sock" --control "$WORK/second.ctl" \
+echo "[disk]
+0 $(($(stat -c %s "$IMG") / 512)) file $IMG 0 lock=off" >"$WORK/second.table"
+timeout 20 "$STRATA" serve --table "$WORK/second.table" --unix "$WORK/second.sock" --control "$WORK/second.ctl" \
   --fuse "$MNT" >"$WORK/second.log" 2>&1 || rc=$?
 [ $rc -ne 0 ] && [ $rc -ne 124 ] || die "a second server on the live mount exited $rc: $(cat "$WORK/second.log")"
 grep -q "a live FUSE file system is mounted there" "$WORK/second.log" ||

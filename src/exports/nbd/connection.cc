@@ -833,7 +833,7 @@ Detached Connection::serve(Request r, Buffer payload) {
   }
   --in_flight_;
   if (!res) {
-    drop(reply);
+    drop(reply, /*queued=*/false);
     bool expected = r.type == kCmdWriteZeroes && f.fast_zero && res.error().code == ENOTSUP;
     if (!expected) LOG_WARN("conn {}: cmd {} {}+{}: {}", id_, r.type, r.offset, r.length, res.error().message);
     reply_error(r, errno_to_nbd(res.error().code), res.error().message);
@@ -919,7 +919,7 @@ Connection::Reply Connection::error_reply(const Request& r, uint32_t err, std::s
 
 void Connection::queue_reply(Reply r) {
   if (dead_) {
-    drop(r);
+    drop(r, /*queued=*/false);
     return;
   }
   queued_bytes_ += r.data_len;
@@ -1137,8 +1137,8 @@ void Connection::give(uint64_t n) {
   server_.budget().give(n);
 }
 
-void Connection::drop(Reply& r) {
-  queued_bytes_ -= r.data_len;
+void Connection::drop(Reply& r, bool queued) {
+  if (queued) queued_bytes_ -= r.data_len;
   r.data_len = 0;
   r.data = Buffer();
   if (r.pooled) give(std::exchange(r.pooled, 0));

@@ -113,8 +113,9 @@ class Connection {
   Task<void> drain_send_queue();
   void reply_error(const Request& r, uint32_t nbd_err, std::string_view msg);
   Reply error_reply(const Request& r, uint32_t nbd_err, std::string_view msg) const;
-  // Drops a queued reply, giving back its budget.
-  void drop(Reply& r);
+  // Drops a reply, giving back its budget; `queued`: it is in out_ (its
+  // payload counted in queued_bytes_).
+  void drop(Reply& r, bool queued = true);
   void reply_ok(const Request& r);
   void reply_block_status(const Request& r, uint32_t context_id, const Extents& e, bool done);
 

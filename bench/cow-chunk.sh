@@ -47,7 +47,7 @@ start() {  # CHUNK: a new empty top, then the server
   "$STRATA" layer create "$D/top.layer" --size "$BYTES" --chunk-size "$1" >/dev/null
   sync
   cat "$D/base.raw" >/dev/null
-  "$STRATA" serve --unix "$SOCK" --table "$D/t.conf" >"$D/server.log" 2>&1 &
+  "$STRATA" serve --state-dir "$D/state" --unix "$SOCK" --table "$D/t.conf" >"$D/server.log" 2>&1 &
   SRV=$!
   for _ in $(seq 200); do [ -S "$SOCK" ] && return; sleep 0.05; done
   echo "server did not start: $(cat "$D/server.log")" >&2

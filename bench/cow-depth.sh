@@ -49,7 +49,7 @@ serve() { # LAYER: serve `cow LAYER base=base` as device d
 0 $((BYTES / 512)) cow $1 base=base
 CONF
   rm -f "$SOCK"
-  "$STRATA" serve --unix "$SOCK" --control "$D/ctl" --table "$D/t.conf" >>"$D/server.log" 2>&1 &
+  "$STRATA" serve --state-dir "$D/state" --unix "$SOCK" --control "$D/ctl" --table "$D/t.conf" >>"$D/server.log" 2>&1 &
   SRV=$!
   for _ in $(seq 400); do
     [ -S "$SOCK" ] && $PYTHON -c "import nbd; h = nbd.NBD(); h.connect_uri('$URI')" 2>/dev/null && return 0

@@ -61,8 +61,8 @@ wait_sock() {
 start() { # NAME: start the server NAME on $SOCK
   rm -f "$SOCK"
   case $1 in   # exec: $! is the server itself
-    strata-file) exec "$STRATA" serve --unix "$SOCK" --control "$D/ctl" --file "$D/file.raw" --export d ;;
-    strata-cow|strata-l1|strata-l2) exec "$STRATA" serve --unix "$SOCK" --control "$D/ctl" --allow-path "$D" --table "$D/$1.conf" ;;
+    strata-file) exec "$STRATA" serve --state-dir "$D/state" --unix "$SOCK" --control "$D/ctl" --file "$D/file.raw" --export d ;;
+    strata-cow|strata-l1|strata-l2) exec "$STRATA" serve --state-dir "$D/state" --unix "$SOCK" --control "$D/ctl" --allow-path "$D" --table "$D/$1.conf" ;;
     qemu-nbd) exec qemu-nbd -k "$SOCK" -x d --persistent --shared=8 -f qcow2 --cache=writeback "$D/top.qcow2" ;;
     qemu-l1) exec qemu-nbd -k "$SOCK" -x d --persistent -f qcow2 "$D/l1.qcow2" ;;
     qemu-l2) exec qemu-nbd -k "$SOCK" -x d --persistent -f qcow2 "$D/l2.qcow2" ;;

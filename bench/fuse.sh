@@ -68,7 +68,7 @@ detach() {
 }
 start_strata() {
   # shellcheck disable=SC2086 # EXTRA is split on purpose
-  "$STRATA" serve --unix "$D/sock" --control "$D/ctl.sock" --file "$D/strata.raw" --export disk --fuse "$D/mnt" \
+  "$STRATA" serve --state-dir "$D/state" --unix "$D/sock" --control "$D/ctl.sock" --file "$D/strata.raw" --export disk --fuse "$D/mnt" \
     $EXTRA "$@" >"$D/strata.log" 2>&1 &
   SRV=$!
   for _ in $(seq 200); do [ -e "$D/mnt/disk" ] && return; sleep 0.05; done

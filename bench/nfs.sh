@@ -32,7 +32,7 @@ mkdir -p "$OUT"
 JOBS=randread-4k-qd32,randwrite-4k-qd32,seqread-1m-qd8,seqwrite-1m-qd8,randwrite-4k-qd32-flush32-exact
 export STRATA
 bash "$NFS_PEERS_SH" --jobs "$JOBS" --runtime "$RUNTIME" --out "$OUT/raw" \
-  --extra 'strata-nfs=echo "0 $((SIZE / 512)) nfs $NFS_URL 0" >"$SCRATCH/t.conf" && exec "$STRATA" serve --table "$SCRATCH/t.conf" --unix "$SOCK" --control "$SCRATCH/control.sock"' \
+  --extra 'strata-nfs=echo "0 $((SIZE / 512)) nfs $NFS_URL 0" >"$SCRATCH/t.conf" && exec "$STRATA" serve --state-dir "$SCRATCH/state" --table "$SCRATCH/t.conf" --unix "$SOCK" --control "$SCRATCH/control.sock"' \
   >"$OUT/table.md" 2>"$OUT/peers.log"
 python3 "$HERE/summarize.py" --runtime "$RUNTIME" --reference qemu-nbd-nfs "$OUT/table.md" >"$OUT/summary.md"
 cat "$OUT/table.md"

@@ -32,7 +32,7 @@ JOBS=randread-4k-qd32,randwrite-4k-qd32,seqread-1m-qd8,seqwrite-1m-qd8,randwrite
 # Exported for the --extra command, which peers.sh runs with bash -c.
 export STRATA
 bash "$PEERS_SH" --only "$ONLY" --jobs "$JOBS" --runtime "$RUNTIME" --noise-runs 1 --out "$OUT/raw" \
-  --extra 'strata=exec "$STRATA" serve --file "$FILE" --unix "$SOCK" --control "$SCRATCH/control.sock"' \
+  --extra 'strata=exec "$STRATA" serve --state-dir "$SCRATCH/state" --file "$FILE" --unix "$SOCK" --control "$SCRATCH/control.sock"' \
   >"$OUT/table.md" 2>"$OUT/peers.log"
 python3 "$HERE/summarize.py" --runtime "$RUNTIME" "$OUT/table.md" >"$OUT/summary.md"
 cat "$OUT/summary.md"

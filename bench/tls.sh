@@ -40,7 +40,7 @@ for server in nbdkit strata; do
   case $server in
     nbdkit) nbdkit --foreground --tls=require --tls-psk="$D/keys.psk" --unix "$D/sock" file file="$D/disk.raw" \
               2>"$D/nbdkit.log" & ;;
-    strata) "$STRATA" serve --tls=require --tls-psk "$D/keys.psk" --unix "$D/sock" --control "$D/ctl.sock" \
+    strata) "$STRATA" serve --state-dir "$D/state" --tls=require --tls-psk "$D/keys.psk" --unix "$D/sock" --control "$D/ctl.sock" \
               --file "$D/disk.raw" >"$D/strata.log" 2>&1 & ;;
   esac
   SRV=$!

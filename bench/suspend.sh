@@ -7,14 +7,17 @@
 # strata serves a file device `d` (the file in the page cache); fio
 # (--ioengine=nbd, 4k randwrite QD32, one job) writes to it without pause.
 # Meanwhile a control client on one persistent connection runs CYCLES times,
-# 100 ms apart: device_suspend (flush, drain, flush) then device_resume; then as
-# many cycles of device_suspend, device_reload (the same table), device_resume;
-# then of device_suspend noflush (drain only), device_resume.
+# 100 ms apart: device_suspend (the default: flush while requests flow, then
+# hold and drain) then device_resume; then as many cycles of device_suspend,
+# device_reload (the same table), device_resume (a swap: the old table is
+# flushed in the background after it); then of device_suspend sync (flush,
+# hold, drain, flush again with requests held); then of device_suspend
+# noflush (hold and drain only).
 # "held" is, per cycle, the resume's held_us: from the gate closing to every
 # queue released (no request waited longer); of it, "drain" (until no request
-# is in flight) and "flush" (the flush under the gate: what was written since
-# the flush made before the gate closed) from the suspend's reply. The rest is
-# the control round trips. fio's completion latency
+# is in flight) and "flush" (the flush under the gate, --sync only) from the
+# suspend's reply; "pre" is the flush before the gate closed, while requests
+# flowed (not held). The rest is the control round trips. fio's completion latency
 # over the whole run (p99, p99.9, max) shows what a client saw.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -46,11 +49,13 @@ for _ in $(seq 200); do [ -S "$W/ctl.sock" ] && break; sleep 0.05; done
 
 echo "# $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) vCPU; strata $("$STRATA" --version 2>/dev/null | head -1)"
 echo "# bench/suspend.sh --cycles $CYCLES --size $SIZE"
-runtime=$((CYCLES * 3 * 20 / 100 + 6))
+runtime=$((CYCLES * 4 * 30 / 100 + 6))
 fio --name=w --ioengine=nbd --uri="nbd+unix:///d?socket=$W/nbd.sock" --rw=randwrite --bs=4k --iodepth=32 \
   --time_based --runtime="$runtime" --output-format=json --output="$W/fio.json" 2>"$W/fio.err" &
 FIO=$!
 sleep 2
+echo "| cycle | n | held median ms | held p99 ms | held max ms | drain median ms | drain p99 ms | flush median ms | flush p99 ms | pre median ms |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 $PYTHON - "$W/ctl.sock" "$CYCLES" "0 $((bytes / 512)) file $W/d.img 0" <<'PY'
 import json, socket, statistics, sys, time
 s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("r")
@@ -62,10 +67,11 @@ def ask(method, **params):
 cycles, table = int(sys.argv[2]), sys.argv[3]
 def pct(v, p):
     v = sorted(v); return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
-for kind in ("suspend/resume", "suspend/reload/resume", "suspend --noflush/resume"):
-    pauses, susp, drain, flush = [], [], [], []
+for kind in ("suspend/resume", "suspend/reload/resume", "suspend --sync/resume", "suspend --noflush/resume"):
+    pauses, susp, drain, flush, pre = [], [], [], [], []
     for _ in range(cycles):
-        r = ask("device_suspend", name="d", noflush=kind.startswith("suspend --noflush"))
+        r = ask("device_suspend", name="d", noflush=kind.startswith("suspend --noflush"),
+                sync=kind.startswith("suspend --sync"))
         if kind != "suspend/resume":
             ask("device_reload", name="d", table=table)
         rr = ask("device_resume", name="d")
@@ -73,10 +79,11 @@ for kind in ("suspend/resume", "suspend/reload/resume", "suspend --noflush/resum
         susp.append(r["suspend_us"] / 1e3)
         drain.append(r["drain_us"] / 1e3)
         flush.append(r["flush_us"] / 1e3)
+        pre.append(r["preflush_us"] / 1e3)
         time.sleep(0.1)
-    print("| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |" % (kind, cycles, statistics.median(pauses),
-          pct(pauses, 99), max(pauses), statistics.median(drain), pct(drain, 99), statistics.median(flush),
-          pct(flush, 99)))
+    print("| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f |" % (kind, cycles,
+          statistics.median(pauses), pct(pauses, 99), max(pauses), statistics.median(drain), pct(drain, 99),
+          statistics.median(flush), pct(flush, 99), statistics.median(pre)))
 PY
 wait $FIO
 jq -r '.jobs[0].write | "fio 4k randwrite QD32 over the run: \(.iops | floor) IOPS, completion latency p99 \(.clat_ns.percentile["99.000000"] / 1000 | floor) us, p99.9 \(.clat_ns.percentile["99.900000"] / 1000 | floor) us, max \(.clat_ns.max / 1000 | floor) us"' "$W/fio.json"

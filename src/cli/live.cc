@@ -92,7 +92,11 @@ void add_live_commands(CLI::App& app, LiveCommands& l) {
   l.reload->add_flag("--force", l.force, "Allow a size change while NBD clients are connected");
   l.suspend = app.add_subcommand("suspend", "Hold a device's new requests and wait for those in flight");
   l.suspend->add_option("name", l.name, "Device name")->required();
-  l.suspend->add_flag("--noflush", l.noflush, "Do not flush the device once suspended");
+  auto* nf = l.suspend->add_flag("--noflush", l.noflush, "Do not flush: hold new requests and wait for those in flight only");
+  l.suspend->add_flag("--sync", l.sync,
+                      "Flush again once requests are held: every acknowledged write is on stable storage when "
+                      "suspend returns (for a copy or snapshot of the storage underneath)")
+      ->excludes(nf);
   l.resume = app.add_subcommand("resume", "Swap in a reloaded table, if any, and release held requests");
   l.resume->add_option("name", l.name, "Device name")->required();
   l.remove = app.add_subcommand("remove", "Remove a device from a running server");
@@ -128,7 +132,7 @@ std::optional<int> run_live_commands(LiveCommands& l) {
     });
   }
   if (l.suspend->parsed())
-    return call_print(l, "device_suspend", {{"name", l.name}, {"noflush", l.noflush}},
+    return call_print(l, "device_suspend", {{"name", l.name}, {"noflush", l.noflush}, {"sync", l.sync}},
                       [](const json&) {});
   if (l.resume->parsed()) return call_print(l, "device_resume", {{"name", l.name}}, [](const json&) {});
   if (l.remove->parsed())

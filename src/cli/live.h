@@ -14,7 +14,7 @@ struct LiveCommands {
   CLI::App *create = nullptr, *reload = nullptr, *suspend = nullptr, *resume = nullptr, *remove = nullptr,
            *dump = nullptr, *jobs = nullptr, *job = nullptr, *job_wait = nullptr, *job_cancel = nullptr;
   std::string ctl, name, table;
-  bool read_only = false, force = false, noflush = false, as_json = false;
+  bool read_only = false, force = false, noflush = false, sync = false, as_json = false;
   uint64_t id = 0;
 };
 

@@ -187,12 +187,19 @@ json run_device_change(Daemon& d, const std::string& method, const json& params)
   if (method == "device_suspend") {
     auto nf = pr.boolean("noflush");
     if (!nf) return err(nf.error().message);
+    auto sy = pr.boolean("sync");
+    if (!sy) return err(sy.error().message);
+    if (nf->value_or(false) && sy->value_or(false)) return err("noflush and sync exclude each other");
+    const SuspendFlush how = nf->value_or(false)   ? SuspendFlush::kNone
+                             : sy->value_or(false) ? SuspendFlush::kHeld
+                                                   : SuspendFlush::kFirst;
     auto t0 = std::chrono::steady_clock::now();
-    auto r = cur->live->suspend(!nf->value_or(false));
+    auto r = cur->live->suspend(how);
     if (!r) return err(r.error().message);
     auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
     return ok({{"name", name},
                {"suspend_us", us},
+               {"preflush_us", cur->live->last_preflush_us()},
                {"drain_us", cur->live->last_drain_us()},
                {"flush_us", cur->live->last_flush_us()}});
   }

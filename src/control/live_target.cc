@@ -160,9 +160,25 @@ Task<Result<>> LiveTarget::write(Queue& q, std::span<const std::byte> buf, uint6
   co_return r;
 }
 
+// A FLUSH covers every write acknowledged before it: those on tables a
+// reload retired too, until a flush of them succeeded (see the header).
 Task<Result<>> LiveTarget::flush(Queue& q) {
   LIVE_ENTER(q);
-  Result<> r = co_await t->flush(q);
+  Result<> r;
+  if (std::shared_ptr<Unflushed> u = pq.unflushed) {
+    if (!u->done.load(std::memory_order_acquire)) {
+      for (auto& old : u->tables) {
+        r = co_await old->flush(q);
+        if (!r) {
+          r = fail(r.error().code, "flush of the table a reload replaced: " + r.error().message);
+          break;
+        }
+      }
+      if (r) u->done.store(true, std::memory_order_release);
+    }
+    if (r && pq.unflushed == u) pq.unflushed = nullptr;
+  }
+  if (r) r = co_await t->flush(q);
   leave(pq);
   co_return r;
 }
@@ -225,14 +241,25 @@ Task<Result<Extents>> LiveTarget::context_extents(Queue& q, std::string_view con
 
 #undef LIVE_ENTER
 
-Result<> LiveTarget::suspend(bool flush) {
+namespace {
+
+uint64_t us_since(std::chrono::steady_clock::time_point t0) {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
+}
+
+}  // namespace
+
+Result<> LiveTarget::suspend(SuspendFlush how) {
   std::vector<Queue*> qs;
   std::shared_ptr<TableTarget> t;
-  if (flush) {
-    // Most of the writeback first, while requests still flow: the flush
-    // under the gate then has only what was written since, and requests are
-    // held for that instead of for the whole page cache's writeback
-    // (bench/suspend.sh: 4k randwrite QD32 was held ~115 ms per suspend).
+  last_preflush_us_.store(0, std::memory_order_relaxed);
+  if (how != SuspendFlush::kNone) {
+    // The writeback while requests still flow: requests are held for the
+    // drain alone, not for the page cache's writeback (bench/suspend.sh: 4k
+    // randwrite QD32 was held 60-80 ms median when this flush ran under the
+    // gate). What is written after it is covered by the client's next FLUSH,
+    // on this table or, after a swap, through the retired table's flush.
     {
       MutexLock l(ctl_mu_);
       if (suspended_) return {};
@@ -240,15 +267,18 @@ Result<> LiveTarget::suspend(bool flush) {
       t = active_;
     }
     if (!qs.empty() && t->caps().can_flush) {
+      auto t0 = std::chrono::steady_clock::now();
       Queue* q = qs[0];
       auto r = q->call([&] { return t->flush(*q); });
       if (!r) return fail(r.error().code, "suspend: flush: " + r.error().message + " (the device is not suspended)");
+      last_preflush_us_.store(us_since(t0), std::memory_order_relaxed);
     }
   }
   {
     MutexLock l(ctl_mu_);
     if (suspended_) return {};
     suspended_ = true;
+    clean_at_gate_ = false;
     closed_at_ = std::chrono::steady_clock::now();
     qs = queues_;
     t = active_;
@@ -267,10 +297,6 @@ Result<> LiveTarget::suspend(bool flush) {
     });
   }
   for (auto& f : drained) f.wait();
-  auto us_since = [](std::chrono::steady_clock::time_point t0) {
-    return static_cast<uint64_t>(
-        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count());
-  };
   std::chrono::steady_clock::time_point closed;
   {
     MutexLock l(ctl_mu_);
@@ -278,12 +304,16 @@ Result<> LiveTarget::suspend(bool flush) {
   }
   last_drain_us_.store(us_since(closed), std::memory_order_relaxed);
   last_flush_us_.store(0, std::memory_order_relaxed);
-  if (flush && !qs.empty() && t->caps().can_flush) {
-    auto t0 = std::chrono::steady_clock::now();
-    Queue* q = qs[0];
-    auto r = q->call([&] { return t->flush(*q); });
-    if (!r) return fail(r.error().code, "suspend: flush: " + r.error().message + " (the device is suspended)");
-    last_flush_us_.store(us_since(t0), std::memory_order_relaxed);
+  if (how == SuspendFlush::kHeld) {
+    if (!qs.empty() && t->caps().can_flush) {
+      auto t0 = std::chrono::steady_clock::now();
+      Queue* q = qs[0];
+      auto r = q->call([&] { return t->flush(*q); });
+      if (!r) return fail(r.error().code, "suspend: flush: " + r.error().message + " (the device is suspended)");
+      last_flush_us_.store(us_since(t0), std::memory_order_relaxed);
+    }
+    MutexLock l(ctl_mu_);
+    clean_at_gate_ = true;
   }
   return {};
 }
@@ -314,19 +344,27 @@ bool LiveTarget::resume(uint64_t conn_mark) {
   }
   if (has_inactive()) {
     // A swap needs no request in flight: suspend (flushing) if not yet.
-    if (auto r = suspend(true); !r) LOG_WARN("resume: {}", r.error().message);
+    if (auto r = suspend(SuspendFlush::kFirst); !r) LOG_WARN("resume: {}", r.error().message);
   }
   std::vector<Queue*> qs;
   std::shared_ptr<TableTarget> t;
+  std::shared_ptr<Unflushed> unflushed;  // new, for the queues, if swapped
   {
     MutexLock l(ctl_mu_);
     if (!suspended_) return false;
     if (inactive_) {
-      retired_.push_back({active_, conn_mark});
+      std::shared_ptr<TableTarget> old = active_;
+      retired_.push_back({old, conn_mark});
       active_ = std::move(inactive_);
       inactive_.reset();
       swapped = true;
       publish_shape(*active_);
+      auto u = std::make_shared<Unflushed>();
+      if (unflushed_ && !unflushed_->done.load(std::memory_order_acquire)) u->tables = unflushed_->tables;
+      if (!clean_at_gate_ && old->caps().can_flush) u->tables.push_back(old);
+      unflushed_ = u->tables.empty() ? nullptr : u;
+      unflushed = unflushed_;
+      clean_at_gate_ = false;
     }
     qs = queues_;
     t = active_;
@@ -335,9 +373,10 @@ bool LiveTarget::resume(uint64_t conn_mark) {
   for (Queue* q : qs) {
     auto p = std::make_shared<std::promise<void>>();
     done.push_back(p->get_future());
-    q->post([this, q, p, t] {
+    q->post([this, q, p, t, swapped, unflushed] {
       PerQueue& pq = per_queue_[q->id()];
       pq.table = t;
+      if (swapped) pq.unflushed = unflushed;
       pq.suspended = false;
       auto parked = std::move(pq.parked);
       pq.parked.clear();
@@ -346,6 +385,24 @@ bool LiveTarget::resume(uint64_t conn_mark) {
     });
   }
   for (auto& f : done) f.wait();
+  if (unflushed && !qs.empty()) {
+    // The retired tables' writeback, now, off the requests' path; a FLUSH
+    // that comes first does it itself.
+    Queue* q = qs[0];
+    q->post([q, unflushed] {
+      spawn([](Queue& q, std::shared_ptr<Unflushed> u) -> Task<void> {
+        for (auto& old : u->tables) {
+          Result<> r = co_await old->flush(q);
+          if (!r) {
+            LOG_WARN("flush of the table a reload replaced: {} (a client's next FLUSH tries again)",
+                     r.error().message);
+            co_return;
+          }
+        }
+        u->done.store(true, std::memory_order_release);
+      }(*q, unflushed));
+    });
+  }
   MutexLock l(ctl_mu_);
   suspended_ = false;
   last_hold_us_.store(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
@@ -355,7 +412,36 @@ bool LiveTarget::resume(uint64_t conn_mark) {
   return swapped;
 }
 
+size_t LiveTarget::unflushed_retired() const {
+  MutexLock l(ctl_mu_);
+  return unflushed_ && !unflushed_->done.load(std::memory_order_acquire) ? unflushed_->tables.size() : 0;
+}
+
 void LiveTarget::reap(uint64_t oldest_conn) {
+  // Retired tables flushed in the background: the queues let go of them.
+  std::shared_ptr<Unflushed> flushed;
+  std::vector<Queue*> qs;
+  {
+    MutexLock l(ctl_mu_);
+    if (unflushed_ && unflushed_->done.load(std::memory_order_acquire)) {
+      flushed = std::move(unflushed_);
+      unflushed_.reset();
+      qs = queues_;
+    }
+  }
+  if (flushed) {
+    std::vector<std::future<void>> done;
+    for (Queue* q : qs) {
+      auto p = std::make_shared<std::promise<void>>();
+      done.push_back(p->get_future());
+      q->post([this, q, p, flushed] {
+        PerQueue& pq = per_queue_[q->id()];
+        if (pq.unflushed == flushed) pq.unflushed = nullptr;
+        p->set_value();
+      });
+    }
+    for (auto& f : done) f.wait();
+  }
   std::vector<std::shared_ptr<TableTarget>> drop;  // destroyed outside the lock
   MutexLock l(ctl_mu_);
   for (auto it = retired_.begin(); it != retired_.end();) {

@@ -2,13 +2,22 @@
 // (dmsetup's active and inactive tables). It sits between the device's
 // TrackTarget (dirty maps, which thus survive a reload) and its TableTarget,
 // and adds the suspend gate:
-//   suspend()  holds every new request and returns once those in flight are
-//              done (then flushes the table, unless told not to);
+//   suspend()  flushes the table while requests still flow (unless told not
+//              to), then holds every new request and returns once those in
+//              flight are done (and, if asked, flushes again while they are
+//              held);
 //   load()     builds nothing: it attaches an already validated table to the
 //              queues and keeps it as the inactive table;
 //   resume()   swaps in the inactive table, if one is loaded, and releases the
 //              requests held, which then run on the new table.
 // Requests wait; none fails.
+//
+// Flushes across a swap. A write acknowledged on the old table after the
+// suspend's first flush may not be on stable storage yet when the new table
+// takes over. It is not lost for the client: the retired table is flushed in
+// the background at once, and a FLUSH on the new table flushes every retired
+// table whose background flush has not yet succeeded, so a client's FLUSH
+// still covers every write acknowledged before it (docs/control.md).
 //
 // Threads. Each queue reads only its own PerQueue (the table it uses, the
 // gate, its count of requests in flight), changed by closures post()ed to that
@@ -36,6 +45,14 @@
 #include "targets/table.h"
 
 namespace strata::control {
+
+// What suspend() flushes (strata suspend's --noflush, default, --sync).
+enum class SuspendFlush {
+  kNone,   // nothing: hold and drain only
+  kFirst,  // the table, while requests still flow; then hold and drain
+  kHeld,   // kFirst, and again once drained: every acknowledged write is on
+           // stable storage when suspend() returns (for a copy underneath)
+};
 
 class LiveTarget final : public Target {
  public:
@@ -68,9 +85,9 @@ class LiveTarget final : public Target {
   std::shared_ptr<TableTarget> active() const EXCLUDES(ctl_mu_);
   bool suspended() const EXCLUDES(ctl_mu_);
   bool has_inactive() const EXCLUDES(ctl_mu_);
-  // Holds new requests; returns once none is in flight. Flushes the active
-  // table after, if `flush`. Suspending a suspended device does nothing.
-  Result<> suspend(bool flush) EXCLUDES(ctl_mu_);
+  // Holds new requests; returns once none is in flight; flushes the active
+  // table as `how` says. Suspending a suspended device does nothing.
+  Result<> suspend(SuspendFlush how) EXCLUDES(ctl_mu_);
   // Attaches `t` to every queue this device is attached to and keeps it as
   // the inactive table (replacing one loaded before).
   Result<> load(std::shared_ptr<TableTarget> t) EXCLUDES(ctl_mu_);
@@ -93,16 +110,26 @@ class LiveTarget final : public Target {
   // How long the gate was closed (requests held) in the last suspend that
   // was resumed: from the gate closing to every queue released.
   uint64_t last_hold_us() const { return last_hold_us_.load(std::memory_order_relaxed); }
-  // The last suspend's drain (gate closed to no request in flight) and its
-  // flush under the gate.
+  // The last suspend's flush before the gate closed, its drain (gate closed
+  // to no request in flight) and its flush under the gate (kHeld only).
+  uint64_t last_preflush_us() const { return last_preflush_us_.load(std::memory_order_relaxed); }
   uint64_t last_drain_us() const { return last_drain_us_.load(std::memory_order_relaxed); }
   uint64_t last_flush_us() const { return last_flush_us_.load(std::memory_order_relaxed); }
+  // Retired tables whose writes are not yet known to be flushed (tests).
+  size_t unflushed_retired() const EXCLUDES(ctl_mu_);
   // Requests held by the gate now.
   uint64_t held_requests() const { return held_.load(std::memory_order_relaxed); }
 
  private:
+  // Retired tables that may hold acknowledged writes not yet flushed; `done`
+  // once a flush of all of them succeeded (set from any queue).
+  struct Unflushed {
+    std::vector<std::shared_ptr<TableTarget>> tables;
+    std::atomic<bool> done{false};
+  };
   struct PerQueue {
     std::shared_ptr<TableTarget> table;
+    std::shared_ptr<Unflushed> unflushed;
     bool suspended = false;
     uint64_t in_flight = 0;
     std::vector<std::coroutine_handle<>> parked;
@@ -122,7 +149,11 @@ class LiveTarget final : public Target {
   std::shared_ptr<TableTarget> inactive_ GUARDED_BY(ctl_mu_);
   bool suspended_ GUARDED_BY(ctl_mu_) = false;
   std::chrono::steady_clock::time_point closed_at_ GUARDED_BY(ctl_mu_);
-  std::atomic<uint64_t> last_hold_us_{0}, last_drain_us_{0}, last_flush_us_{0};
+  // Whether the active table was flushed with every request held (kHeld):
+  // nothing acknowledged on it can then be unflushed at a swap.
+  bool clean_at_gate_ GUARDED_BY(ctl_mu_) = false;
+  std::shared_ptr<Unflushed> unflushed_ GUARDED_BY(ctl_mu_);
+  std::atomic<uint64_t> last_hold_us_{0}, last_preflush_us_{0}, last_drain_us_{0}, last_flush_us_{0};
   int pins_ GUARDED_BY(ctl_mu_) = 0;
   std::vector<Queue*> queues_ GUARDED_BY(ctl_mu_);
   struct Retired {

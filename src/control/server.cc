@@ -92,10 +92,19 @@ void Server::worker() {
     {
       // Locked by hand, not by a std::unique_lock, so the analysis sees mu_ held.
       mu_.lock();
-      cv_.wait(mu_, [&]() NO_THREAD_SAFETY_ANALYSIS { return stopping_.load() || !work_.empty(); });
+      // Idle for a second: free the tables reloads retired that no client
+      // can read from any more (LiveTarget::reap), between changes.
+      bool idle = !cv_.wait_for(mu_, std::chrono::seconds(1), [&]() NO_THREAD_SAFETY_ANALYSIS {
+        return stopping_.load() || !work_.empty();
+      });
       if (stopping_.load()) {
         mu_.unlock();
         return;
+      }
+      if (idle) {
+        mu_.unlock();
+        reap_tables(d_);
+        continue;
       }
       w = std::move(work_.front());
       work_.pop_front();

@@ -2,7 +2,7 @@
 # Devices at runtime on a server started with no device (--empty): `strata create` serves a device at once over NBD (a
 # bad table creates nothing), `strata remove` is refused while an NBD client is connected or another device uses it
 # and --force ends the client's connection; 100 devices created and removed leave the server's open fds as they were
-# and its RSS within 4 MiB; `strata dump` re-creates the devices.
+# and its RSS within 4 MiB; 30 reloads leave no replaced table open; `strata dump` re-creates the devices.
 source "$(dirname "$0")/functions.sh"
 requires jq qemu-io
 S="$STRATA"
@@ -65,6 +65,20 @@ fd2=$(fds); rss2=$(rss)
 echo "fds $fd0 -> $fd1 -> $fd2; RSS $rss0 -> $rss2 KiB"
 [ "$fd2" = "$fd0" ] || die "fds: $fd0 before, $fd2 after removing every device"
 [ "$rss2" -le $((rss0 + 4096)) ] || die "RSS grew from $rss0 to $rss2 KiB"
+
+# 30 reloads of a device no client reads: the tables they replaced are freed
+# (within the control worker's idle tick), not kept until the server stops.
+echo "0 2048 file $WORK/f0.img 0" | ctl create r --table - >/dev/null
+fd3=$(fds)
+for i in $(seq 1 30); do
+  echo "0 2048 file $WORK/f$((i % 10)).img 0" | ctl reload r --table - >/dev/null
+  ctl resume r >/dev/null
+done
+[ "$(ctl table r)" = "0 2048 file $WORK/f0.img 0" ] || die "after 30 reloads: $(ctl table r)"
+for i in $(seq 1 50); do [ "$(fds)" -le "$fd3" ] && break; sleep 0.1; done
+echo "fds after 30 reloads: $fd3 -> $(fds)"
+[ "$(fds)" -le "$fd3" ] || die "30 reloads left $(( $(fds) - fd3 )) more fds open (retired tables never freed)"
+ctl remove r >/dev/null
 
 # The dump re-creates them on a fresh server.
 stop_strata

@@ -55,9 +55,12 @@ PY
 C=$!
 sleep 0.3
 cycles=100
+ctl suspend d --noflush --sync >/dev/null 2>&1 && die "suspend --noflush --sync was accepted"
 for i in $(seq 1 $cycles); do
-  ctl suspend d >/dev/null
-  # d is quiet and flushed: give the other backing its bytes, then switch to it.
+  # The three kinds of suspend in turn: flush first (the default), --sync (flush again with requests held),
+  # --noflush.
+  flags=("" "--sync" "--noflush"); ctl suspend d ${flags[$((i % 3))]} >/dev/null
+  # d is quiet: give the other backing its bytes (through the page cache), then switch to it.
   if [ $((i % 2)) = 1 ]; then
     cp "$WORK/x.img" "$WORK/y.img"; next=linear.tab
   else

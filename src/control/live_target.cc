@@ -67,6 +67,8 @@ BlockSizes LiveTarget::block_sizes() const { return {bs_min_.load(), bs_pref_.lo
 
 std::string LiveTarget::table_line() const { return active()->table_line(); }
 
+std::string LiveTarget::identity() const { return active()->identity(); }
+
 void LiveTarget::info(InfoSink& out) const { active()->info(out); }
 
 std::vector<std::string> LiveTarget::contexts() const { return active()->contexts(); }

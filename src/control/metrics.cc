@@ -87,6 +87,15 @@ constexpr InfoMetric kInfoMetrics[] = {
     {"nfs", "connections", "strata_nfs_connections", "gauge", "NFS connections up"},
     {"nfs", "nfs_in_flight", "strata_nfs_in_flight", "gauge", "NFS calls in flight"},
     {"nfs", "unstable_bytes", "strata_nfs_unstable_bytes", "gauge", "Bytes written UNSTABLE and not yet committed"},
+    {"cache", "hits", "strata_cache_hits_total", "counter", "Reads (chunk runs) served from the local cache file"},
+    {"cache", "misses", "strata_cache_misses_total", "counter", "Reads (chunk runs) that went to the cached device"},
+    {"cache", "hit_bytes", "strata_cache_hit_bytes_total", "counter", "Bytes served from the local cache file"},
+    {"cache", "miss_bytes", "strata_cache_miss_bytes_total", "counter", "Bytes read from the cached device"},
+    {"cache", "fills", "strata_cache_fills_total", "counter", "Chunks written to the cache file"},
+    {"cache", "evictions", "strata_cache_evictions_total", "counter", "Chunks evicted to make room"},
+    {"cache", "cache_used_slots", "strata_cache_used_chunks", "gauge", "Chunks held by the cache file"},
+    {"cache", "cache_slots", "strata_cache_chunks", "gauge", "Chunks the cache file can hold"},
+    {"cache", "bypass", "strata_cache_bypass", "gauge", "1 once the device changed while served (reads bypass the cache)"},
 };
 
 }  // namespace

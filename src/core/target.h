@@ -152,6 +152,13 @@ class Target {
   virtual std::vector<std::string> contexts() const { return {}; }
   virtual Task<Result<Extents>> context_extents(Queue& q, std::string_view context, uint64_t offset,
                                                 uint64_t length);
+
+  // What the bytes are: a string that changes whenever they may have changed
+  // other than through this target (a file modified or replaced, a layer
+  // remade, a device reloaded), for a persistent read cache to key on; ""
+  // when the target cannot tell (then nothing may cache it). Cheap: called
+  // about once a second. Default: "".
+  virtual std::string identity() const { return {}; }
 };
 
 // Forwards everything to a lower target; a layer overrides what it changes.
@@ -185,6 +192,7 @@ class ForwardingTarget : public Target {
     return lower_->cache(q, offset, length);
   }
   std::vector<std::string> contexts() const override { return lower_->contexts(); }
+  std::string identity() const override { return lower_->identity(); }
   Task<Result<Extents>> context_extents(Queue& q, std::string_view context, uint64_t offset,
                                         uint64_t length) override {
     return lower_->context_extents(q, context, offset, length);

@@ -145,6 +145,21 @@ BlockSizes CowTarget::block_sizes() const {
   return b;
 }
 
+// A read-only stack: its layers' UUIDs (a layer is never changed in place
+// under its UUID while read-only) and its base's identity. A writable stack
+// changes through its own writes: none.
+std::string CowTarget::identity() const {
+  if (!read_only_) return {};
+  std::string id = "cow:" + std::to_string(chunk_);
+  for (std::size_t i = 0; i < nlayers_.load(); ++i) id += ":" + uuid_string(layers_[i]->header().uuid);
+  if (base_) {
+    std::string b = base_->identity();
+    if (b.empty()) return {};
+    id += "/" + b;
+  }
+  return id;
+}
+
 std::string CowTarget::table_line() const {
   std::string s = "cow " + top_path_;
   if (base_) s += " base=" + base_name_;

@@ -64,6 +64,7 @@ class CowTarget final : public Target {
   Caps caps() const override;
   BlockSizes block_sizes() const override;
   std::string table_line() const override;
+  std::string identity() const override;
   void info(InfoSink& out) const override;
   Result<> attach_queue(Queue& q) override;
 

@@ -117,6 +117,15 @@ BlockSizes FileTarget::block_sizes() const {
   return b;
 }
 
+// The file as fstat() sees it now: device, inode, size, mtime and ctime
+// (every write through any fd moves them), and the range served.
+std::string FileTarget::identity() const {
+  struct stat st;
+  if (::fstat(fd_, &st) != 0) return {};
+  return fmt::format("file:{}:{}:{}:{}.{}:{}.{}@{}+{}", st.st_dev, st.st_ino, st.st_size, st.st_mtim.tv_sec,
+                     st.st_mtim.tv_nsec, st.st_ctim.tv_sec, st.st_ctim.tv_nsec, offset_, length_);
+}
+
 std::string FileTarget::table_line() const {
   std::string s = fmt::format("file {} {}", path_, offset_);
   if (direct_) s += " direct=on";

@@ -35,6 +35,7 @@ class FileTarget final : public Target {
   Caps caps() const override;
   BlockSizes block_sizes() const override;
   std::string table_line() const override;
+  std::string identity() const override;
   void info(InfoSink& out) const override;
 
   Task<Result<>> read(Queue& q, std::span<std::byte> buf, uint64_t offset) override;

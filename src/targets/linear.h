@@ -20,6 +20,10 @@ class LinearTarget final : public Target {
   BlockSizes block_sizes() const override { return lower_->block_sizes(); }
   std::string table_line() const override;
   void info(InfoSink& out) const override { lower_->info(out); }
+  std::string identity() const override {
+    std::string id = lower_->identity();
+    return id.empty() ? id : "linear(" + id + "@" + std::to_string(offset_) + "+" + std::to_string(length_) + ")";
+  }
   Result<> attach_queue(Queue& q) override { return lower_->attach_queue(q); }
 
   Task<Result<>> read(Queue& q, std::span<std::byte> buf, uint64_t offset) override {

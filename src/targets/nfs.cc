@@ -376,6 +376,8 @@ Result<std::shared_ptr<Target>> NfsTarget::create(Params& p, Resolver& r) {
   nfs_stat_64 st{};
   if (nfs_stat64(nfs, t->file_.c_str(), &st) != 0)
     return fail(load_error(fmt::format("file {} on {}:{}", t->file_, t->server_, t->export_), nfs_get_error(nfs)));
+  t->identity_ = fmt::format("nfs:{}:{}:{}:{}:{}.{}:{}.{}", t->url_, st.nfs_dev, st.nfs_ino, st.nfs_size, st.nfs_mtime,
+                             st.nfs_mtime_nsec, st.nfs_ctime, st.nfs_ctime_nsec);
   if (!S_ISREG(st.nfs_mode))
     return fail(EINVAL, fmt::format("file {} on {}:{}: not a regular file", t->file_, t->server_, t->export_));
   if (t->offset_ > st.nfs_size)
@@ -465,6 +467,14 @@ BlockSizes NfsTarget::block_sizes() const {
   BlockSizes b;
   b.preferred = 4096;
   return b;
+}
+
+// The file as it was at load (its fileid, size, mtime and ctime): a file
+// replaced or changed by another client between loads gets another identity.
+// Read-only use only: a change by another host while served is not seen
+// (shared layers are never written; docs/targets/cache.md).
+std::string NfsTarget::identity() const {
+  return read_only_ ? fmt::format("{}@{}+{}", identity_, offset_, length_) : std::string();
 }
 
 std::string NfsTarget::table_line() const {

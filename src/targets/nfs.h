@@ -109,6 +109,7 @@ class NfsTarget final : public Target {
   Caps caps() const override;
   BlockSizes block_sizes() const override;
   std::string table_line() const override;
+  std::string identity() const override;
   void info(InfoSink& out) const override;
 
   Task<Result<>> read(Queue& q, std::span<std::byte> buf, uint64_t offset) override;
@@ -135,6 +136,7 @@ class NfsTarget final : public Target {
   std::string where() const;
 
   std::string url_, server_, export_, file_;
+  std::string identity_;  // the file as stat() saw it at load
   uint64_t offset_ = 0;
   uint64_t length_ = 0;
   std::optional<int> uid_opt_, gid_opt_;

@@ -1,5 +1,6 @@
 #include "targets/registry.h"
 
+#include "targets/cache/cache.h"
 #include "targets/cow.h"
 #include "targets/error.h"
 #include "targets/file.h"
@@ -23,6 +24,7 @@ const TargetType kTargetTypes[] = {
     {"cow", CowTarget::kHelp, &CowTarget::create},
     {"nfs", NfsTarget::kHelp, &NfsTarget::create},
     {"rbd", RbdTarget::kHelp, &RbdTarget::create},
+    {"cache", CacheTarget::kHelp, &CacheTarget::create},
 };
 
 }  // namespace

@@ -185,6 +185,16 @@ TableTarget::TableTarget(std::vector<Segment> segments) : segments_(std::move(se
   }
 }
 
+std::string TableTarget::identity() const {
+  std::string id = "table";
+  for (const auto& s : segments_) {
+    std::string one = s.target->identity();
+    if (one.empty()) return {};
+    id += "|" + std::to_string(s.start) + ":" + std::to_string(s.length) + ":" + one;
+  }
+  return id;
+}
+
 std::string TableTarget::table_line() const {
   std::string s;
   for (const auto& seg : segments_)

@@ -62,6 +62,7 @@ class TableTarget final : public Target {
   Caps caps() const override { return caps_; }
   BlockSizes block_sizes() const override { return block_sizes_; }
   std::string table_line() const override;
+  std::string identity() const override;
   void info(InfoSink& out) const override;
   Result<> attach_queue(Queue& q) override;
 

@@ -20,10 +20,10 @@ done
 
 out=$(timeout 10 "$STRATA" serve --help-targets --control "$CTL" --unix "$SOCK") || die "strata serve --help-targets failed"
 [ ! -e "$CTL" ] && [ ! -e "$SOCK" ] || die "--help-targets started a server"
-for t in "file <path> <offset>" "linear <device> <offset_sectors>" zero error memory pattern "cow <top-layer>" "nfs <url> <offset>" "rbd <pool>/<image>"; do
+for t in "file <path> <offset>" "linear <device> <offset_sectors>" zero error memory pattern "cow <top-layer>" "nfs <url> <offset>" "rbd <pool>/<image>" "cache <device> <cache-file>"; do
   grep -qE "^$t" <<<"$out" || die "--help-targets does not describe '$t': $out"
 done
-[ "$(grep -cE '^[a-z]+( |$)' <<<"$out")" = 9 ] || die "--help-targets should describe exactly 9 targets: $out"
+[ "$(grep -cE '^[a-z]+( |$)' <<<"$out")" = 10 ] || die "--help-targets should describe exactly 10 targets: $out"
 grep -q "direct=on" <<<"$out" && grep -q "ro" <<<"$out" || die "--help-targets: file options missing"
 
 # Misuse fails with a message, exit status non-zero.

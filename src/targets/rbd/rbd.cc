@@ -249,6 +249,14 @@ BlockSizes RbdTarget::block_sizes() const {
   return b;
 }
 
+// A snapshot never changes: its name and size. An image does (other
+// clients write it): none.
+std::string RbdTarget::identity() const {
+  if (spec_.snap.empty()) return {};
+  return fmt::format("rbd:{}:{}+{}", spec_.ns.empty() ? spec_.name() : spec_.ns + "/" + spec_.name(), length_,
+                     session_ ? session_->size() : 0);
+}
+
 std::string RbdTarget::table_line() const {
   std::string s = "rbd " + spec_.name();
   if (!spec_.id.empty()) s += " id=" + spec_.id;

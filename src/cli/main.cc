@@ -225,6 +225,10 @@ int main(int argc, char** argv) {
   add_dm(d_start, true);
   d_start->add_option("--granularity", granularity, "Block size of the map, a power of two >= 512")
       ->default_val(4096);
+  bool full_map = false;
+  d_start->add_flag("--full", full_map,
+                    "Every block starts dirty: the first sync copies the whole device (a new replica, a disk "
+                    "moving to another host)");
   auto* d_stop = dirty->add_subcommand("stop", "Stop a map and delete it");
   add_dm(d_stop, true);
   auto* d_status = dirty->add_subcommand("status", "Maps of a device (or all): dirty blocks, consistency");
@@ -245,6 +249,10 @@ int main(int argc, char** argv) {
   sync->add_option("--map", map, "Dirty map to follow")->required();
   sync->add_option("--to", to, "Replica: a file path or an NBD URI")->required();
   sync->add_flag("--final", final_pass, "Hold writes for the last pass: the replica is then an exact copy");
+  bool move_pass = false;
+  sync->add_flag("--move", move_pass,
+                 "Move the device to the replica's host: --final, then every request here (the writes held by the "
+                 "last pass included) fails with ESHUTDOWN so clients reconnect to the replica");
   sync->add_option("--max-rounds", max_rounds, "Passes before giving up on converging")->default_val(8);
   sync->add_option("--control", ctl, "Control socket of the server");
   sync->add_flag("--json", as_json, "Print the raw JSON reply");
@@ -372,6 +380,7 @@ int main(int argc, char** argv) {
     }
     if (d_start->parsed()) {
       p["granularity"] = granularity;
+      p["full"] = full_map;
       return client(ctl, "dirty_start", p, as_json, [](const json& r) {
         fmt::print("started map '{}' on '{}' ({} byte blocks)\n", r["name"].get<std::string>(),
                    r["device"].get<std::string>(), r["granularity"].get<uint64_t>());
@@ -392,7 +401,8 @@ int main(int argc, char** argv) {
     });
   }
   if (sync->parsed()) {
-    json p = {{"device", device}, {"map", map}, {"to", to}, {"final", final_pass}, {"max_rounds", max_rounds}};
+    json p = {{"device", device}, {"map", map},        {"to", to},
+              {"final", final_pass}, {"move", move_pass}, {"max_rounds", max_rounds}};
     if (detach) return start_detached(ctl, "device_sync", p);
     auto r = call_with_progress(ctl, "device_sync", p, "");
     if (!r) {
@@ -402,10 +412,14 @@ int main(int argc, char** argv) {
     if (as_json)
       fmt::print("{}\n", r->dump(2));
     else
-      fmt::print("synced {} in {} round(s), {} ms{}; {} still dirty\n", human_size((*r)["copied_bytes"].get<uint64_t>()),
-                 (*r)["rounds"].get<int>(), (*r)["milliseconds"].get<int64_t>(),
-                 (*r)["converged"].get<bool>() ? ", converged" : ", NOT converged",
-                 human_size((*r)["dirty_bytes_left"].get<uint64_t>()));
+      fmt::print("synced {} in {} round(s), {} ms{}; {} still dirty{}\n",
+                 human_size((*r)["copied_bytes"].get<uint64_t>()), (*r)["rounds"].get<int>(),
+                 (*r)["milliseconds"].get<int64_t>(), (*r)["converged"].get<bool>() ? ", converged" : ", NOT converged",
+                 human_size((*r)["dirty_bytes_left"].get<uint64_t>()),
+                 (*r).value("moved", false)
+                     ? fmt::format("; moved (writes held {:.1f} ms): clients reconnect to the replica",
+                                   (*r).value("held_us", uint64_t{0}) / 1000.0)
+                     : std::string());
     // Not converged: blocks are still dirty. --json callers read "converged".
     return !as_json && !(*r)["converged"].get<bool>() ? 2 : 0;
   }

@@ -38,7 +38,8 @@ json device_summary(const Device& dev, const TableTarget& table) {
           {"read_only", dev.effective_read_only()},
           {"segments", table.segments().size()},
           {"suspended", dev.live->suspended()},
-          {"inactive_table", dev.inactive != nullptr}};
+          {"inactive_table", dev.inactive != nullptr},
+          {"moved", dev.track && dev.track->moved()}};
 }
 
 json device_status(const Device& dev) {
@@ -133,10 +134,11 @@ json run_dirty(Daemon& d, const std::string& method, const json& params) {
   PARAM(name, pr.str("name", true));
   if (method == "dirty_start") {
     PARAM(g, pr.uint("granularity"));
+    PARAM(full, pr.boolean("full"));
     uint64_t gran = g.value_or(4096);
-    auto r = t->start_map(*name, gran);
+    auto r = t->start_map(*name, gran, full.value_or(false));
     if (!r) return err(r.error().message);
-    return ok({{"device", *device}, {"name", *name}, {"granularity", gran}});
+    return ok({{"device", *device}, {"name", *name}, {"granularity", gran}, {"full", full.value_or(false)}});
   }
   if (method == "dirty_stop") {
     auto r = t->stop_map(*name);
@@ -327,6 +329,8 @@ Result<std::shared_ptr<Job>> start_job_checked(Daemon& d, const std::string& met
     so.map = TRY(pr.str("map", true)).value();
     so.to = TRY(pr.str("to", true)).value();
     so.final = TRY(pr.boolean("final")).value_or(false);
+    so.move = TRY(pr.boolean("move")).value_or(false);
+    if (so.move) so.final = true;
     so.max_rounds = static_cast<int>(TRY(pr.uint("max_rounds")).value_or(8));
     auto dev = d.devices->find(*device);
     if (!dev) return fail(ENOENT, fmt::format("no device named '{}'", *device));

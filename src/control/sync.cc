@@ -133,22 +133,34 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
   uint64_t copied_total = 0;
   int rounds = 0;
   bool converged = false, frozen = false;
+  std::chrono::steady_clock::time_point frozen_at;
+  double last_rate = 0;  // bytes per second of the last round
+  uint64_t held_us = 0;
+  auto thaw = [&] {
+    held_us = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - frozen_at).count());
+    t.thaw();
+  };
   for (;;) {
     bool last = false;
     if (o.final && !frozen) {
       auto cur = TRY(t.map_bits(o.map));
-      // Freeze for the last pass once little is left or rounds run out.
+      // Freeze for the last pass once what is left copies in about 50 ms at
+      // the last round's rate (writes wait that long), or rounds run out.
       uint64_t left = cur->dirty_blocks() * cur->granularity();
-      if (left <= 64 * kChunk || rounds + 1 >= o.max_rounds) {
+      bool quick = left <= (1 << 20) || (last_rate > 0 && static_cast<double>(left) / last_rate <= 0.05);
+      if (quick || rounds + 1 >= o.max_rounds) {
+        frozen_at = std::chrono::steady_clock::now();
         t.freeze();
         frozen = true;
       }
     }
     last = frozen;
     bool consistent = true;
+    const auto round_t0 = std::chrono::steady_clock::now();
     auto bits_r = t.checkpoint(o.map, &consistent, /*for_sync=*/true);
     if (!bits_r) {
-      if (frozen) t.thaw();
+      if (frozen) thaw();
       return fail(bits_r.error());
     }
     auto bits = *bits_r;
@@ -193,18 +205,21 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
       // Nothing is forgotten that the replica may not hold.
       auto r2 = t.restore(o.map, *bits);
       if (!r2) LOG_ERROR("sync: restoring map {}: {}", o.map, r2.error().message);
-      if (frozen) t.thaw();
+      if (frozen) thaw();
       return fail(res.error().code, "sync: " + res.error().message + " (the map is unchanged)");
     }
     if (auto fr = t.finish_sync(o.map); !fr) {
-      if (frozen) t.thaw();  // never leave writes held
+      if (frozen) thaw();  // never leave writes held
       return fail(fr.error());
     }
     copied_total += copied;
     ++rounds;
+    if (double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - round_t0).count(); s > 0 && copied > 0)
+      last_rate = static_cast<double>(copied) / s;
     if (last) {
       converged = true;
-      t.thaw();
+      if (o.move) t.fence();  // before the writes held are let go: they fail
+      thaw();
       break;
     }
     auto cur = TRY(t.map_bits(o.map));
@@ -221,6 +236,8 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
                         {"milliseconds", ms},
                         {"converged", converged},
                         {"final", o.final},
+                        {"moved", o.move && converged},
+                        {"held_us", held_us},
                         {"dirty_bytes_left", left->dirty_blocks() * left->granularity()}};
 }
 

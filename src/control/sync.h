@@ -20,6 +20,11 @@ struct SyncOptions {
   std::string map;
   std::string to;      // a file path, or an nbd:// / nbd+unix:// URI
   bool final = false;  // hold writes for the last pass: the replica is then an exact copy
+  // With final: a move to another host. After the last pass the device is
+  // fenced (TrackTarget::fence) before the writes held are released: they
+  // and every later request fail with ESHUTDOWN, clients reconnect to the
+  // replica, which holds every write acknowledged here.
+  bool move = false;
   int max_rounds = 8;
   // Set (by a job cancel): stop after the batch being copied; the blocks not
   // yet on the replica stay dirty (the map is restored), ECANCELED.

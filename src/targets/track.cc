@@ -443,6 +443,7 @@ struct ParkAwaiter {
 Task<Result<>> TrackTarget::enter(Queue& q) {
   PerQueue& pq = per_queue_[q.id()];
   while (pq.frozen) co_await ParkAwaiter{pq.parked};
+  if (moved()) co_return moved_error();
   ++pq.in_flight;
   co_return Result<>{};
 }
@@ -473,7 +474,13 @@ Task<Result<>> TrackTarget::write(Queue& q, std::span<const std::byte> buf, uint
   return write_tracked(q, buf, offset, f);
 }
 
+Failure TrackTarget::moved_error() const {
+  return fail(ESHUTDOWN, fmt::format("device '{}' has moved to another host (sync --move): reconnect there",
+                                     log_escape(device_)));
+}
+
 Task<Result<>> TrackTarget::read(Queue& q, std::span<std::byte> buf, uint64_t offset) {
+  if (moved()) co_return moved_error();
   IoMetrics::Request m(metrics_, q.id(), IoOp::kRead, buf.size());
   auto r = co_await lower_->read(q, buf, offset);
   m.done(r.has_value());
@@ -481,6 +488,7 @@ Task<Result<>> TrackTarget::read(Queue& q, std::span<std::byte> buf, uint64_t of
 }
 
 Task<Result<>> TrackTarget::flush(Queue& q) {
+  if (moved()) co_return moved_error();
   IoMetrics::Request m(metrics_, q.id(), IoOp::kFlush, 0);
   auto r = co_await lower_->flush(q);
   m.done(r.has_value());
@@ -554,7 +562,7 @@ Task<Result<Extents>> TrackTarget::context_extents(Queue& q, std::string_view co
 
 // ---- control
 
-Result<> TrackTarget::start_map(const std::string& name, uint64_t granularity) {
+Result<> TrackTarget::start_map(const std::string& name, uint64_t granularity, bool full) {
   if (granularity < 512 || (granularity & (granularity - 1)))
     return fail(EINVAL, fmt::format("granularity {} must be a power of two of at least 512", granularity));
   if (name.empty() || name.size() > 200 || name.find_first_of("/:. \t\n") != std::string::npos)
@@ -574,6 +582,10 @@ Result<> TrackTarget::start_map(const std::string& name, uint64_t granularity) {
     m->bits = m->file->slot(0);
   } else {
     m->bits = std::make_shared<DirtyMap>(granularity, size());
+  }
+  if (full && size() > 0) {
+    uint64_t first = 0, last = 0;
+    m->bits->mark(0, size(), first, last);
   }
   {
     std::lock_guard<std::mutex> l(mu_);

@@ -133,6 +133,7 @@ class TrackTarget final : public ForwardingTarget {
 
   // Reads pass through unchanged, so views do too.
   std::optional<std::span<const std::byte>> read_view(Queue& q, uint64_t offset, uint64_t length) override {
+    if (moved()) return std::nullopt;  // read() fails it
     auto v = lower_->read_view(q, offset, length);
     if (v) metrics_.count_view(q.id(), length);
     return v;
@@ -154,7 +155,9 @@ class TrackTarget final : public ForwardingTarget {
     bool consistent;
     std::string path;
   };
-  Result<> start_map(const std::string& name, uint64_t granularity);
+  // `full`: every block starts dirty (the first sync copies the whole device:
+  // a new replica, a disk moving to another host).
+  Result<> start_map(const std::string& name, uint64_t granularity, bool full = false);
   Result<> stop_map(const std::string& name);
   std::vector<MapInfo> maps() const;
   // The current bits (a copy) and whether they are consistent.
@@ -173,6 +176,12 @@ class TrackTarget final : public ForwardingTarget {
   // Holds every new write until thaw(); returns once writes in flight are done.
   void freeze();
   void thaw();
+  // The device has moved to another host (sync --move): every request from
+  // now on, those held by a freeze included, fails with ESHUTDOWN (NBD's
+  // "server shutting down": clients reconnect elsewhere). Call frozen.
+  void fence() { moved_.store(true, std::memory_order_release); }
+  bool moved() const { return moved_.load(std::memory_order_acquire); }
+  Failure moved_error() const;
   // A point-in-time copy (cbw.h) of this device as it is now: installed with
   // writes held and none in flight, so every write after this call copies
   // the blocks it changes first. One at a time (EBUSY).
@@ -241,6 +250,7 @@ class TrackTarget final : public ForwardingTarget {
   std::vector<Queue*> queues_;
   std::unique_ptr<PerQueue[]> per_queue_{new PerQueue[kMaxQueues]};
   IoMetrics metrics_;
+  std::atomic<bool> moved_{false};
 };
 
 }  // namespace strata

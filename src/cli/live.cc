@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -9,6 +10,7 @@
 #include <fmt/core.h>
 
 #include "control/client.h"
+#include "targets/table.h"
 
 namespace strata::cli {
 namespace {
@@ -120,7 +122,13 @@ std::optional<int> run_live_commands(LiveCommands& l) {
     auto text = read_table(l.table);
     if (!text) return 1;
     bool create = l.create->parsed();
+    // The server opens the files, maybe from another working directory: it
+    // takes the table's relative paths under the table file's directory
+    // (stdin: ours).
+    std::error_code ec;
+    std::string dir = l.table == "-" ? std::filesystem::current_path(ec).string() : table_dir(l.table);
     json p = {{"name", l.name}, {"table", *text}};
+    if (!dir.empty() && dir[0] == '/') p["base_dir"] = dir;
     if (create) p["read_only"] = l.read_only;
     if (!create) p["force"] = l.force;
     return call_print(l, create ? "device_create" : "device_reload", p, [&](const json& r) {

@@ -82,6 +82,8 @@ Result<std::vector<DeviceSpec>> load_specs(const ServeOptions& o, std::string& s
     for (const auto& t : o.tables) {
       std::string text = TRY(read_file(t));
       auto more = TRY(parse_config(text, t, o.export_name));
+      // The table's relative paths name files beside it (docs/tables.md).
+      resolve_paths(more, table_dir(t));
       for (auto& m : more) {
         // Name the line that defines it again: its header, else its first segment.
         int line = m.line ? m.line : (m.segments.empty() ? 0 : m.segments[0].line);

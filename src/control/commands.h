@@ -63,8 +63,10 @@ Result<std::shared_ptr<Job>> find_job(Daemon& d, const nlohmann::json& req);
 // ---- devices at runtime (devices.cc / device_commands.cc) ----
 // Creates a device from table text (one device: segment lines, or one
 // [name] section), validated before anything changes, then exported.
+// Relative paths in it are taken under `base_dir` when it is given (the
+// directory of the client's table file), else the server's working directory.
 Result<nlohmann::json> device_create(Daemon& d, const std::string& name, const std::string& table,
-                                     bool read_only, std::string_view source);
+                                     bool read_only, std::string_view source, std::string_view base_dir = {});
 // Applies the devices of whole table files (serve's start-up and SIGHUP):
 // creates the new ones, reloads and resumes the changed ones, removes those
 // gone that have no client. Nothing changes if any of them fails to build.

@@ -142,11 +142,12 @@ Result<> remove_device(Daemon& d, const std::string& name, bool force) {
 }  // namespace
 
 Result<json> device_create(Daemon& d, const std::string& name, const std::string& text, bool read_only,
-                           std::string_view source) {
+                           std::string_view source, std::string_view base_dir) {
   if (!valid_device_name(name))
     return fail(EINVAL, fmt::format("device name '{}' may only hold letters, digits, '-', '_' and '.'", name));
   if (d.devices->find(name)) return fail(EEXIST, fmt::format("device '{}' exists", name));
   auto spec = TRY(parse_one(name, text, source));
+  if (!base_dir.empty()) resolve_paths(spec, base_dir);
   RegistryResolver res(*d.devices, name);
   auto dev = TRY(build_device(d, spec, read_only || spec.read_only || d.all_read_only, source, res));
   TRY(serve_device(d, dev));
@@ -167,9 +168,16 @@ json run_device_change(Daemon& d, const std::string& method, const json& params)
     if (!table) return err(table.error().message);
     auto ro = pr.boolean("read_only");
     if (!ro) return err(ro.error().message);
+    // The directory the table's relative paths are relative to: the CLI
+    // sends its table file's (or, for stdin, its working directory).
+    auto base_dir = pr.str("base_dir");
+    if (!base_dir) return err(base_dir.error().message);
+    if (*base_dir && ((*base_dir)->empty() || (**base_dir)[0] != '/'))
+      return err("\"base_dir\" must be an absolute path");
+    const std::string dir = base_dir->value_or("");
     std::string source = fmt::format("{} {}", method == "device_create" ? "create" : "reload", name);
     if (method == "device_create") {
-      auto r = device_create(d, name, **table, ro->value_or(false), source);
+      auto r = device_create(d, name, **table, ro->value_or(false), source, dir);
       return r ? ok(*r) : err(r.error().message);
     }
     auto cur = d.devices->find(name);
@@ -177,6 +185,7 @@ json run_device_change(Daemon& d, const std::string& method, const json& params)
     if (d.jobs->running_on(name)) return err(fmt::format("a job is running on device '{}'", name));
     auto spec = parse_one(name, **table, source);
     if (!spec) return err(spec.error().message);
+    if (!dir.empty()) resolve_paths(*spec, dir);
     auto next = load_inactive(d, cur, *spec, source, force);
     if (!next) return err(next.error().message);
     d.devices->put(*next);

@@ -14,17 +14,19 @@
 namespace strata {
 namespace {
 
+constexpr std::string_view kRbdPathOptions[] = {"conf", "keyring"};
+
 const TargetType kTargetTypes[] = {
-    {"file", FileTarget::kHelp, &FileTarget::create},
+    {"file", FileTarget::kHelp, &FileTarget::create, 0},
     {"linear", LinearTarget::kHelp, &LinearTarget::create},
     {"zero", ZeroTarget::kHelp, &ZeroTarget::create},
     {"error", ErrorTarget::kHelp, &ErrorTarget::create},
     {"memory", MemoryTarget::kHelp, &MemoryTarget::create},
     {"pattern", PatternTarget::kHelp, &PatternTarget::create},
-    {"cow", CowTarget::kHelp, &CowTarget::create},
+    {"cow", CowTarget::kHelp, &CowTarget::create, 0},
     {"nfs", NfsTarget::kHelp, &NfsTarget::create},
-    {"rbd", RbdTarget::kHelp, &RbdTarget::create},
-    {"cache", CacheTarget::kHelp, &CacheTarget::create},
+    {"rbd", RbdTarget::kHelp, &RbdTarget::create, -1, kRbdPathOptions},
+    {"cache", CacheTarget::kHelp, &CacheTarget::create, 1},
 };
 
 }  // namespace

@@ -26,6 +26,11 @@ struct TargetType {
   std::string_view name;
   std::string_view help;  // synopsis, shown by `strata serve --help-targets`
   CreateFn create;
+  // The arguments that name local files, so that a table's relative paths
+  // are taken from the table file's directory (resolve_paths, table.h): a
+  // positional argument (0-based; -1 for none) and option keys.
+  int path_arg = -1;
+  std::span<const std::string_view> path_options = {};
 };
 
 std::span<const TargetType> target_types();

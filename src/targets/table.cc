@@ -1,6 +1,7 @@
 #include "targets/table.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <set>
 
 #include <fmt/core.h>
@@ -132,6 +133,54 @@ Result<std::vector<DeviceSpec>> parse_config(std::string_view text, std::string_
   if (devs.back().segments.empty())
     return bad(devs.back().line, fmt::format("device '{}' has no segments", devs.back().name));
   return devs;
+}
+
+namespace {
+
+std::string under(std::string_view dir, std::string_view path) {
+  if (path.empty() || path.front() == '/') return std::string(path);
+  while (path.size() > 2 && path.substr(0, 2) == "./") path.remove_prefix(2);
+  std::string out(dir);
+  if (out.empty() || out.back() != '/') out += '/';
+  return out + std::string(path);
+}
+
+}  // namespace
+
+void resolve_paths(DeviceSpec& spec, std::string_view dir) {
+  for (auto& seg : spec.segments) {
+    const TargetType* type = find_target_type(seg.target);
+    if (!type) continue;
+    // Positional words and key=value options as Params splits them.
+    int positional = 0;
+    for (auto& w : seg.args) {
+      auto eq = w.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        if (positional++ == type->path_arg) w = under(dir, w);
+        continue;
+      }
+      std::string_view key(w.data(), eq);
+      for (auto k : type->path_options)
+        if (k == key && eq + 1 < w.size()) {
+          w = std::string(key) + "=" + under(dir, std::string_view(w).substr(eq + 1));
+          break;
+        }
+    }
+  }
+}
+
+void resolve_paths(std::vector<DeviceSpec>& specs, std::string_view dir) {
+  for (auto& s : specs) resolve_paths(s, dir);
+}
+
+std::string table_dir(std::string_view path) {
+  // The directory as the kernel finds it (symlinks and `..` resolved), so
+  // that `../conf/t.conf` gives /srv/conf, not /srv/run/../conf.
+  std::error_code ec;
+  auto abs = std::filesystem::absolute(std::filesystem::path(path), ec);
+  if (ec) return ".";
+  auto dir = std::filesystem::weakly_canonical(abs.parent_path(), ec);
+  return ec ? abs.parent_path().string() : dir.string();
 }
 
 // ---------------------------------------------------------------- DeviceSet

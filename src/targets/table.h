@@ -47,6 +47,17 @@ struct DeviceSpec {
 Result<std::vector<DeviceSpec>> parse_config(std::string_view text, std::string_view source,
                                              std::string_view default_name);
 
+// Relative paths in a table are relative to the table file's directory, as in
+// config formats, not to the working directory of whoever reads it: this
+// rewrites every relative path argument of `spec` (those its target type
+// lists: TargetType::path_arg and path_options) as `dir`/PATH. `dir` is
+// absolute; absolute paths and non-path arguments are left as they are.
+void resolve_paths(DeviceSpec& spec, std::string_view dir);
+void resolve_paths(std::vector<DeviceSpec>& specs, std::string_view dir);
+// The absolute directory of a table file named `path` (relative to the
+// working directory), symlinks and `..` resolved.
+std::string table_dir(std::string_view path);
+
 class TableTarget final : public Target {
  public:
   struct Segment {

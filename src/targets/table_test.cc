@@ -106,3 +106,43 @@ TEST(DeviceSet, BuildErrorsNameTheLineAndTarget) {
 
 }  // namespace
 }  // namespace strata
+
+namespace strata {
+namespace {
+
+TEST(TablePaths, RelativePathArgumentsGoUnderTheTablesDirectory) {
+  auto r = parse_config(
+      "[a]\n"
+      "0 8 file disk.img 0 direct=off\n"
+      "8 8 file ./sub/x.img 4096 ro\n"
+      "16 8 file /abs/y.img 0\n"
+      "24 8 file ../up.img 0\n"
+      "[b]\n"
+      "0 8 linear a 0\n"
+      "8 8 cow layers/top.layer base=a\n"
+      "16 8 nfs nfs://host/export/f 0\n"
+      "24 8 rbd rbd/img conf=ceph.conf keyring=/etc/k id=x=y\n",
+      "t.conf", "");
+  ASSERT_TRUE(r) << r.error().message;
+  resolve_paths(*r, "/etc/strata");
+  auto args = [&](int d, int s) { return (*r)[d].segments[s].args; };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(args(0, 0), (V{"/etc/strata/disk.img", "0", "direct=off"}));
+  EXPECT_EQ(args(0, 1), (V{"/etc/strata/sub/x.img", "4096", "ro"}));
+  EXPECT_EQ(args(0, 2), (V{"/abs/y.img", "0"}));
+  EXPECT_EQ(args(0, 3), (V{"/etc/strata/../up.img", "0"}));
+  EXPECT_EQ(args(1, 0), (V{"a", "0"}));  // a device name
+  EXPECT_EQ(args(1, 1), (V{"/etc/strata/layers/top.layer", "base=a"}));
+  EXPECT_EQ(args(1, 2), (V{"nfs://host/export/f", "0"}));
+  EXPECT_EQ(args(1, 3), (V{"rbd/img", "conf=/etc/strata/ceph.conf", "keyring=/etc/k", "id=x=y"}));
+}
+
+TEST(TablePaths, TableDirIsAbsolute) {
+  EXPECT_EQ(table_dir("/etc/strata/t.conf"), "/etc/strata");
+  auto d = table_dir("t.conf");
+  ASSERT_FALSE(d.empty());
+  EXPECT_EQ(d.front(), '/');
+}
+
+}  // namespace
+}  // namespace strata

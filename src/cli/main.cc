@@ -67,6 +67,14 @@ void print_status(const json& r) {
       std::string info;
       for (const auto& [k, v] : s["info"].items()) info += fmt::format(" {}={}", k, v.is_string() ? v.get<std::string>() : v.dump());
       if (!info.empty()) fmt::print("   {}\n", info);
+      if (!s.contains("layers")) continue;
+      // A cow stack, bottom to top, as `strata merge --layer` names them.
+      fmt::print("    layers (bottom to top):\n");
+      int i = 0;
+      for (const auto& l : s["layers"])
+        fmt::print("    {} {} {} {} chunks, {} on disk{}\n", i++, l["path"].get<std::string>(),
+                   l["uuid"].get<std::string>(), l["chunks"].get<uint64_t>(),
+                   human_size(l["allocated_bytes"].get<uint64_t>()), l["writable"].get<bool>() ? ", writable" : "");
     }
   }
 }

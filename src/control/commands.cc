@@ -52,10 +52,22 @@ json device_status(const Device& dev) {
     json info = json::object();
     JsonInfo sink(info);
     s.target->info(sink);
-    segs.push_back({{"start_sector", s.start / kSectorSize},
-                    {"num_sectors", s.length / kSectorSize},
-                    {"table", s.target->table_line()},
-                    {"info", info}});
+    json seg = {{"start_sector", s.start / kSectorSize},
+                {"num_sectors", s.length / kSectorSize},
+                {"table", s.target->table_line()},
+                {"info", info}};
+    if (const auto* cow = dynamic_cast<const CowTarget*>(s.target.get())) {
+      json layers = json::array();
+      for (const auto& l : cow->layer_status())
+        layers.push_back({{"path", l.path},
+                          {"uuid", l.uuid},
+                          {"writable", l.writable},
+                          {"chunks", l.chunks},
+                          {"file_bytes", l.file_bytes},
+                          {"allocated_bytes", l.allocated_bytes}});
+      seg["layers"] = layers;
+    }
+    segs.push_back(std::move(seg));
   }
   j["segments"] = segs;
   return j;

@@ -173,6 +173,26 @@ std::vector<std::string> CowTarget::layer_paths() const {
   return v;
 }
 
+std::vector<CowTarget::LayerStatus> CowTarget::layer_status() const {
+  const std::size_t n = nlayers_.load();
+  std::vector<LayerStatus> v(n);
+  std::vector<uint64_t> held(kMaxLayers + 1, 0);
+  for (uint64_t c = 0; c < chunks_; ++c) ++held[holder(c) & ~kZeroBit];
+  const std::size_t w = write_layer_.load();
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto& l = *layers_[i];
+    v[i].path = l.path();
+    v[i].uuid = uuid_string(l.header().uuid);
+    v[i].writable = !read_only_ && i == w;
+    v[i].chunks = held[i + 1];
+    if (struct stat st {}; ::fstat(l.fd(), &st) == 0) {
+      v[i].file_bytes = static_cast<uint64_t>(st.st_size);
+      v[i].allocated_bytes = static_cast<uint64_t>(st.st_blocks) * 512;
+    }
+  }
+  return v;
+}
+
 void CowTarget::info(InfoSink& out) const {
   out.add("layers", nlayers_.load());
   out.add("chunk_size", chunk_);

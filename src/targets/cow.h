@@ -92,6 +92,16 @@ class CowTarget final : public Target {
   Result<int> flush_until_quick(Queue& q);
   // Layers bottom to top, for status.
   std::vector<std::string> layer_paths() const;
+  // What `strata status` shows of each layer, bottom to top. Cheap: one pass
+  // over the in-memory index and an fstat per layer, no read of any file.
+  struct LayerStatus {
+    std::string path;
+    std::string uuid;
+    bool writable = false;  // writes go to it: the top (during a merge, its parent)
+    uint64_t chunks = 0;    // chunks the device reads from it (data, or zeros it records)
+    uint64_t file_bytes = 0, allocated_bytes = 0;  // the file's size and the space it takes
+  };
+  std::vector<LayerStatus> layer_status() const;
   // Control thread: folds the top layer into its parent while I/O goes on
   // (writes go to the parent from the start, so it converges under any write
   // load); the stack is then one layer shorter. Progress: (copied, total)

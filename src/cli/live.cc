@@ -86,11 +86,11 @@ int job_status(const json& j) {
 void add_live_commands(CLI::App& app, LiveCommands& l) {
   l.create = app.add_subcommand("create", "Create a device on a running server from a table (segment lines)");
   l.create->add_option("name", l.name, "Device name")->required();
-  l.create->add_option("--table", l.table, "Table file of the device's segments, or - for stdin")->required();
+  l.create->add_option("--table", l.table, "Table file of the device's segments (relative paths from its directory), or - for stdin")->required();
   l.create->add_flag("--read-only", l.read_only, "Export it read-only");
   l.reload = app.add_subcommand("reload", "Load a new table for a device (inactive until `strata resume`)");
   l.reload->add_option("name", l.name, "Device name")->required();
-  l.reload->add_option("--table", l.table, "Table file of the device's segments, or - for stdin")->required();
+  l.reload->add_option("--table", l.table, "Table file of the device's segments (relative paths from its directory), or - for stdin")->required();
   l.reload->add_flag("--force", l.force, "Allow a size change while NBD clients are connected");
   l.suspend = app.add_subcommand("suspend", "Hold a device's new requests and wait for those in flight");
   l.suspend->add_option("name", l.name, "Device name")->required();

@@ -149,7 +149,7 @@ int main(int argc, char** argv) {
 
   strata::cli::ServeOptions so;
   auto* serve = app.add_subcommand("serve", "Serve devices over NBD in the foreground");
-  serve->add_option("--table", so.tables, "Table file: dmsetup lines, several devices under [name] headers")
+  serve->add_option("--table", so.tables, "Table file: dmsetup lines, devices under [name] headers; relative paths from its directory")
       ->check(CLI::ExistingFile);
   serve->add_option("--file", so.file, "Serve one file (shorthand for a one-segment `file` table)");
   serve->add_option("--offset", so.offset, "With --file: byte offset into the file");

@@ -1,8 +1,8 @@
 #!/bin/bash
 # Relative paths in a --table file name files beside the table (as config formats do), not in strata's working
 # directory: file paths (plain, ./sub, ../up) and a cow stack's top layer, the table itself named relatively, the
-# server started from another directory that holds decoys of the same names; the SIGHUP re-read resolves the same
-# way; strata table prints the resolved (absolute) paths.
+# server started from another directory that holds decoys of the same names; the SIGHUP re-read and an offline
+# strata flatten --table resolve the same way; strata table and dump print the resolved (absolute) paths.
 source "$(dirname "$0")/functions.sh"
 requires jq
 C=$WORK/conf RUN=$WORK/run/x
@@ -86,4 +86,10 @@ same_as sub "$C/data/sub.img"
 ctl dump >"$WORK/run/dump.conf"
 grep -q "file $C/disk2.img 0" "$WORK/run/dump.conf" || die "dump: $(cat "$WORK/run/dump.conf")"
 stop_strata
+
+# strata flatten --table (offline, no server) reads the table the same way.
+cd "$RUN"
+"$STRATA" flatten plain --to "$WORK/flat.raw" --table ../../conf/t.conf >/dev/null
+cd "$WORK"
+cmp "$WORK/flat.raw" "$C/disk2.img" || die "offline flatten did not read the file beside the table"
 echo PASS

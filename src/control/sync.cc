@@ -48,13 +48,20 @@ class Replica {
     return r;
   }
   ~Replica() {
-    if (nbd_) nbd_close(nbd_);
+    if (nbd_) {
+      (void)drain();  // nbd_close frees buffers libnbd may still send from
+      nbd_close(nbd_);
+    }
     if (fd_ >= 0) ::close(fd_);
   }
+  // Over NBD the write is only sent: the bytes at p must stay as they are
+  // until drain() (every write sent completed) returns.
   Result<> write(const std::byte* p, uint64_t n, uint64_t off) {
     if (nbd_) {
-      if (nbd_pwrite(nbd_, p, n, off, 0) == -1)
-        return fail(nbd_get_errno() ? nbd_get_errno() : EIO, fmt::format("replica {}: {}", name_, nbd_get_error()));
+      int64_t c = nbd_aio_pwrite(nbd_, p, n, off, NBD_NULL_COMPLETION, 0);
+      if (c == -1) return nbd_failure();
+      pending_.push_back(c);
+      if (pending_.size() >= kMaxInFlight) return drain(kMaxInFlight / 2);
       return {};
     }
     while (n > 0) {
@@ -67,8 +74,27 @@ class Replica {
     }
     return {};
   }
+  // Waits until at most `left` writes sent are still in flight; the first
+  // failure among them is returned.
+  Result<> drain(std::size_t left = 0) {
+    Result<> res;
+    while (pending_.size() > left) {
+      if (nbd_poll(nbd_, -1) == -1) return nbd_failure();
+      for (auto it = pending_.begin(); it != pending_.end();) {
+        int r = nbd_aio_command_completed(nbd_, *it);
+        if (r == 0) {
+          ++it;
+          continue;
+        }
+        if (r == -1 && res) res = nbd_failure();
+        it = pending_.erase(it);
+      }
+    }
+    return res;
+  }
   Result<> flush() {
     if (nbd_) {
+      TRY(drain());
       if (nbd_can_flush(nbd_) == 1 && nbd_flush(nbd_, 0) == -1)
         return fail(nbd_get_errno() ? nbd_get_errno() : EIO, fmt::format("replica {}: {}", name_, nbd_get_error()));
       return {};
@@ -79,7 +105,12 @@ class Replica {
 
  private:
   Replica() = default;
+  Failure nbd_failure() const {
+    return fail(nbd_get_errno() ? nbd_get_errno() : EIO, fmt::format("replica {}: {}", name_, nbd_get_error()));
+  }
+  static constexpr std::size_t kMaxInFlight = 64;
   std::string name_;
+  std::vector<int64_t> pending_;  // NBD write cookies sent, not yet completed
   nbd_handle* nbd_ = nullptr;
   int fd_ = -1;
 };
@@ -87,7 +118,7 @@ class Replica {
 // Extents copied per hand-off to the queue: one round trip between this
 // thread and the queue's costs more than a small read from the page cache,
 // so scattered small extents are read together.
-constexpr std::size_t kBatch = 64;
+constexpr std::size_t kBatch = 1024;
 using Extent = std::pair<uint64_t, uint64_t>;  // offset, length
 
 // Reads the extents of `batch` (kChunk bytes at most in all) back to back
@@ -184,6 +215,7 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
         p += n;
         copied += n;
       }
+      TRY(replica->drain());  // buf is read into again next
       batch.clear();
       batch_bytes = 0;
       if (progress) progress({{"round", rounds + 1}, {"copied_bytes", copied}, {"total_bytes", total}});

@@ -166,6 +166,8 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
   bool converged = false, frozen = false;
   std::chrono::steady_clock::time_point frozen_at;
   double last_rate = 0;  // bytes per second of the last round
+  bool throttled = false;
+  int throttled_rounds = 0;
   uint64_t held_us = 0;
   auto thaw = [&] {
     held_us = static_cast<uint64_t>(
@@ -192,6 +194,7 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
     auto bits_r = t.checkpoint(o.map, &consistent, /*for_sync=*/true);
     if (!bits_r) {
       if (frozen) thaw();
+      if (throttled) t.throttle(0);
       return fail(bits_r.error());
     }
     auto bits = *bits_r;
@@ -238,10 +241,12 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
       auto r2 = t.restore(o.map, *bits);
       if (!r2) LOG_ERROR("sync: restoring map {}: {}", o.map, r2.error().message);
       if (frozen) thaw();
+      if (throttled) t.throttle(0);
       return fail(res.error().code, "sync: " + res.error().message + " (the map is unchanged)");
     }
     if (auto fr = t.finish_sync(o.map); !fr) {
-      if (frozen) thaw();  // never leave writes held
+      if (frozen) thaw();
+      if (throttled) t.throttle(0);  // never leave writes held
       return fail(fr.error());
     }
     copied_total += copied;
@@ -251,16 +256,30 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
     if (last) {
       converged = true;
       if (o.move) t.fence();  // before the writes held are let go: they fail
+      if (throttled) t.throttle(0);
       thaw();
       break;
     }
-    auto cur = TRY(t.map_bits(o.map));
-    if (cur->dirty_blocks() == 0) {
+    auto cur = t.map_bits(o.map);
+    if (!cur) {
+      if (throttled) t.throttle(0);
+      return fail(cur.error());
+    }
+    if ((*cur)->dirty_blocks() == 0) {
       converged = true;
       break;
     }
     if (rounds >= o.max_rounds && !o.final) break;
+    if (o.final && rounds >= 2 && last_rate > 0) {
+      // Not converging under the writes: writes slowed to half the rate the
+      // copy runs at, so what is left halves each
+      // round until the last pass is short (QEMU's auto-converge, for disks).
+      t.throttle(static_cast<uint64_t>(std::max(1.0 * (1 << 20), last_rate / 2)));
+      throttled = true;
+      ++throttled_rounds;
+    }
   }
+  if (throttled) t.throttle(0);
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
   auto left = TRY(t.map_bits(o.map));
   return nlohmann::json{{"rounds", rounds},
@@ -270,6 +289,7 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
                         {"final", o.final},
                         {"moved", o.move && converged},
                         {"held_us", held_us},
+                        {"throttled_rounds", throttled_rounds},
                         {"dirty_bytes_left", left->dirty_blocks() * left->granularity()}};
 }
 

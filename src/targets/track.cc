@@ -438,12 +438,20 @@ struct ParkAwaiter {
   void await_suspend(std::coroutine_handle<> h) { parked.push_back(h); }
   void await_resume() const noexcept {}
 };
+
 }  // namespace
 
 Task<Result<>> TrackTarget::enter(Queue& q) {
   PerQueue& pq = per_queue_[q.id()];
-  while (pq.frozen) co_await ParkAwaiter{pq.parked};
-  if (moved()) co_return moved_error();
+  for (;;) {
+    if (pq.frozen) {
+      co_await ParkAwaiter{pq.parked};
+    } else if (moved()) {
+      co_return moved_error();
+    } else {
+      break;
+    }
+  }
   ++pq.in_flight;
   co_return Result<>{};
 }
@@ -497,6 +505,7 @@ Task<Result<>> TrackTarget::flush(Queue& q) {
 
 Task<Result<>> TrackTarget::write_tracked(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {
   IoMetrics::Request m(metrics_, q.id(), IoOp::kWrite, buf.size());
+  co_await pace(q, buf.size());
   CO_TRY(co_await enter(q));
   uint64_t epoch = mark(q, offset, buf.size());
   if (auto c = per_queue_[q.id()].copy) co_await c->before_write(q, offset, buf.size());
@@ -533,6 +542,7 @@ Task<Result<>> TrackTarget::zero(Queue& q, uint64_t offset, uint64_t length, IoF
 
 Task<Result<>> TrackTarget::zero_tracked(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
   IoMetrics::Request m(metrics_, q.id(), IoOp::kZero, length);
+  co_await pace(q, std::min<uint64_t>(length, 1 << 20));
   CO_TRY(co_await enter(q));
   uint64_t epoch = mark(q, offset, length);
   if (auto c = per_queue_[q.id()].copy) co_await c->before_write(q, offset, length);
@@ -716,6 +726,21 @@ void TrackTarget::freeze() {
       pq.on_drained = [p] { p->set_value(); };
   });
   for (auto& f : drained) f.get();
+}
+
+void TrackTarget::throttle(uint64_t bytes_per_sec) {
+  on_every_queue([bytes_per_sec](PerQueue& pq) { pq.write_rate = bytes_per_sec; });
+}
+
+Task<void> TrackTarget::pace(Queue& q, uint64_t bytes) {
+  PerQueue& pq = per_queue_[q.id()];
+  if (pq.write_rate == 0) co_return;
+  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+  const int64_t start = std::max(now, pq.next_write_ns);
+  pq.next_write_ns = start + static_cast<int64_t>(static_cast<double>(bytes) * 1e9 / pq.write_rate);
+  if (start > now) co_await q.ring().sleep(std::chrono::nanoseconds(start - now));
 }
 
 void TrackTarget::thaw() {

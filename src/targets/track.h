@@ -28,6 +28,7 @@
 #pragma once
 
 #include <atomic>
+#include <deque>
 #include <coroutine>
 #include <memory>
 #include <mutex>
@@ -180,6 +181,10 @@ class TrackTarget final : public ForwardingTarget {
   // now on, those held by a freeze included, fails with ESHUTDOWN (NBD's
   // "server shutting down": clients reconnect elsewhere). Call frozen.
   void fence() { moved_.store(true, std::memory_order_release); }
+  // Writes on each queue at most `bytes_per_sec` (0: no limit); a write
+  // over the rate waits its turn (a timer on the queue's ring): a sync that
+  // does not converge slows the writers until it does (sync --final, --move).
+  void throttle(uint64_t bytes_per_sec);
   bool moved() const { return moved_.load(std::memory_order_acquire); }
   Failure moved_error() const;
   // A point-in-time copy (cbw.h) of this device as it is now: installed with
@@ -210,6 +215,10 @@ class TrackTarget final : public ForwardingTarget {
     bool frozen = false;
     uint64_t in_flight = 0;
     std::vector<std::coroutine_handle<>> parked;
+    // throttle(): bytes per second of writes on this queue (0: no limit),
+    // and when the next write may start (steady clock, ns).
+    uint64_t write_rate = 0;
+    int64_t next_write_ns = 0;
     std::function<void()> on_drained;
     // Bumped each time `maps` changes; writes in flight by the epoch (its
     // parity) whose list they marked, so publish() can wait for the old ones.
@@ -228,6 +237,7 @@ class TrackTarget final : public ForwardingTarget {
   Task<Result<>> trim_tracked(Queue& q, uint64_t offset, uint64_t length, IoFlags f);
   Task<Result<>> zero_tracked(Queue& q, uint64_t offset, uint64_t length, IoFlags f);
   Task<Result<>> enter(Queue& q);
+  Task<void> pace(Queue& q, uint64_t bytes);
   void leave(Queue& q, uint64_t epoch);
   // Publishes maps_ to every queue and waits until the writes that marked
   // the previous list have completed.

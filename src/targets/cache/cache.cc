@@ -145,7 +145,6 @@ Result<> CacheTarget::open_file(const std::string& identity) {
         std::string_view(reinterpret_cast<const char*>(h.data()) + 52, idlen) != std::string_view(identity))
       why = "the device's identity changed (its data may differ)";
   }
-  slots_.assign(nslots_, SlotState{});
   if (why.empty() && n == static_cast<ssize_t>(h.size())) {
     // Load the slot table; an entry naming no chunk of this device, or a chunk
     // another slot holds already, is dropped.
@@ -155,6 +154,7 @@ Result<> CacheTarget::open_file(const std::string& identity) {
     const uint64_t nchunks = (length_ + chunk_ - 1) / chunk_;
     uint64_t dropped = 0;
     MutexLock l(mu_);
+    slots_.assign(nslots_, SlotState{});
     for (uint32_t s = 0; s < nslots_; ++s) {
       uint64_t e = get64(tab.data() + uint64_t{s} * 8);
       if (e != kFree && e - 1 < nchunks && !where_.count(e - 1)) {

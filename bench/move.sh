@@ -32,8 +32,8 @@ bytes=$(numfmt --from=iec "$SIZE")
 PORT=$(shuf -i 20000-45000 -n 1)
 echo "# $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) vCPU; strata $("$STRATA" --version 2>/dev/null | head -1)"
 echo "# bench/move.sh --runs $RUNS --size $SIZE"
-echo "| run | writes held ms | --move sync MiB | --move sync passes | move total s | fio IOPS before the move |"
-echo "|---:|---:|---:|---:|---:|---:|"
+echo "| run | writes held ms | of it: replica flush ms | MiB copied while held | --move sync MiB | --move sync passes | move total s | fio IOPS before the move |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
 held_all=()
 for run in $(seq 1 "$RUNS"); do
   rm -rf "$W/r"; mkdir -p "$W/r"; R=$W/r
@@ -61,7 +61,8 @@ for run in $(seq 1 "$RUNS"); do
   iops=$(awk -F, 'NR>1 && NR<=4 {s+=$2; n++} END {if (n) printf "%d", s/n}' "$R"/iops_iops.*.log 2>/dev/null || echo "?")
   held=$(jq .held_us <<<"$out")
   held_all+=("$held")
-  printf '| %d | %.1f | %.1f | %d | %.2f | %s |\n' "$run" "$(echo "$held / 1000" | bc -l)" \
+  printf '| %d | %.1f | %.1f | %.2f | %.1f | %d | %.2f | %s |\n' "$run" "$(echo "$held / 1000" | bc -l)" \
+    "$(echo "$(jq .held_flush_us <<<"$out") / 1000" | bc -l)" "$(echo "$(jq .held_copied_bytes <<<"$out") / 1048576" | bc -l)" \
     "$(echo "$(jq .copied_bytes <<<"$out") / 1048576" | bc -l)" "$(jq .rounds <<<"$out")" \
     "$(echo "$t1 - $t0" | bc -l)" "$iops"
   kill -9 $A $B 2>/dev/null || true; wait $A $B 2>/dev/null || true

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/suspend.sh: how long a suspend/resume (and a suspend/reload/resume)
+# bench/suspend.sh: how long a suspend/resume (and a reload/suspend/resume)
 # holds the writes of a busy device.
 #
 #   bench/suspend.sh [--cycles 50] [--size 1G]
@@ -8,9 +8,9 @@
 # (--ioengine=nbd, 4k randwrite QD32, one job) writes to it without pause.
 # Meanwhile a control client on one persistent connection runs CYCLES times,
 # 100 ms apart: device_suspend (the default: flush while requests flow, then
-# hold and drain) then device_resume; then as many cycles of device_suspend,
-# device_reload (the same table), device_resume (a swap: the old table is
-# flushed in the background after it); then of device_suspend sync (flush,
+# hold and drain) then device_resume; then as many cycles of device_reload
+# (the same table, loaded inactive first as dmsetup does), device_suspend,
+# device_resume (a swap: the old table is flushed in the background after it); then of device_suspend sync (flush,
 # hold, drain, flush again with requests held); then of device_suspend
 # noflush (hold and drain only).
 # "held" is, per cycle, the resume's held_us: from the gate closing to every
@@ -67,13 +67,13 @@ def ask(method, **params):
 cycles, table = int(sys.argv[2]), sys.argv[3]
 def pct(v, p):
     v = sorted(v); return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
-for kind in ("suspend/resume", "suspend/reload/resume", "suspend --sync/resume", "suspend --noflush/resume"):
+for kind in ("suspend/resume", "reload/suspend/resume", "suspend --sync/resume", "suspend --noflush/resume"):
     pauses, susp, drain, flush, pre = [], [], [], [], []
     for _ in range(cycles):
+        if kind.startswith("reload"):
+            ask("device_reload", name="d", table=table)  # dmsetup's order: load, then suspend
         r = ask("device_suspend", name="d", noflush=kind.startswith("suspend --noflush"),
                 sync=kind.startswith("suspend --sync"))
-        if kind != "suspend/resume":
-            ask("device_reload", name="d", table=table)
         rr = ask("device_resume", name="d")
         pauses.append(rr["held_us"] / 1e3)
         susp.append(r["suspend_us"] / 1e3)

@@ -168,6 +168,7 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
   double last_rate = 0;  // bytes per second of the last round
   bool throttled = false;
   int throttled_rounds = 0;
+  uint64_t last_copied = 0, last_flush_us = 0;  // of the pass with writes held
   uint64_t held_us = 0;
   auto thaw = [&] {
     held_us = static_cast<uint64_t>(
@@ -235,7 +236,10 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
       if (!res) break;
     }
     if (res) res = copy_batch();
+    const auto flush_t0 = std::chrono::steady_clock::now();
     if (res) res = replica->flush();
+    const uint64_t flush_us = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - flush_t0).count());
     if (!res) {
       // Nothing is forgotten that the replica may not hold.
       auto r2 = t.restore(o.map, *bits);
@@ -255,6 +259,8 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
       last_rate = static_cast<double>(copied) / s;
     if (last) {
       converged = true;
+      last_copied = copied;
+      last_flush_us = flush_us;
       if (o.move) t.fence();  // before the writes held are let go: they fail
       if (throttled) t.throttle(0);
       thaw();
@@ -290,6 +296,8 @@ Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& 
                         {"moved", o.move && converged},
                         {"held_us", held_us},
                         {"throttled_rounds", throttled_rounds},
+                        {"held_copied_bytes", last_copied},
+                        {"held_flush_us", last_flush_us},
                         {"dirty_bytes_left", left->dirty_blocks() * left->granularity()}};
 }
 

@@ -1,5 +1,8 @@
 #include "control/jobs.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <fmt/core.h>
 
 #include "core/log.h"
@@ -109,6 +112,9 @@ Result<std::shared_ptr<Job>> Jobs::start(const std::string& device, const std::s
   auto job = std::make_shared<Job>(next_id_++, device, kind);
   jobs_[job->id()] = job;
   threads_[job->id()] = std::thread([job, body = std::move(body)] {
+    // Background work: the job's own thread (its copy loop) yields the CPU to
+    // the control thread and the queues (nice 10; this thread only).
+    (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
     LOG_INFO("job {}: {} of '{}' started", job->id(), job->kind(), job->device());
     auto r = body(*job);
     if (!r && job->cancelled()) r = fail(ECANCELED, r.error().message);

@@ -26,7 +26,15 @@ with open(work + "/ref.raw", "wb") as f:
         f.write(h.pread(8 << 20, off))
 m = subprocess.Popen([strata, "flatten", "d", "--to", work + "/flat.raw", "--json", "--control", ctl],
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-time.sleep(0.1)
+# The copy's moment is when its job starts, not when the command was spawned (a loaded machine can
+# take longer than any fixed sleep): wait until the job runs.
+for _ in range(500):
+    jobs = json.loads(subprocess.check_output([strata, "jobs", "--json", "--control", ctl]))
+    if any(j.get("kind") == "flatten" and j.get("state") == "running" for j in jobs):
+        break
+    if m.poll() is not None:
+        break
+    time.sleep(0.01)
 def put(byte, off):
     if how == "write":
         h.pwrite(byte * BS, off)

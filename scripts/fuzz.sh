@@ -6,7 +6,11 @@
 #                                         seed corpus (tests/fuzz/corpus/NAME); any finding fails, its input
 #                                         is kept in build-fuzz/artifacts/ and printed in base64
 #   scripts/fuzz.sh all [SECONDS]         check every harness
-#   scripts/fuzz.sh soak MINUTES          every harness MINUTES minutes, new inputs kept in build-fuzz/corpus/
+#   scripts/fuzz.sh soak MINUTES [NAME...] every harness (or those named) MINUTES minutes of wall time, one at
+#                                         a time, new inputs kept in build-fuzz/corpus/; the CPU time each got
+#                                         is printed and appended to build-fuzz/soak.log (on a shared machine run
+#                                         it under SCHED_IDLE: chrt -i 0 scripts/fuzz.sh soak 30). SOAK_UNTIL=EPOCH:
+#                                         the harnesses share what is left until then instead (none runs past it)
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${FUZZ_BUILD:-$SRC/build-fuzz}
@@ -35,9 +39,14 @@ run() { # NAME SECONDS CORPUS_DIR
   mkdir -p "$corpus" "$BUILD/artifacts" "$seeds"
   local log=$BUILD/artifacts/$name.log rc=0
   ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
-    "$bin" -max_total_time="$secs" -timeout=25 -rss_limit_mb=2560 -max_len=65536 -print_final_stats=1 \
+    /usr/bin/time -o "$BUILD/artifacts/$name.cpu" -f "%U %S %e" "$bin" -max_total_time="$secs" -timeout=25 -rss_limit_mb=2560 -max_len=65536 -print_final_stats=1 \
     -artifact_prefix="$BUILD/artifacts/$name-" "$corpus" "$seeds" >"$log" 2>&1 || rc=$?
   grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb|cov: " "$log" | tail -3
+  # CPU time the harness got (user + system), wall time: under SCHED_IDLE the two differ.
+  local cpu
+  cpu=$(awk 'END { printf "%.1f CPU-minutes in %.1f minutes of wall time", ($1 + $2) / 60, $3 / 60 }' "$BUILD/artifacts/$name.cpu")
+  echo "fuzz: $name: $cpu"
+  echo "$(date -u +%FT%TZ) $name $cpu, $(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}') executions, $(grep -oE 'cov: [0-9]+' "$log" | tail -1)" >>"$BUILD/soak.log"
   if [ $rc -ne 0 ]; then
     tail -60 "$log" >&2
     local a
@@ -72,8 +81,22 @@ case $cmd in
     ;;
   soak)
     mins=${2:?minutes}
+    shift 2
     build
-    for h in $(harnesses); do run "$h" $((mins * 60)) "$BUILD/corpus/$h"; done
+    list=${*:-$(harnesses)}
+    set -- $list
+    for h in "$@"; do
+      secs=$((mins * 60))
+      if [ -n "${SOAK_UNTIL:-}" ]; then
+        left=$(( (SOAK_UNTIL - $(date +%s)) / $# ))
+        [ "$left" -lt "$secs" ] && secs=$left
+        [ "$secs" -ge 10 ] || { echo "fuzz: $h: no time left before SOAK_UNTIL" >&2; shift; continue; }
+      fi
+      # A finding stops this harness, not the soak.
+      (run "$h" "$secs" "$BUILD/corpus/$h") || failed="${failed:-} $h"
+      shift
+    done
+    [ -z "${failed:-}" ] || { echo "fuzz: soak: findings in:$failed" >&2; exit 1; }
     ;;
   *)
     sed -n '2,9p' "$0" >&2

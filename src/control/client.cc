@@ -8,7 +8,32 @@
 
 #include <fmt/core.h>
 
+#include "core/log.h"
+
 namespace strata::control {
+
+namespace {
+// The request line; an argument that is not valid UTF-8 (JSON cannot carry
+// it: nlohmann-json throws) is refused, named and escaped.
+Result<std::string> request_line(const std::string& method, const nlohmann::json& params) {
+  nlohmann::json req = {{"method", method}, {"params", params}};
+  try {
+    return req.dump() + "\n";
+  } catch (const nlohmann::json::exception&) {
+  }
+  if (params.is_object()) {
+    for (const auto& [k, v] : params.items()) {
+      if (!v.is_string()) continue;
+      try {
+        (void)v.dump();
+      } catch (const nlohmann::json::exception&) {
+        return fail(EINVAL, fmt::format("{} '{}' is not valid UTF-8", k, log_escape(v.get_ref<const std::string&>())));
+      }
+    }
+  }
+  return fail(EINVAL, fmt::format("{}: an argument is not valid UTF-8", method));
+}
+}  // namespace
 
 std::string default_control_path() {
   if (const char* e = std::getenv("STRATA_CONTROL"); e && *e) return e;
@@ -19,6 +44,9 @@ std::string default_control_path() {
 
 Result<nlohmann::json> call(const std::string& path, const std::string& method, const nlohmann::json& params,
                             const std::function<void(const nlohmann::json&)>& progress) {
+  auto line_r = request_line(method, params);
+  if (!line_r) return fail(line_r.error());
+  const std::string& line = *line_r;
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof addr.sun_path) return fail(ENAMETOOLONG, "control socket path too long: " + path);
@@ -33,8 +61,6 @@ Result<nlohmann::json> call(const std::string& path, const std::string& method, 
                                    path),
                        e);
   }
-  nlohmann::json req = {{"method", method}, {"params", params}};
-  std::string line = req.dump() + "\n";
   if (::send(fd, line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size())) {
     int e = errno;
     ::close(fd);

@@ -12,6 +12,7 @@
 #include "control/sync.h"
 #include "control/params.h"
 #include "core/buffer.h"
+#include "core/log.h"
 #include "targets/cow.h"
 
 #include <fcntl.h>
@@ -225,6 +226,8 @@ json run(Daemon& d, const json& req) {
     return ok({{"connections", s.active},
                {"connections_total", s.total},
                {"connections_refused", s.refused},
+               {"handshakes_evicted", s.evicted},
+               {"handshake_timeouts", s.handshake_timeouts},
                {"uris", d.nbd->uris()},
                {"exports", exports},
                {"uptime_seconds", up.count()}});
@@ -315,18 +318,32 @@ Kind classify(const std::string& m) {
   return Kind::kChange;
 }
 
+json error_reply(std::string_view message) { return {{"ok", false}, {"error", escape_controls(message)}}; }
+
+json escape_reply(json reply) {
+  if (reply.is_object()) {
+    auto e = reply.find("error");
+    if (e != reply.end() && e->is_string()) *e = escape_controls(e->get_ref<const std::string&>());
+  }
+  return reply;
+}
+
+std::string reply_line(const json& reply) {
+  return reply.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
 json dispatch(Daemon& d, const json& req) {
   // nlohmann-json throws on type errors; keep that at this boundary.
   try {
-    return run(d, req);
+    return escape_reply(run(d, req));
   } catch (const std::exception& e) {
-    return err(fmt::format("bad request: {}", e.what()));
+    return error_reply(fmt::format("bad request: {}", e.what()));
   }
 }
 
 json dispatch(Daemon& d, const std::string& line) {
   json req = json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (req.is_discarded()) return err("request is not valid JSON");
+  if (req.is_discarded()) return error_reply("request is not valid JSON");
   return dispatch(d, req);
 }
 

@@ -50,10 +50,21 @@ enum class Kind {
 };
 Kind classify(const std::string& method);
 
-// Never throws: a malformed request is answered with an error.
+// Never throws: a malformed request is answered with an error. The error
+// of a reply never holds a raw control byte or invalid UTF-8, whatever the
+// client sent (names, paths, table text are echoed escaped).
 nlohmann::json dispatch(Daemon& d, const nlohmann::json& req);
 // The same for a request line.
 nlohmann::json dispatch(Daemon& d, const std::string& line);
+// {"ok": false, "error": MESSAGE} with MESSAGE through escape_controls():
+// every error reply of the control socket is made by this or passes
+// through escape_reply().
+nlohmann::json error_reply(std::string_view message);
+// A reply whose "error" (if any) is escaped as error_reply() does.
+nlohmann::json escape_reply(nlohmann::json reply);
+// A reply as the line sent to the client: never throws (invalid UTF-8 left
+// in a result, from a file, is replaced).
+std::string reply_line(const nlohmann::json& reply);
 // device_merge, device_flatten, device_sync: checks the request and starts
 // its job.
 Result<std::shared_ptr<Job>> start_job(Daemon& d, const nlohmann::json& req);

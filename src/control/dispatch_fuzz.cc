@@ -14,6 +14,7 @@
 #include <string>
 
 #include "control/commands.h"
+#include "core/log.h"
 #include "core/queue.h"
 
 namespace {
@@ -46,6 +47,16 @@ Fixture& fixture() {
   return *f;
 }
 
+// An error reply holds no raw control byte and only valid UTF-8 (what the
+// client sent is echoed escaped): escape_controls() leaves it unchanged.
+void check_error(const nlohmann::json& r) {
+  auto e = r.find("error");
+  if (e == r.end()) return;
+  if (!e->is_string()) __builtin_trap();
+  const std::string& s = e->get_ref<const std::string&>();
+  if (strata::escape_controls(s) != s) __builtin_trap();
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -55,6 +66,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (req.is_discarded() || !req.is_object()) {
     auto r = strata::control::dispatch(f.d, line);  // answered with an error, never thrown
     if (r.value("ok", true)) __builtin_trap();
+    check_error(r);
     return 0;
   }
   std::string dump = req.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -67,6 +79,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!safe) return 0;
   auto r = strata::control::dispatch(f.d, req);
   if (!r.is_object() || !r.contains("ok")) __builtin_trap();
+  check_error(r);
   (void)r.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   return 0;
 }

@@ -115,6 +115,10 @@ void Server::worker() {
       continue;
     }
     nlohmann::json reply = dispatch(d_, w.request);
+    // A refused change is worth a line (what the operator's tools asked);
+    // log_line() escapes what the client wrote.
+    if (!reply.value("ok", false))
+      LOG_INFO("control: {} refused: {}", w.request.value("method", std::string()), reply.value("error", std::string()));
     {
       MutexLock l(mu_);
       done_.push_back({w.client, std::move(reply)});
@@ -171,7 +175,7 @@ void Server::loop() {
       auto it = clients_.find(id);
       if (it == clients_.end()) continue;
       it->second->busy = false;
-      queue_line(*it->second, reply.dump() + "\n");
+      queue_line(*it->second, reply_line(reply));
       next_request(*it->second);
     }
     tick_followers();
@@ -275,7 +279,7 @@ void Server::next_request(Client& c) {
 
 void Server::handle(Client& c, const std::string& line) {
   auto reply = [&](const nlohmann::json& j) {
-    queue_line(c, j.dump() + "\n");
+    queue_line(c, reply_line(escape_reply(j)));
     next_request(c);
   };
   nlohmann::json req = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
@@ -330,7 +334,7 @@ void Server::tick_followers() {
       // where it ended (100% when done) even of a job shorter than a tick.
       if (nlohmann::json last = c.follow->detail(); last.is_object() && last.contains("copied_bytes")) {
         last["job"] = c.follow->id();
-        std::string line = nlohmann::json{{"progress", last}}.dump() + "\n";
+        std::string line = reply_line(nlohmann::json{{"progress", last}});
         if (line != c.last_line) queue_line(c, line);
       }
       nlohmann::json j = c.follow->to_json();
@@ -343,7 +347,7 @@ void Server::tick_followers() {
         r = {{"ok", false}, {"error", j.value("error", std::string())}, {"job", j}};
       c.follow.reset();
       c.busy = false;
-      queue_line(c, r.dump() + "\n");
+      queue_line(c, reply_line(escape_reply(std::move(r))));
       next_request(c);
       continue;
     }
@@ -355,7 +359,7 @@ void Server::tick_followers() {
     nlohmann::json detail = c.follow->detail();
     if (detail.is_null()) detail = nlohmann::json::object();
     detail["job"] = c.follow->id();
-    std::string line = nlohmann::json{{"progress", detail}}.dump() + "\n";
+    std::string line = reply_line(nlohmann::json{{"progress", detail}});
     // The same line again only as a keep-alive, once a second.
     if (line == c.last_line && now - c.last_progress < std::chrono::seconds(1)) continue;
     c.last_progress = now;

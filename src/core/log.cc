@@ -19,7 +19,8 @@ constexpr const char* kNames[] = {"debug", "info", "warn", "error"};
 void set_log_level(LogLevel level) { g_level.store(level); }
 LogLevel log_level() { return g_level.load(std::memory_order_relaxed); }
 
-std::string log_escape(std::string_view s) {
+namespace {
+std::string escape(std::string_view s, bool backslash) {
   std::string out;
   out.reserve(s.size());
   auto hex = [&out](unsigned char c) { out += fmt::format("\\x{:02x}", c); };
@@ -32,7 +33,7 @@ std::string log_escape(std::string_view s) {
         out += "\\n";
       } else if (c == '\t') {
         out += "\\t";
-      } else if (c == '\\') {
+      } else if (c == '\\' && backslash) {
         out += "\\\\";
       } else if (c < 0x20 || c == 0x7f) {
         hex(c);
@@ -65,6 +66,10 @@ std::string log_escape(std::string_view s) {
   }
   return out;
 }
+}  // namespace
+
+std::string log_escape(std::string_view s) { return escape(s, true); }
+std::string escape_controls(std::string_view s) { return escape(s, false); }
 
 LogStyle detect_log_style() {
   const char* js = std::getenv("JOURNAL_STREAM");

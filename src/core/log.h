@@ -18,6 +18,11 @@ enum class LogLevel { kDebug = 0, kInfo = 1, kWarn = 2, kError = 3 };
 // name, a path) can forge a line or drive a terminal. log_line() applies it
 // to every line.
 std::string log_escape(std::string_view s);
+// log_escape() that keeps backslashes as they are: control bytes and bytes
+// that are not valid UTF-8 escaped, so that text whose words were already
+// escaped passes unchanged (idempotent). The last pass over a message that
+// may hold raw client strings (control error replies).
+std::string escape_controls(std::string_view s);
 
 void set_log_level(LogLevel level);
 LogLevel log_level();

@@ -33,6 +33,15 @@ TEST(LogEscape, InvalidUtf8IsEscapedBytewise) {
   EXPECT_EQ(log_escape("ok\x80ok"), "ok\\x80ok");          // a stray continuation byte
 }
 
+TEST(EscapeControls, EscapesControlsAndBadUtf8KeepsBackslashes) {
+  EXPECT_EQ(escape_controls("no device named 'a\nstrata: error: forged'"),
+            "no device named 'a\\nstrata: error: forged'");
+  EXPECT_EQ(escape_controls(std::string_view("nul\0\x1b[2J\xff", 9)), "nul\\x00\\x1b[2J\\xff");
+  EXPECT_EQ(escape_controls("C:\\dir"), "C:\\dir");
+  // Text already escaped (by log_escape) passes unchanged.
+  const std::string once = log_escape("x\n\x1b\\y\xc3");
+  EXPECT_EQ(escape_controls(once), once);
+}
 
 // Sets JOURNAL_STREAM for one test and restores it after.
 class JournalStreamEnv {

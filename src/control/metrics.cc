@@ -201,6 +201,10 @@ std::string render_metrics(const Daemon& d) {
     f.add("strata_nbd_connections_total", "counter", "NBD clients accepted", "", static_cast<double>(s.total));
     f.add("strata_nbd_connections_refused_total", "counter", "NBD clients refused (--max-connections)", "",
           static_cast<double>(s.refused));
+    f.add("strata_nbd_handshakes_evicted_total", "counter",
+          "NBD handshakes closed to make room for new ones (--max-handshakes full)", "", static_cast<double>(s.evicted));
+    f.add("strata_nbd_handshake_timeouts_total", "counter", "NBD handshakes not finished in time (--handshake-timeout)",
+          "", static_cast<double>(s.handshake_timeouts));
   }
   if (d.jobs) {
     for (const auto& j : d.jobs->list()) {

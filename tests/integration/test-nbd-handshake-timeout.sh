@@ -3,8 +3,10 @@
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/nbd-lib.sh"
 
+requires jq
 truncate -s 4M "$WORK/disk.img"
 start_strata --file "$WORK/disk.img" --handshake-timeout 1
+[ "$(ctl server --json | jq .handshake_timeouts)" = 0 ] || die "handshake timeouts before any client: $(ctl server --json)"
 
 py <<'PYEOF'
 import os, threading, time, nbd
@@ -63,4 +65,9 @@ check_other_client()
 print("handshake timeout ok")
 PYEOF
 
+# The four stalled clients (silent, greeted, partial, trickling) counted as
+# handshake timeouts, none as evicted (there were slots enough).
+j=$(ctl server --json)
+[ "$(jq .handshake_timeouts <<<"$j")" = 4 ] || die "handshake_timeouts is not 4: $j"
+[ "$(jq .handshakes_evicted <<<"$j")" = 0 ] || die "handshakes evicted without a full set of slots: $j"
 finish

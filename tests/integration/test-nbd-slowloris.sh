@@ -2,13 +2,21 @@
 # Checks that handshakes cannot starve clients (slowloris): an attacker holds 1,000 half-open connections (connects, sends nothing) and reconnects each one the server closes; meanwhile a good client connects, completes the handshake and a verified 4 KiB read within 1 s, 50 tries out of 50. Handshake slots (--max-handshakes) are apart from connection slots, and the oldest silent handshake is evicted for a new one.
 source "$(dirname "$0")/functions.sh"
 source "$(dirname "$0")/nbd-lib.sh"
-requires nbdsh
+requires nbdsh jq curl
+PORT=$($PYTHON -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# metric NAME: its value on /metrics.
+metric() { curl -sf "http://127.0.0.1:$PORT/metrics" | awk -v n="$1" '$1 == n { print $2 + 0 }'; }
 
 cat >"$WORK/table" <<CONF
 0 $((1 << 21)) pattern
 CONF
-start_strata --table "$WORK/table" --max-handshakes 128
+start_strata --table "$WORK/table" --max-handshakes 128 --metrics "127.0.0.1:$PORT"
 export STRATA_PID
+
+# Before the attack: no handshake evicted, in `strata server` (JSON and text) and the metrics.
+[ "$(ctl server --json | jq .handshakes_evicted)" = 0 ] || die "handshakes evicted before any client: $(ctl server --json)"
+ctl server | grep -q '"handshakes_evicted": 0' || die "strata server does not show handshakes_evicted: $(ctl server)"
+[ "$(metric strata_nbd_handshakes_evicted_total)" = 0 ] || die "metric before the attack: $(metric strata_nbd_handshakes_evicted_total)"
 
 # The attacker, in its own process (its own file limit).
 py >"$WORK/attacker.log" 2>&1 <<'PYEOF' &
@@ -92,4 +100,11 @@ wait $ATTACKER
 cat "$WORK/attacker.log"
 read -r _ opened closed <"$WORK/attacker.count"
 [ "$closed" -gt 100 ] || die "the server closed only $closed of the attacker's connections"
+# After it: the evictions counted, the same number everywhere.
+evicted=$(ctl server --json | jq .handshakes_evicted)
+echo "handshakes evicted: $evicted"
+[ "$evicted" -gt 0 ] || die "no eviction counted after the attack: $(ctl server --json)"
+ctl server | grep -qE '"handshakes_evicted": [1-9][0-9]*' || die "strata server text: $(ctl server)"
+m=$(metric strata_nbd_handshakes_evicted_total)
+[ "${m%.*}" -ge "$evicted" ] || die "metric strata_nbd_handshakes_evicted_total $m < $evicted"
 finish

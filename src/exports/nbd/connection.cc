@@ -453,10 +453,12 @@ Task<bool> Connection::handshake() {
   put64(greet + 8, kOptMagic);
   put16(greet + 16, kFlagFixedNewstyle | kFlagNoZeroes);
   auto fail_log = [&](const Error& e) {
-    if (evicted_.load(std::memory_order_relaxed))
+    if (evicted_.load(std::memory_order_relaxed)) {
       LOG_DEBUG("conn {} ({}): handshake evicted: {}", id_, peer_, e.message);
-    else
+    } else {
+      if (e.code == ETIMEDOUT) server_.handshake_timed_out();
       LOG_INFO("conn {} ({}): handshake ended: {}", id_, peer_, e.message);
+    }
     return false;
   };
   {

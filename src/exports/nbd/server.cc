@@ -325,6 +325,8 @@ void Server::shutdown() {
   }
 }
 
-Server::Stats Server::stats() const { return {active_.load(), total_.load(), refused_.load(), evicted_.load()}; }
+Server::Stats Server::stats() const {
+  return {active_.load(), total_.load(), refused_.load(), evicted_.load(), handshake_timeouts_.load()};
+}
 
 }  // namespace strata::nbd

@@ -88,6 +88,7 @@ class Server {
     uint64_t total = 0;
     uint64_t refused = 0;
     uint64_t evicted = 0;  // handshakes closed to make room for new ones
+    uint64_t handshake_timeouts = 0;  // handshakes not finished in time (first bytes or whole)
   };
   Stats stats() const;
 
@@ -96,6 +97,7 @@ class Server {
   MemoryBudget& budget() { return budget_; }
   void connection_closed(Connection* c);
   void connection_opened(Connection* c);
+  void handshake_timed_out() { handshake_timeouts_.fetch_add(1, std::memory_order_relaxed); }
   // The handshake of `c` is over: it leaves its handshake slot and takes a
   // connection slot; false when none is free (the caller closes).
   bool handshake_done(Connection* c);
@@ -128,6 +130,7 @@ class Server {
   std::vector<Connection*> handshakes_;  // guarded by mu_; in accept order
   std::size_t transmitting_ = 0;         // guarded by mu_
   std::atomic<uint64_t> evicted_{0};
+  std::atomic<uint64_t> handshake_timeouts_{0};
   std::atomic<uint64_t> active_{0};
   std::atomic<int> accept_loops_{0};
 };

@@ -1,5 +1,6 @@
 #include "core/buffer.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <new>
 #include <vector>
@@ -15,14 +16,32 @@ namespace {
 constexpr int kClasses = 15;
 constexpr std::size_t kKeep[kClasses] = {256, 256, 128, 64, 64, 32, 32, 16, 8, 4, 4, 2, 2, 1, 1};
 
+constexpr std::size_t capacity(int cls) { return std::size_t{4096} << cls; }
+
+// Bytes in the spare buffers of every thread's pool, and their limit.
+std::atomic<std::size_t> g_spare_bytes{0};
+std::atomic<std::size_t> g_spare_limit{Buffer::kDefaultSpareLimit};
+
 struct Pool {
   std::vector<std::byte*> free[kClasses];
   ~Pool() {
-    for (auto& v : free)
-      for (auto* p : v) std::free(p);
+    for (int c = 0; c < kClasses; ++c) {
+      for (auto* p : free[c]) std::free(p);
+      g_spare_bytes.fetch_sub(free[c].size() * capacity(c), std::memory_order_relaxed);
+    }
   }
 };
 thread_local Pool t_pool;
+
+// Reserves room for one more spare buffer of `bytes` under the limit.
+bool reserve_spare(std::size_t bytes) {
+  std::size_t cur = g_spare_bytes.load(std::memory_order_relaxed);
+  const std::size_t limit = g_spare_limit.load(std::memory_order_relaxed);
+  do {
+    if (cur + bytes > limit) return false;
+  } while (!g_spare_bytes.compare_exchange_weak(cur, cur + bytes, std::memory_order_relaxed));
+  return true;
+}
 
 int class_of(std::size_t n) {
   int c = 0;
@@ -55,6 +74,7 @@ Buffer Buffer::get(std::size_t n) {
   if (c < kClasses && !t_pool.free[c].empty()) {
     b.data_ = t_pool.free[c].back();
     t_pool.free[c].pop_back();
+    g_spare_bytes.fetch_sub(capacity(c), std::memory_order_relaxed);
   } else {
     std::size_t cap = c < kClasses ? (std::size_t{4096} << c) : n;
     void* p = std::aligned_alloc(kBufferAlign, (cap + kBufferAlign - 1) / kBufferAlign * kBufferAlign);
@@ -68,7 +88,7 @@ Buffer Buffer::get(std::size_t n) {
 
 void Buffer::release() noexcept {
   if (!data_) return;
-  if (cls_ < kClasses && t_pool.free[cls_].size() < kKeep[cls_]) {
+  if (cls_ < kClasses && t_pool.free[cls_].size() < kKeep[cls_] && reserve_spare(capacity(cls_))) {
     t_pool.free[cls_].push_back(data_);
   } else {
     std::free(data_);
@@ -76,6 +96,24 @@ void Buffer::release() noexcept {
   data_ = nullptr;
   size_ = 0;
 }
+
+std::size_t Buffer::spare_bytes() { return g_spare_bytes.load(std::memory_order_relaxed); }
+
+void Buffer::set_spare_limit(std::size_t bytes) {
+  g_spare_limit.store(bytes, std::memory_order_relaxed);
+  // Spares already over a lowered limit: this thread's, from the largest
+  // class down (other threads' go as they take them or exit).
+  for (int c = kClasses - 1; c >= 0 && g_spare_bytes.load(std::memory_order_relaxed) > bytes; --c) {
+    auto& v = t_pool.free[c];
+    while (!v.empty() && g_spare_bytes.load(std::memory_order_relaxed) > bytes) {
+      std::free(v.back());
+      v.pop_back();
+      g_spare_bytes.fetch_sub(capacity(c), std::memory_order_relaxed);
+    }
+  }
+}
+
+std::size_t Buffer::spare_limit() { return g_spare_limit.load(std::memory_order_relaxed); }
 
 namespace detail {
 

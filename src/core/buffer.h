@@ -2,7 +2,11 @@
 // targets can use it as is). Buffers come from a per-thread pool of power-of-
 // two size classes, so the steady-state data path does not call malloc. A
 // Buffer may be destroyed on another thread than the one that made it; it then
-// goes back to that thread's pool.
+// goes back to the pool of the thread that destroys it.
+//
+// The spare buffers the pools keep are bounded process-wide by a limit on
+// their bytes (set_spare_limit; the NBD server sets it to the part of
+// --max-memory its budget keeps for them): past it, a released buffer is freed.
 #pragma once
 
 #include <cstddef>
@@ -19,6 +23,13 @@ class Buffer {
   Buffer() = default;
   // A buffer of at least n bytes; size() == n. Contents are undefined.
   static Buffer get(std::size_t n);
+
+  // Bytes the pools of every thread hold in spare buffers, and their limit
+  // (default kDefaultSpareLimit).
+  static std::size_t spare_bytes();
+  static void set_spare_limit(std::size_t bytes);
+  static std::size_t spare_limit();
+  static constexpr std::size_t kDefaultSpareLimit = 64 << 20;
   Buffer(Buffer&& o) noexcept
       : data_(std::exchange(o.data_, nullptr)),
         size_(std::exchange(o.size_, 0)),

@@ -26,11 +26,15 @@ uint64_t MemoryBudget::default_total() {
 
 MemoryBudget::MemoryBudget(uint64_t total, std::size_t max_connections) : total_(total) {
   max_connections = std::max<std::size_t>(max_connections, 1);
-  // A quarter of the budget for the chunks, the rest for the pool.
-  uint64_t c = total / 4 / (2 * max_connections) / 4096 * 4096;
+  // Spare buffers: an eighth, out of what is above the minimum.
+  const uint64_t min = minimum(max_connections);
+  spare_ = total > min ? std::min(total / 8, total - min) : 0;
+  const uint64_t rest = total - spare_;
+  // A quarter of the rest for the chunks, the others for the pool.
+  uint64_t c = rest / 4 / (2 * max_connections) / 4096 * 4096;
   chunk_ = static_cast<uint32_t>(std::clamp(c, kMinChunk, kMaxChunk));
   uint64_t reserved = 2ull * chunk_ * max_connections;
-  pool_ = total > reserved ? total - reserved : 0;
+  pool_ = rest > reserved ? rest - reserved : 0;
 }
 
 uint64_t MemoryBudget::fair_share() const {

@@ -9,6 +9,12 @@
 // its fair share: the pool divided by the connections in transmission. A
 // connection that cannot take from the pool falls back to its chunks.
 //
+// A third part, taken off the top before the other two, is for the spare
+// buffers the buffer pools keep (Buffer::set_spare_limit): up to an eighth of
+// the budget, and only what is above minimum(). So chunks + pool + spares ==
+// total: every byte the buffers of requests and replies hold, in use or
+// spare, is within the budget.
+//
 // Thread-safety: every method may be called from any queue thread.
 #pragma once
 
@@ -33,6 +39,8 @@ class MemoryBudget {
 
   uint64_t total() const { return total_; }
   uint64_t pool() const { return pool_; }
+  // The bytes kept for spare buffers (the limit the server gives Buffer).
+  uint64_t spare() const { return spare_; }
   // The per-connection chunk size (a multiple of 4096).
   uint32_t chunk() const { return chunk_; }
 
@@ -50,6 +58,7 @@ class MemoryBudget {
  private:
   uint64_t total_;
   uint64_t pool_;
+  uint64_t spare_;
   uint32_t chunk_;
   std::atomic<uint64_t> used_{0};
   std::atomic<uint64_t> members_{0};

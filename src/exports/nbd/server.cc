@@ -17,6 +17,7 @@
 
 #include <fmt/core.h>
 
+#include "core/buffer.h"
 #include "core/log.h"
 #include "core/socket.h"
 #include "exports/nbd/connection.h"
@@ -37,6 +38,8 @@ Server::Server(std::vector<Queue*> queues, ServerOptions opts)
       opts_(opts),
       budget_(opts.max_memory ? opts.max_memory : MemoryBudget::default_total(), opts.max_connections) {
   CHECK(!queues_.empty());
+  // Spare request and reply buffers count in the budget too.
+  Buffer::set_spare_limit(budget_.spare());
 }
 
 Server::~Server() {

@@ -3,7 +3,7 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build run test unit asan bench soak deb clean fuzz fuzz-soak
+.PHONY: all deps build run test unit asan asan-ci bench soak deb clean fuzz fuzz-soak fuzz-coverage
 
 all: build
 
@@ -25,11 +25,14 @@ test: build
 unit: build
 	$(BUILD)/unit_tests
 
-# The same tests under AddressSanitizer + UndefinedBehaviorSanitizer.
+# The same tests under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/);
+# any sanitizer finding (a leak at exit too) fails. asan-ci: the unit tests and
+# the integration tests that drive the parsers and the NBD server (CI runs it).
 asan: deps
-	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSTRATA_SANITIZE=ON >/dev/null
-	cmake --build build-asan -j $(JOBS)
-	cd build-asan && ctest --output-on-failure
+	JOBS=$(JOBS) bash scripts/asan.sh all
+
+asan-ci: deps
+	JOBS=$(JOBS) bash scripts/asan.sh ci
 
 # Randomized online operations (snapshot, merge, flatten, dirty sync) under
 # concurrent I/O with random seeds for MINUTES minutes (tests/stress/).
@@ -45,6 +48,10 @@ fuzz: deps
 fuzz-soak: deps
 	bash scripts/fuzz.sh soak $(MINUTES)
 
+# Line and function coverage of the code each harness targets, over its corpus.
+fuzz-coverage: deps
+	bash scripts/fuzz.sh coverage
+
 bench: build
 	bash bench/run.sh
 
@@ -53,4 +60,4 @@ deb: deps
 	bash scripts/make-deb.sh
 
 clean:
-	rm -rf $(BUILD) build-asan build-fuzz
+	rm -rf $(BUILD) build-asan build-fuzz build-fuzz-cov

@@ -11,6 +11,10 @@
 #                                         is printed and appended to build-fuzz/soak.log (on a shared machine run
 #                                         it under SCHED_IDLE: chrt -i 0 scripts/fuzz.sh soak 30). SOAK_UNTIL=EPOCH:
 #                                         the harnesses share what is left until then instead (none runs past it)
+#   scripts/fuzz.sh coverage [NAME...]    build the harnesses with clang source coverage (build-fuzz-cov/), run
+#                                         each once over its corpus (seeds, plus build-fuzz/corpus/NAME kept by
+#                                         soaks; FUZZ_CORPUS=DIR: DIR/NAME instead) and print the line and
+#                                         function coverage of the files it targets (llvm-cov report)
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${FUZZ_BUILD:-$SRC/build-fuzz}
@@ -59,6 +63,55 @@ run() { # NAME SECONDS CORPUS_DIR
   echo "fuzz: $name: ${secs} s, no finding"
 }
 
+# The files each harness is there to exercise (its coverage is reported on them).
+targets_of() {
+  case $1 in
+    connection_fuzz) echo src/exports/nbd/connection.cc src/exports/nbd/server.cc src/exports/nbd/tls.cc ;;
+    dirty_map_fuzz) echo src/targets/track.cc ;;
+    dispatch_fuzz) echo src/control/commands.cc src/control/device_commands.cc src/control/devices.cc ;;
+    layer_fuzz) echo src/targets/layer.cc ;;
+    nfs_wire_fuzz) echo src/targets/nfs_wire.cc ;;
+    psk_fuzz) echo src/exports/nbd/tls.cc ;;
+    table_fuzz) echo src/targets/table.cc src/core/params.cc ;;
+    *) echo "fuzz: no target files for $1 (scripts/fuzz.sh targets_of)" >&2; exit 1 ;;
+  esac
+}
+
+coverage() {
+  local cov=${FUZZ_COV_BUILD:-$SRC/build-fuzz-cov} profdata=${PROFDATA:-llvm-profdata-14} llvmcov=${LLVMCOV:-llvm-cov-14}
+  command -v "$llvmcov" >/dev/null || { echo "fuzz: $llvmcov not found" >&2; exit 1; }
+  mkdir -p "$cov/prof"
+  if [ ! -f "$cov/CMakeCache.txt" ]; then
+    CC=$CC CXX=$CXX cmake -S "$SRC" -B "$cov" -DSTRATA_FUZZ=ON -DSTRATA_FUZZ_COVERAGE=ON \
+      -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  fi
+  cmake --build "$cov" --target fuzzers -j "${JOBS:-$(nproc)}" >"$cov/build.log" 2>&1 ||
+    { tail -40 "$cov/build.log" >&2; echo "fuzz: coverage build failed ($cov/build.log)" >&2; exit 1; }
+  local list=${*:-$(harnesses)} h
+  printf '| harness | inputs | files | lines | functions | regions |\n|---|---|---|---|---|---|\n'
+  for h in $list; do
+    local dirs=("$SRC/tests/fuzz/corpus/$h") extra=${FUZZ_CORPUS:-$BUILD/corpus}/$h
+    [ -d "$extra" ] && dirs+=("$extra")
+    local n
+    n=$(find "${dirs[@]}" -type f | wc -l)
+    rm -f "$cov/prof/$h".*
+    # -runs=0: every input of the corpus once, nothing new.
+    (cd "$cov" && LLVM_PROFILE_FILE="$cov/prof/$h.%p.profraw" timeout 1800 "$cov/fuzz/$h" -runs=0 -timeout=25 \
+      -rss_limit_mb=2560 -max_len=65536 "${dirs[@]}" >"$cov/prof/$h.log" 2>&1) ||
+      { tail -20 "$cov/prof/$h.log" >&2; echo "fuzz: $h failed over its corpus" >&2; exit 1; }
+    "$profdata" merge -sparse "$cov/prof/$h".*.profraw -o "$cov/prof/$h.profdata"
+    local files=() f
+    for f in $(targets_of "$h"); do files+=("$SRC/$f"); done
+    "$llvmcov" report "$cov/fuzz/$h" -instr-profile="$cov/prof/$h.profdata" "${files[@]}" >"$cov/prof/$h.report"
+    # TOTAL: regions missed cover functions missed executed lines missed cover (branches...)
+    awk -v h="$h" -v n="$n" -v f="$(targets_of "$h" | sed 's|src/||g')" '
+      $1 == "TOTAL" { printf "| %s | %d | %s | %s of %d | %s of %d | %s |\n", h, n, f, $10, $8, $7, $5, $4 }' \
+      "$cov/prof/$h.report"
+  done
+  echo
+  echo "Per file and per function: $cov/prof/NAME.report, or $llvmcov report --show-functions."
+}
+
 cmd=${1:-}
 case $cmd in
   build) build ;;
@@ -98,8 +151,12 @@ case $cmd in
     done
     [ -z "${failed:-}" ] || { echo "fuzz: soak: findings in:$failed" >&2; exit 1; }
     ;;
+  coverage)
+    shift
+    coverage "$@"
+    ;;
   *)
-    sed -n '2,9p' "$0" >&2
+    sed -n '2,16p' "$0" >&2
     exit 2
     ;;
 esac

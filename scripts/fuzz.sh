@@ -103,13 +103,15 @@ coverage() {
     local files=() f
     for f in $(targets_of "$h"); do files+=("$SRC/$f"); done
     "$llvmcov" report "$cov/fuzz/$h" -instr-profile="$cov/prof/$h.profdata" "${files[@]}" >"$cov/prof/$h.report"
+    "$llvmcov" report --show-functions "$cov/fuzz/$h" -instr-profile="$cov/prof/$h.profdata" "${files[@]}" |
+      "${CXXFILT:-c++filt}" >"$cov/prof/$h.functions"
     # TOTAL: regions missed cover functions missed executed lines missed cover (branches...)
     awk -v h="$h" -v n="$n" -v f="$(targets_of "$h" | sed 's|src/||g')" '
       $1 == "TOTAL" { printf "| %s | %d | %s | %s of %d | %s of %d | %s |\n", h, n, f, $10, $8, $7, $5, $4 }' \
       "$cov/prof/$h.report"
   done
   echo
-  echo "Per file and per function: $cov/prof/NAME.report, or $llvmcov report --show-functions."
+  echo "Per file: $cov/prof/NAME.report; per function: $cov/prof/NAME.functions."
 }
 
 cmd=${1:-}

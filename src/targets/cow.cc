@@ -150,6 +150,7 @@ BlockSizes CowTarget::block_sizes() const {
 // changes through its own writes: none.
 std::string CowTarget::identity() const {
   if (!read_only_) return {};
+  std::lock_guard<std::mutex> ll(layers_mu_);
   std::string id = "cow:" + std::to_string(chunk_);
   for (std::size_t i = 0; i < nlayers_.load(); ++i) id += ":" + uuid_string(layers_[i]->header().uuid);
   if (base_) {
@@ -168,12 +169,14 @@ std::string CowTarget::table_line() const {
 }
 
 std::vector<std::string> CowTarget::layer_paths() const {
+  std::lock_guard<std::mutex> ll(layers_mu_);
   std::vector<std::string> v;
   for (std::size_t i = 0; i < nlayers_.load(); ++i) v.push_back(layers_[i]->path());
   return v;
 }
 
 std::vector<CowTarget::LayerStatus> CowTarget::layer_status() const {
+  std::lock_guard<std::mutex> ll(layers_mu_);
   const std::size_t n = nlayers_.load();
   std::vector<LayerStatus> v(n);
   std::vector<uint64_t> held(kMaxLayers + 1, 0);
@@ -196,7 +199,10 @@ std::vector<CowTarget::LayerStatus> CowTarget::layer_status() const {
 void CowTarget::info(InfoSink& out) const {
   out.add("layers", nlayers_.load());
   out.add("chunk_size", chunk_);
-  out.add("top", layers_.empty() ? "" : layers_[nlayers_.load() - 1]->path());
+  {
+    std::lock_guard<std::mutex> ll(layers_mu_);
+    out.add("top", nlayers_.load() == 0 ? "" : layers_[nlayers_.load() - 1]->path());
+  }
   out.add("copy_ups", copy_ups_.load());
   out.add("merging", merging_.load() ? 1 : 0);
   out.add("merge_copied_chunks", merge_done_.load(std::memory_order_relaxed));

@@ -207,6 +207,10 @@ class CowTarget final : public Target {
   std::atomic<uint64_t> merge_done_{0}, merge_total_{0};
 
   mutable std::mutex mu_;                 // guards top_state_, dirty_, busy_
+  // Held by a merge while it replaces, removes or renames entries of layers_,
+  // and by status readers (info, layer_status, layer_paths, identity), which
+  // are not held by the merge's freeze: an entry is briefly empty.
+  mutable std::mutex layers_mu_;
   std::vector<uint8_t> top_state_;        // ChunkState of the top, per chunk
   DirtyPages dirty_;                      // of top_state_
   // Bitmap page writes are ordered: a page is written only if newer than

@@ -186,6 +186,7 @@ Result<> CowTarget::merge_begin(Queue& q, std::size_t n) {
       if (r) {
         // The lock moves to the new fd (a retired fd must hold none: flock
         // is per open file, and a later snapshot or merge locks this file).
+        std::lock_guard<std::mutex> ll(layers_mu_);
         retire(layers_[n - 2]);
         if (::flock((*rw)->fd(), LOCK_EX | LOCK_NB) < 0)
           LOG_WARN("merge: cannot lock {} again: {}", (*rw)->path(), std::strerror(errno));
@@ -257,14 +258,17 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
       merge_top_state_.clear();
       merge_top_dirty_ = {};
     }
-    retire(layers_[n - 1]);
-    layers_.pop_back();
-    nlayers_.store(n - 1);
-    if (same_dir && ::rename(p.path().c_str(), top_path.c_str()) == 0) {
-      p.rename_to(top_path);  // the table line still names the top
-    } else {
-      ::unlink(top_path.c_str());
-      top_path_ = p.path();
+    {
+      std::lock_guard<std::mutex> ll(layers_mu_);
+      retire(layers_[n - 1]);
+      layers_.pop_back();
+      nlayers_.store(n - 1);
+      if (same_dir && ::rename(p.path().c_str(), top_path.c_str()) == 0) {
+        p.rename_to(top_path);  // the table line still names the top
+      } else {
+        ::unlink(top_path.c_str());
+        top_path_ = p.path();
+      }
     }
     // The rename (or unlink) durable: a crash must not bring the top back.
     sync_dir(std::filesystem::path(top_path).parent_path());
@@ -373,6 +377,7 @@ Result<uint64_t> CowTarget::merge_layer(Queue& q, const std::string& path,
       uint8_t l = h & ~kZeroBit;
       if (l >= hf) index_[c].store(static_cast<uint8_t>((l - 1) | (h & kZeroBit)), std::memory_order_relaxed);
     }
+    std::lock_guard<std::mutex> ll(layers_mu_);
     retire(layers_[j - 1]);  // old fds stay open until exit, without their locks
     if (::flock(into.fd(), LOCK_SH | LOCK_NB) < 0)
       LOG_WARN("merge: cannot lock {} again: {}", into.path(), std::strerror(errno));

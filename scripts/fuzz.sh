@@ -67,12 +67,12 @@ run() { # NAME SECONDS CORPUS_DIR
 targets_of() {
   case $1 in
     connection_fuzz) echo src/exports/nbd/connection.cc src/exports/nbd/server.cc src/exports/nbd/tls.cc ;;
-    dirty_map_fuzz) echo src/targets/track.cc ;;
+    dirty_map_fuzz) echo src/targets/dirty/dirty.cc ;;
     dispatch_fuzz) echo src/control/commands.cc src/control/device_commands.cc src/control/devices.cc ;;
-    layer_fuzz) echo src/targets/layer.cc ;;
-    nfs_wire_fuzz) echo src/targets/nfs_wire.cc ;;
+    layer_fuzz) echo src/targets/cow/layer.cc ;;
+    nfs_wire_fuzz) echo src/targets/nfs/nfs_wire.cc ;;
     psk_fuzz) echo src/exports/nbd/tls.cc ;;
-    table_fuzz) echo src/targets/table.cc src/core/params.cc ;;
+    table_fuzz) echo src/table/table.cc src/core/params.cc ;;
     *) echo "fuzz: no target files for $1 (scripts/fuzz.sh targets_of)" >&2; exit 1 ;;
   esac
 }

@@ -10,7 +10,7 @@
 #include <fmt/core.h>
 
 #include "control/client.h"
-#include "targets/table.h"
+#include "table/table.h"
 
 namespace strata::cli {
 namespace {

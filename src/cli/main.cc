@@ -12,10 +12,10 @@
 #include "control/client.h"
 #include "control/sync.h"
 #include "core/queue.h"
-#include "targets/table.h"
-#include "targets/registry.h"
-#include "targets/track.h"
-#include "targets/layer.h"
+#include "table/table.h"
+#include "table/registry.h"
+#include "targets/dirty/dirty.h"
+#include "targets/cow/layer.h"
 #include "core/params.h"
 
 #include <signal.h>

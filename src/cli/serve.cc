@@ -24,8 +24,8 @@
 #include "core/queue.h"
 #include "exports/nbd/server.h"
 #include "targets/file.h"
-#include "targets/table.h"
-#include "targets/track.h"
+#include "table/table.h"
+#include "targets/dirty/dirty.h"
 
 namespace strata::cli {
 namespace {
@@ -200,7 +200,7 @@ int serve(const ServeOptions& o) {
   }
   nbd::Server server(qptrs, so);
 
-  // Every device is served through a TrackTarget (dirty maps), which costs
+  // Every device is served through a DirtyTarget (dirty maps), which costs
   // one branch per write while it has none, over a LiveTarget (reload,
   // suspend/resume): control/devices.h.
   control::Devices devices;

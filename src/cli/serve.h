@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "core/result.h"
-#include "targets/table.h"
+#include "table/table.h"
 
 namespace strata::cli {
 

@@ -1,5 +1,5 @@
 // The state dir (dirty maps): its default, which differs between servers.
-// (Each device's maps, STATE_DIR/DEVICE/, are locked by its TrackTarget.)
+// (Each device's maps, STATE_DIR/DEVICE/, are locked by its DirtyTarget.)
 #pragma once
 
 #include <string>

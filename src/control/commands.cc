@@ -13,7 +13,7 @@
 #include "control/params.h"
 #include "core/buffer.h"
 #include "core/log.h"
-#include "targets/cow.h"
+#include "targets/cow/cow.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -40,14 +40,14 @@ json device_summary(const Device& dev, const TableTarget& table) {
           {"segments", table.segments().size()},
           {"suspended", dev.live->suspended()},
           {"inactive_table", dev.inactive != nullptr},
-          {"moved", dev.track && dev.track->moved()}};
+          {"moved", dev.dirty && dev.dirty->moved()}};
 }
 
 json device_status(const Device& dev) {
   auto table = dev.live->active();
   json j = device_summary(dev, *table);
   j["held_requests"] = dev.live->held_requests();
-  if (dev.track) j["io"] = io_metrics_json(dev.track->metrics());
+  if (dev.dirty) j["io"] = io_metrics_json(dev.dirty->metrics());
   json segs = json::array();
   for (const auto& s : table->segments()) {
     json info = json::object();
@@ -119,7 +119,7 @@ std::shared_ptr<const Device> find_device(Daemon& d, const std::string& name, st
 
 json run_dirty(Daemon& d, const std::string& method, const json& params) {
   ParamReader pr(params);
-  auto status_of = [](const std::string& dev, const TrackTarget& t, json& out) {
+  auto status_of = [](const std::string& dev, const DirtyTarget& t, json& out) {
     for (const auto& m : t.maps())
       out.push_back({{"device", dev},
                      {"name", m.name},
@@ -132,13 +132,13 @@ json run_dirty(Daemon& d, const std::string& method, const json& params) {
   PARAM(device, pr.str("device", method != "dirty_status"));
   if (method == "dirty_status" && !device) {
     json out = json::array();
-    for (const auto& dev : d.devices->list()) status_of(dev->name, *dev->track, out);
+    for (const auto& dev : d.devices->list()) status_of(dev->name, *dev->dirty, out);
     return ok(out);
   }
   std::string why;
   auto dev = find_device(d, *device, &why);
   if (!dev) return err(why);
-  auto& t = dev->track;
+  auto& t = dev->dirty;
   if (method == "dirty_status") {
     json out = json::array();
     status_of(*device, *t, out);
@@ -364,18 +364,18 @@ Result<std::shared_ptr<Job>> start_job_checked(Daemon& d, const std::string& met
     auto dev = d.devices->find(*device);
     if (!dev) return fail(ENOENT, fmt::format("no device named '{}'", *device));
     if (so.to.find("://") == std::string::npos) so.to = TRY(allowed_path(d, so.to));
-    TRY(dev->track->map_bits(so.map));  // the map exists
+    TRY(dev->dirty->map_bits(so.map));  // the map exists
     if (dev->live->suspended())
       // Its reads and the map's checkpoint would wait for the writes held.
       return fail(EBUSY, fmt::format("device '{}' is suspended: a sync would wait for its resume (resume it "
                                      "first; `strata flatten` copies a suspended device)",
                                      *device));
-    auto track = dev->track;
+    auto dirty = dev->dirty;
     Queue* q = d.queue;
-    return d.jobs->start(*device, "sync", [track, q, so](Job& job) -> Result<json> {
+    return d.jobs->start(*device, "sync", [dirty, q, so](Job& job) -> Result<json> {
       SyncOptions o = so;
       o.cancel = job.cancel_flag();
-      auto r = sync_device(*track, *q, o, [&job](const json& p) {
+      auto r = sync_device(*dirty, *q, o, [&job](const json& p) {
         job.progress(p.value("copied_bytes", uint64_t{0}), p.value("total_bytes", uint64_t{0}), p);
       });
       if (!r) return fail(r.error());
@@ -413,7 +413,7 @@ Result<std::shared_ptr<Job>> start_job_checked(Daemon& d, const std::string& met
     auto dev = d.devices->find(*device);
     if (!dev) return fail(ENOENT, fmt::format("no device named '{}'", *device));
     to = TRY(allowed_path(d, to));
-    auto track = dev->track;
+    auto dirty = dev->dirty;
     Queue* q = d.queue;
     auto live = dev->live;
     if (live->pin_suspended()) {
@@ -438,11 +438,11 @@ Result<std::shared_ptr<Job>> start_job_checked(Daemon& d, const std::string& met
       if (!job) live->unpin();
       return job;
     }
-    return d.jobs->start(*device, "flatten", [track, q, to](Job& job) -> Result<json> {
+    return d.jobs->start(*device, "flatten", [dirty, q, to](Job& job) -> Result<json> {
       // A point-in-time copy: the device as it was when the job began.
       uint64_t by_writes = 0;
       auto r = flatten_live(
-          *track, *q, to,
+          *dirty, *q, to,
           [&job](const json& p) {
             job.progress(p.value("copied_bytes", uint64_t{0}), p.value("total_bytes", uint64_t{0}), p);
           },

@@ -44,21 +44,21 @@ Result<std::shared_ptr<Device>> build_device(Daemon& d, const DeviceSpec& spec, 
   dev->spec = spec;
   dev->uses = res.take_used();
   dev->live = std::make_shared<LiveTarget>(std::move(table));
-  auto track = TrackTarget::create(dev->live, spec.name, state_dir_of(d, spec.name));
-  if (!track) return fail(track.error().code, fmt::format("device '{}': {}", spec.name, track.error().message));
-  dev->track = std::move(*track);
+  auto dirty = DirtyTarget::create(dev->live, spec.name, state_dir_of(d, spec.name));
+  if (!dirty) return fail(dirty.error().code, fmt::format("device '{}': {}", spec.name, dirty.error().message));
+  dev->dirty = std::move(*dirty);
   return dev;
 }
 
 // Attaches a built device to every queue, then serves it.
 Result<> serve_device(Daemon& d, const std::shared_ptr<Device>& dev) {
   for (Queue* q : d.queues) {
-    auto r = q->call([&]() -> Task<Result<>> { co_return dev->track->attach_queue(*q); });
+    auto r = q->call([&]() -> Task<Result<>> { co_return dev->dirty->attach_queue(*q); });
     if (!r) return fail(r.error().code, fmt::format("device '{}': {}", dev->name, r.error().message));
   }
   d.devices->put(dev);
-  d.nbd->add_export({dev->name, "", dev->track, dev->read_only});
-  d.fuse_devices.push_back({dev->name, dev->track, dev->effective_read_only()});
+  d.nbd->add_export({dev->name, "", dev->dirty, dev->read_only});
+  d.fuse_devices.push_back({dev->name, dev->dirty, dev->effective_read_only()});
   return {};
 }
 
@@ -69,12 +69,12 @@ Result<std::shared_ptr<Device>> load_inactive(Daemon& d, const std::shared_ptr<c
   RegistryResolver res(*d.devices, cur->name);
   auto table = TRY(build_table(spec, source, cur->read_only, res));
   if (table->size() != cur->live->size()) {
-    std::size_t n = d.nbd->connections_to(cur->track.get());
+    std::size_t n = d.nbd->connections_to(cur->dirty.get());
     if (n > 0 && !force)
       return fail(EBUSY, fmt::format("reload of '{}' changes its size ({} -> {} bytes) while {} NBD client(s) are "
                                      "connected, which cannot learn the new size (--force to reload anyway)",
                                      cur->name, cur->live->size(), table->size(), n));
-    if (!cur->track->maps().empty())
+    if (!cur->dirty->maps().empty())
       return fail(EBUSY, fmt::format("reload of '{}' changes its size ({} -> {} bytes) but it has dirty maps, "
                                      "which are sized for the device: stop them first",
                                      cur->name, cur->live->size(), table->size()));
@@ -110,13 +110,13 @@ Result<> remove_device(Daemon& d, const std::string& name, bool force) {
   for (const auto& [mp, names] : d.fuse_shows)
     if (std::find(names.begin(), names.end(), name) != names.end())
       return fail(EBUSY, fmt::format("device '{}' is shown by the FUSE export at {} (stop it first)", name, mp));
-  const Target* t = dev->track.get();
+  const Target* t = dev->dirty.get();
   std::size_t n = d.nbd->connections_to(t);
   if (n > 0 && !force)
     return fail(EBUSY, fmt::format("device '{}' has {} NBD client(s) connected (--force ends them)", name, n));
   d.nbd->remove_export(name);
   if (!force && (n = d.nbd->connections_to(t)) > 0) {  // one finished its handshake meanwhile
-    d.nbd->add_export({dev->name, "", dev->track, dev->read_only});
+    d.nbd->add_export({dev->name, "", dev->dirty, dev->read_only});
     return fail(EBUSY, fmt::format("device '{}' has {} NBD client(s) connected (--force ends them)", name, n));
   }
   if (force && n > 0) {
@@ -129,10 +129,10 @@ Result<> remove_device(Daemon& d, const std::string& name, bool force) {
   if (dev->live->suspended()) dev->live->resume(d.nbd->next_connection_id());
   if (!dev->read_only && dev->live->caps().can_flush) {
     Queue* q = d.queue;
-    auto r = q->call([&] { return dev->track->flush(*q); });
+    auto r = q->call([&] { return dev->dirty->flush(*q); });
     if (!r) LOG_WARN("remove '{}': flush: {}", name, r.error().message);
   }
-  dev->track->close_clean();
+  dev->dirty->close_clean();
   std::erase_if(d.fuse_devices, [&](const fuse::Device& f) { return f.name == name; });
   d.devices->erase(name);
   LOG_INFO("removed device '{}'", name);
@@ -317,13 +317,13 @@ int close_devices(Daemon& d) {
   for (const auto& dev : d.devices->list()) {
     if (!dev->read_only && dev->live->caps().can_flush) {
       Queue* q = d.queue;
-      auto r = q->call([&] { return dev->track->flush(*q); });
+      auto r = q->call([&] { return dev->dirty->flush(*q); });
       if (!r) {
         LOG_ERROR("flush '{}' at exit: {}", dev->name, r.error().message);
         rc = 1;
       }
     }
-    dev->track->close_clean();
+    dev->dirty->close_clean();
   }
   return rc;
 }

@@ -6,7 +6,7 @@
 
 #include "core/log.h"
 #include "core/params.h"
-#include "targets/registry.h"
+#include "table/registry.h"
 
 namespace strata::control {
 

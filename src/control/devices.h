@@ -1,10 +1,10 @@
 // Devices: the registry of the devices a server serves, changed at runtime
 // (dmsetup's model: create, reload + suspend/resume, remove). Each device is
-//   TrackTarget (dirty maps; what exports and jobs see)
+//   DirtyTarget (dirty maps; what exports and jobs see)
 //     -> LiveTarget (suspend gate; active and inactive tables)
 //       -> TableTarget (the segments)
 // so that a reload keeps the dirty maps and NBD connections, which hold the
-// TrackTarget, stay connected through it.
+// DirtyTarget, stay connected through it.
 //
 // A Device record is immutable once published: a change (a reload resumed)
 // publishes a new record sharing the same targets, so readers (status on the
@@ -22,8 +22,8 @@
 #include "control/live_target.h"
 #include "core/queue.h"
 #include "core/thread_annotations.h"
-#include "targets/table.h"
-#include "targets/track.h"
+#include "table/table.h"
+#include "targets/dirty/dirty.h"
 
 namespace strata::control {
 
@@ -33,7 +33,7 @@ struct Device {
   DeviceSpec spec;                 // the segments it was made from (for dump)
   std::vector<std::string> uses;   // devices its table refers to (linear, cow base=)
   std::shared_ptr<LiveTarget> live;
-  std::shared_ptr<TrackTarget> track;
+  std::shared_ptr<DirtyTarget> dirty;
   // A reload waiting for resume: its spec and references.
   std::shared_ptr<const DeviceSpec> inactive;
   std::vector<std::string> inactive_uses;

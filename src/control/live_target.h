@@ -1,6 +1,6 @@
 // LiveTarget: the table of a device that can change while it is served
 // (dmsetup's active and inactive tables). It sits between the device's
-// TrackTarget (dirty maps, which thus survive a reload) and its TableTarget,
+// DirtyTarget (dirty maps, which thus survive a reload) and its TableTarget,
 // and adds the suspend gate:
 //   suspend()  flushes the table while requests still flow (unless told not
 //              to), then holds every new request and returns once those in
@@ -42,7 +42,7 @@
 #include "core/queue.h"
 #include "core/target.h"
 #include "core/thread_annotations.h"
-#include "targets/table.h"
+#include "table/table.h"
 
 namespace strata::control {
 

@@ -138,8 +138,8 @@ std::string render_metrics(const Daemon& d) {
     f.add("strata_device_read_only", "gauge", "1 if the device is read-only", dl, dev->effective_read_only() ? 1 : 0);
     f.add("strata_device_held_requests", "gauge", "Requests held by a suspend", dl,
           static_cast<double>(dev->live->held_requests()));
-    if (dev->track) {
-      auto s = dev->track->metrics().snapshot();
+    if (dev->dirty) {
+      auto s = dev->dirty->metrics().snapshot();
       static const char* kOpsHelp[kIoOps] = {"Read requests", "Write requests", "Flush requests", "Trim requests",
                                             "Write-zeroes requests"};
       static const char* kBytesHelp[kIoOps] = {"Bytes read", "Bytes written", "", "Bytes trimmed", "Bytes zeroed"};
@@ -167,7 +167,7 @@ std::string render_metrics(const Daemon& d) {
         f.sample(fam, "histogram", kLatHelp[i], fam + "_sum", dl, static_cast<double>(h.sum_ns) * 1e-9);
         f.sample(fam, "histogram", kLatHelp[i], fam + "_count", dl, static_cast<double>(cum));
       }
-      for (const auto& m : dev->track->maps()) {
+      for (const auto& m : dev->dirty->maps()) {
         std::string ml = dl + "," + label("map", m.name);
         f.add("strata_dirty_bytes", "gauge", "Bytes marked dirty in a dirty map (whole blocks)", ml,
               static_cast<double>(m.dirty_blocks * m.granularity));
@@ -176,7 +176,7 @@ std::string render_metrics(const Daemon& d) {
     }
     if (d.nbd)
       f.add("strata_device_nbd_clients", "gauge", "NBD clients connected to the device", dl,
-            static_cast<double>(d.nbd->connections_to(dev->track.get())));
+            static_cast<double>(d.nbd->connections_to(dev->dirty.get())));
     const auto& segs = table->segments();
     for (std::size_t i = 0; i < segs.size(); ++i) {
       std::string line = segs[i].target->table_line();

@@ -153,7 +153,7 @@ Result<> read_device(Target& t, Queue& q, std::byte* p, const std::vector<Extent
 
 }  // namespace
 
-Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& o,
+Result<nlohmann::json> sync_device(DirtyTarget& t, Queue& q, const SyncOptions& o,
                                    const std::function<void(const nlohmann::json&)>& progress) {
   if (o.map.empty()) return fail(EINVAL, "sync: --map NAME is required");
   if (o.to.empty()) return fail(EINVAL, "sync: --to FILE|URI is required");
@@ -330,7 +330,7 @@ Result<uint64_t> flatten_device(Target& t, Queue& q, const std::string& to,
   return size;
 }
 
-Result<uint64_t> flatten_live(TrackTarget& t, Queue& q, const std::string& to,
+Result<uint64_t> flatten_live(DirtyTarget& t, Queue& q, const std::string& to,
                               const std::function<void(const nlohmann::json&)>& progress, uint64_t* by_writes,
                               const std::atomic<bool>* cancel) {
   int fd = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);

@@ -12,7 +12,7 @@
 
 #include "core/queue.h"
 #include "core/result.h"
-#include "targets/track.h"
+#include "targets/dirty/dirty.h"
 
 namespace strata::control {
 
@@ -21,7 +21,7 @@ struct SyncOptions {
   std::string to;      // a file path, or an nbd:// / nbd+unix:// URI
   bool final = false;  // hold writes for the last pass: the replica is then an exact copy
   // With final: a move to another host. After the last pass the device is
-  // fenced (TrackTarget::fence) before the writes held are released: they
+  // fenced (DirtyTarget::fence) before the writes held are released: they
   // and every later request fail with ESHUTDOWN, clients reconnect to the
   // replica, which holds every write acknowledged here.
   bool move = false;
@@ -32,7 +32,7 @@ struct SyncOptions {
 };
 
 // Calls progress({"round", "copied_bytes", "total_bytes"}) as it goes.
-Result<nlohmann::json> sync_device(TrackTarget& t, Queue& q, const SyncOptions& o,
+Result<nlohmann::json> sync_device(DirtyTarget& t, Queue& q, const SyncOptions& o,
                                    const std::function<void(const nlohmann::json&)>& progress);
 
 // The whole device as it reads now into one raw file `to` (created or
@@ -45,7 +45,7 @@ Result<uint64_t> flatten_device(Target& t, Queue& q, const std::string& to,
 // The same for a device being served: a point-in-time copy (cbw.h), the
 // device as it was when the call began, while writes go on. Returns the
 // bytes; `by_writes`, if given, the blocks copied ahead of a write.
-Result<uint64_t> flatten_live(TrackTarget& t, Queue& q, const std::string& to,
+Result<uint64_t> flatten_live(DirtyTarget& t, Queue& q, const std::string& to,
                               const std::function<void(const nlohmann::json&)>& progress,
                               uint64_t* by_writes = nullptr, const std::atomic<bool>* cancel = nullptr);
 

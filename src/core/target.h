@@ -1,5 +1,5 @@
 // Target: a byte range [0, size()) that can be read and written. Every device
-// strata serves is a Target; layers (cow, track, error injection) are Targets
+// strata serves is a Target; layers (cow, dirty maps, error injection) are Targets
 // that wrap a lower Target, deriving from ForwardingTarget so they override
 // only what they change (leveldb's EnvWrapper, nbdkit's filter `next`).
 //

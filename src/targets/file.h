@@ -13,7 +13,7 @@
 #include "core/target.h"
 #include "targets/file_lock.h"
 #include "targets/mapped_range.h"
-#include "targets/registry.h"
+#include "targets/resolver.h"
 
 namespace strata {
 

@@ -3,7 +3,7 @@
 #pragma once
 
 #include "core/target.h"
-#include "targets/registry.h"
+#include "targets/resolver.h"
 
 namespace strata {
 

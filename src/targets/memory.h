@@ -11,7 +11,7 @@
 #include <memory>
 
 #include "core/target.h"
-#include "targets/registry.h"
+#include "targets/resolver.h"
 
 namespace strata {
 

@@ -16,7 +16,7 @@
 #include "targets/file.h"
 #include "targets/memory.h"
 #include "targets/pattern.h"
-#include "targets/table.h"
+#include "table/table.h"
 
 namespace strata {
 namespace {

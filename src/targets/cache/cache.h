@@ -35,7 +35,7 @@
 #include "core/target.h"
 #include "core/thread_annotations.h"
 #include "targets/file_lock.h"
-#include "targets/registry.h"
+#include "targets/resolver.h"
 
 namespace strata {
 

@@ -22,7 +22,7 @@
 #include "core/queue.h"
 #include "core/target.h"
 #include "targets/rbd/rbd_session.h"
-#include "targets/registry.h"
+#include "targets/resolver.h"
 
 namespace strata {
 

@@ -1,0 +1,401 @@
+// Online merge of a cow stack's top layer into its parent (qemu's "active
+// commit", done so that it converges).
+//
+// 1. With all I/O held for a moment, the parent is reopened for writing and
+//    becomes the write layer: from then on every write lands in the parent
+//    (and overrides the top in the index), so the top never gains a chunk.
+// 2. Chunks the top still holds are copied down under the per-chunk locks,
+//    re-checking under the lock that no newer write took the chunk. The set
+//    only shrinks, so the copy ends whatever the write load.
+// 3. With all I/O held again, the parent is flushed (data, then bitmap), the
+//    top leaves the stack, and the parent takes the top's file name, so the
+//    table line still names the top of the (now shorter) stack.
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <future>
+
+#include <fmt/core.h>
+
+#include "core/buffer.h"
+#include "core/log.h"
+#include "targets/cow/cow.h"
+
+namespace strata {
+
+namespace {
+void sync_dir(const std::filesystem::path& dir) {
+  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || ::fsync(fd) < 0) LOG_WARN("merge: fsync directory {}: {}", dir.string(), std::strerror(errno));
+  if (fd >= 0) ::close(fd);
+}
+}  // namespace
+
+void CowTarget::retire(std::unique_ptr<LayerFile>& slot) {
+  (void)::flock(slot->fd(), LOCK_UN);
+  retired_.push_back(std::move(slot));
+}
+
+void CowTarget::freeze_all(bool on) {
+  std::vector<Queue*> qs;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    qs = queues_;
+  }
+  std::vector<std::promise<void>> posted(qs.size());
+  std::vector<std::shared_ptr<std::promise<void>>> drained;
+  std::mutex dm;
+  for (std::size_t i = 0; i < qs.size(); ++i) {
+    qs[i]->post([&, i] {
+      PerQueue& pq = per_queue_[qs[i]->id()];
+      if (on) {
+        pq.frozen = pq.frozen_all = true;
+        auto p = std::make_shared<std::promise<void>>();
+        {
+          std::lock_guard<std::mutex> l(dm);
+          drained.push_back(p);
+        }
+        if (pq.in_flight == 0)
+          p->set_value();
+        else
+          pq.on_drained = [p] { p->set_value(); };
+      } else {
+        pq.frozen = pq.frozen_all = false;
+        auto parked = std::move(pq.parked);
+        pq.parked.clear();
+        for (auto h : parked) h.resume();
+      }
+      posted[i].set_value();
+    });
+  }
+  for (auto& p : posted) p.get_future().get();
+  for (auto& p : drained) p->get_future().get();
+}
+
+Task<Result<uint64_t>> CowTarget::merge_copy(Queue& q, uint8_t from,
+                                             const std::function<void(uint64_t, uint64_t)>& progress,
+                                             const std::atomic<bool>* cancel) {
+  // kWorkers runs are copied at once: the chunks a top holds after random
+  // writes are mostly alone, and one chunk at a time (a read, then a write
+  // that ext4 hands to an io-wq worker) copied 13 MiB/s under a write load.
+  constexpr int kWorkers = 16;
+  struct Shared {
+    uint64_t next = 0, done = 0, total = 0;
+    Result<> res;
+    Join join;
+  } sh;
+  for (uint64_t c = 0; c < chunks_; ++c) sh.total += (holder(c) & ~kZeroBit) == from;
+  merge_total_.store(sh.total, std::memory_order_relaxed);
+  merge_done_.store(0, std::memory_order_relaxed);
+  const uint64_t per_run = std::max<uint64_t>(1, (1 << 20) / chunk_);
+  auto worker = [](CowTarget& t, Queue& q, uint8_t from, uint64_t per_run, Shared& sh,
+                   const std::function<void(uint64_t, uint64_t)>& progress,
+                   const std::atomic<bool>* cancel) -> Task<void> {
+    Buffer buf = Buffer::get(per_run * t.chunk_);
+    while (sh.res) {
+      if (cancel && cancel->load()) {
+        if (sh.res) sh.res = fail(ECANCELED, "cancelled");
+        break;
+      }
+      // Take the next run of chunks `from` holds (the cursor is shared by the
+      // workers, all on this queue's thread).
+      uint64_t c = sh.next;
+      while (c < t.chunks_ && (t.holder(c) & ~kZeroBit) != from) ++c;
+      if (c >= t.chunks_) break;
+      uint64_t e = c + 1;
+      while (e < t.chunks_ && e - c < per_run && (t.holder(e) & ~kZeroBit) == from) ++e;
+      sh.next = e;
+      auto lk = co_await t.lock_chunks(q, c, e - 1);
+      if (!lk) {
+        if (sh.res) sh.res = fail(lk.error());
+        break;
+      }
+      // Under the locks: copy what the top still holds (a write may have
+      // taken some chunks meanwhile; those are newer in the parent already).
+      // Consecutive chunks with data are read and written in one I/O each.
+      Result<> res;
+      for (uint64_t k = c; k < e && res;) {
+        uint8_t h = t.holder(k);
+        if ((h & ~kZeroBit) != from) {
+          ++k;
+          continue;
+        }
+        if (h & kZeroBit) {
+          t.set_states(k, k, kZero);
+          ++sh.done;
+          ++k;
+          continue;
+        }
+        uint64_t ke = k + 1;
+        while (ke < e && t.holder(ke) == h) ++ke;
+        uint64_t cs = k * t.chunk_, n = std::min<uint64_t>(ke * t.chunk_, t.size_) - cs;
+        res = co_await t.read_run(q, h, buf.data(), cs, n);
+        if (res) res = co_await t.write_top(q, buf.data(), cs, n, false);
+        if (res) t.set_states(k, ke - 1, kPresent);
+        sh.done += ke - k;
+        k = ke;
+      }
+      t.unlock_chunks(c, e - 1);
+      if (!res && sh.res) sh.res = std::move(res);
+      t.merge_done_.store(sh.done, std::memory_order_relaxed);
+      if (progress) progress(sh.done, sh.total);
+    }
+    sh.join.done();
+  };
+  sh.join.add(kWorkers);
+  for (int i = 0; i < kWorkers; ++i) spawn(worker(*this, q, from, per_run, sh, progress, cancel));
+  co_await sh.join.wait();
+  if (!sh.res) co_return fail(sh.res.error());
+  co_return sh.done;
+}
+
+// Step 1 of merge(): with all I/O held, the top's parent (reopened for
+// writing) becomes the write layer; the top's bitmap is kept in
+// merge_top_state_ from here on (see cow.h).
+Result<> CowTarget::merge_begin(Queue& q, std::size_t n) {
+  LayerFile& top = *layers_[n - 1];
+  LayerFile& parent = *layers_[n - 2];
+  // 1. Make the parent the write layer.
+  TRY(flush_until_quick(q));
+  freeze_all(true);
+  Result<> r = q.call([&] { return flush(q); });
+  std::vector<uint8_t> pstates;
+  if (r) {
+    // Exclusive use of the parent: no other stack may share it while it changes.
+    if (::flock(parent.fd(), LOCK_EX | LOCK_NB) < 0)
+      r = fail(EBUSY, fmt::format("merge: layer {} is shared with another process", parent.path()));
+  }
+  if (r) {
+    auto rw = LayerFile::open(parent.path(), true, false);
+    if (!rw) {
+      r = fail(rw.error());
+    } else {
+      auto st = (*rw)->read_bitmap();
+      if (!st) r = fail(st.error());
+      if (r) {
+        pstates = std::move(*st);
+        (*rw)->mutable_header().flags &= ~LayerFile::kFlagReadOnly;
+        (*rw)->mutable_header().flags |= LayerFile::kFlagInUse;
+        r = (*rw)->write_header();
+        if (r) r = (*rw)->sync();
+      }
+      if (r) {
+        // The lock moves to the new fd (a retired fd must hold none: flock
+        // is per open file, and a later snapshot or merge locks this file).
+        std::lock_guard<std::mutex> ll(layers_mu_);
+        retire(layers_[n - 2]);
+        if (::flock((*rw)->fd(), LOCK_EX | LOCK_NB) < 0)
+          LOG_WARN("merge: cannot lock {} again: {}", (*rw)->path(), std::strerror(errno));
+        layers_[n - 2] = std::move(*rw);
+      }
+    }
+  }
+  if (r) {
+    std::lock_guard<std::mutex> l(mu_);
+    // The flush above left no dirty page: top_state_ is the top's bitmap.
+    merge_top_state_ = std::move(top_state_);
+    // Page generations go on from the top's: persist() skips a page whose
+    // generation is not newer than the one in the file.
+    merge_top_dirty_ = dirty_;
+    merge_top_ = &top;
+    top_state_ = std::move(pstates);
+    dirty_.pages.clear();
+    layers_[n - 2]->prepare_for_writes();
+    write_layer_.store(n - 2);
+  }
+  freeze_all(false);
+  if (!r) {
+    (void)::flock(layers_[n - 2]->fd(), LOCK_SH);  // shared again, as before the merge
+    return fail(r.error());
+  }
+  LOG_INFO("merge: writes now go to {}; copying down what {} holds", layers_[n - 2]->path(), top.path());
+  return {};
+}
+
+Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, uint64_t)>& progress,
+                                  const std::atomic<bool>* cancel) {
+  if (read_only_) return fail(EROFS, "merge: the stack is read-only");
+  const std::size_t n = nlayers_.load();
+  if (n < 2) return fail(EINVAL, "merge: the top layer has no parent layer (the base is never written)");
+  if (merging_.exchange(true)) return fail(EBUSY, "merge: a merge is already running");
+  merge_total_.store(0);  // set again once the copy starts (status: the copy runs)
+  merge_done_.store(0);
+  struct Done {
+    std::atomic<bool>& b;
+    ~Done() { b.store(false); }
+  } done{merging_};
+  // A merge of this top that stopped in its copy (an I/O error, no space)
+  // left the parent as the write layer: go on from step 2.
+  const bool resume = write_layer_.load() + 2 == n;
+  if (!resume && write_layer_.load() + 1 != n) return fail(EBUSY, "merge: a merge is already running");
+  LayerFile& top = *layers_[n - 1];
+  if (resume)
+    LOG_INFO("merge: resuming the merge of {}", top.path());
+  else
+    TRY(merge_begin(q, n));
+
+  // 2. Copy down.
+  auto cr = q.call([&] { return merge_copy(q, static_cast<uint8_t>(n), progress, cancel); });
+  if (!cr)
+    return fail(cr.error().code, "merge: " + cr.error().message +
+                                     " (the stack still has every layer; run the merge again to finish it)");
+
+  // 3. Drop the top.
+  TRY(flush_until_quick(q));
+  freeze_all(true);
+  Result<> r = q.call([&] { return flush(q); });
+  if (r) {
+    std::string top_path = top.path();
+    LayerFile& p = *layers_[n - 2];
+    bool same_dir = std::filesystem::path(top_path).parent_path() == std::filesystem::path(p.path()).parent_path();
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      merge_top_ = nullptr;
+      merge_top_state_.clear();
+      merge_top_dirty_ = {};
+    }
+    {
+      std::lock_guard<std::mutex> ll(layers_mu_);
+      retire(layers_[n - 1]);
+      layers_.pop_back();
+      nlayers_.store(n - 1);
+      if (same_dir && ::rename(p.path().c_str(), top_path.c_str()) == 0) {
+        p.rename_to(top_path);  // the table line still names the top
+      } else {
+        ::unlink(top_path.c_str());
+        top_path_ = p.path();
+      }
+    }
+    // The rename (or unlink) durable: a crash must not bring the top back.
+    sync_dir(std::filesystem::path(top_path).parent_path());
+  }
+  freeze_all(false);
+  if (!r) return fail(r.error());
+  return cr;
+}
+
+// Folding a read-only layer in the middle of the stack into the layer below
+// it (qemu's intermediate commit). Neither layer is written by I/O, and
+// every chunk `from` holds is read from `from` (or a layer above), so the
+// copy into `into` runs on the control thread while I/O goes on without
+// seeing it. Then, with all I/O held for a moment: the child of `from` is
+// relinked to `into`, the index entries of `from` move to `into`, and `from`
+// leaves the stack. Crash order: `into`'s data, then its bitmap, then the
+// child's header are durable before `from` is deleted; a crash at any point
+// leaves a stack that reads the same (before the relink, `from` still
+// overrides everything `into` gained).
+Result<uint64_t> CowTarget::merge_layer(Queue& q, const std::string& path,
+                                        const std::function<void(uint64_t, uint64_t)>& progress,
+                                        const std::atomic<bool>* cancel) {
+  const std::size_t n = nlayers_.load();
+  std::size_t j = n;
+  for (std::size_t i = 0; i < n; ++i)
+    if (std::filesystem::weakly_canonical(layers_[i]->path()) == std::filesystem::weakly_canonical(path)) j = i;
+  if (j == n) return fail(ENOENT, fmt::format("merge: {} is not a layer of this stack", path));
+  if (j + 1 == n) return merge(q, progress, cancel);
+  if (j == 0)
+    return fail(EINVAL, fmt::format("merge: {} is the bottom layer; below it is the base device, which is never "
+                                    "written",
+                                    path));
+  if (read_only_) return fail(EROFS, "merge: the stack is read-only");
+  if (write_layer_.load() + 1 != n) return fail(EBUSY, "merge: a merge is already running");
+  LayerFile& from = *layers_[j];
+  LayerFile& into_old = *layers_[j - 1];
+  if (::flock(into_old.fd(), LOCK_EX | LOCK_NB) < 0)
+    return fail(EBUSY, fmt::format("merge: layer {} is shared with another process", into_old.path()));
+  auto rw = LayerFile::open(into_old.path(), true, false);
+  if (!rw) return fail(rw.error());
+  LayerFile& into = **rw;
+  auto fs = from.read_bitmap();
+  if (!fs) return fail(fs.error());
+  auto is = into.read_bitmap();
+  if (!is) return fail(is.error());
+  std::vector<uint8_t>& into_states = *is;
+  uint64_t total = 0, done = 0;
+  for (uint8_t st : *fs) total += st != kAbsent;
+  Buffer buf = Buffer::get(1 << 20);
+  const uint64_t per_run = buf.size() / chunk_;
+  for (uint64_t c = 0; c < chunks_;) {
+    uint8_t st = (*fs)[c];
+    if (st == kAbsent) {
+      ++c;
+      continue;
+    }
+    uint64_t e = c + 1;
+    while (e < chunks_ && e - c < per_run && (*fs)[e] == st) ++e;
+    const uint64_t off = c * chunk_, len = std::min<uint64_t>((e - c) * chunk_, size_ - off);
+    if (st == kPresent) {
+      ssize_t got = ::pread(from.fd(), buf.data(), len, from.header().data_offset + off);
+      if (got != static_cast<ssize_t>(len))
+        return posix_error(fmt::format("merge: read {} at {}", from.path(), off), got < 0 ? errno : EIO);
+      ssize_t put = ::pwrite(into.fd(), buf.data(), len, into.header().data_offset + off);
+      if (put != static_cast<ssize_t>(len))
+        return posix_error(fmt::format("merge: write {} at {}", into.path(), off), put < 0 ? errno : EIO);
+    } else {
+      // "Zeros here": no data needed (the hole is punched if the filesystem can).
+      (void)::fallocate(into.fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, into.header().data_offset + off,
+                        len);
+    }
+    for (uint64_t k = c; k < e; ++k) into_states[k] = st;
+    done += e - c;
+    if (progress) progress(done, total);
+    c = e;
+  }
+  // Data, then the bitmap, durable in `into`.
+  TRY(into.sync());
+  const uint64_t pages = (into.header().bitmap_bytes + 4095) / 4096;
+  if (pages) TRY(into.write_bitmap_pages(into_states, 0, pages - 1));
+  TRY(into.sync());
+
+  // Relink and switch, with all I/O held.
+  freeze_all(true);
+  Result<> r;
+  LayerFile& child = *layers_[j + 1];
+  std::filesystem::path cdir = std::filesystem::absolute(child.path()).parent_path();
+  std::string rel = std::filesystem::absolute(into.path()).lexically_relative(cdir).string();
+  {
+    auto crw = LayerFile::open(child.path(), true, false);
+    if (!crw) {
+      r = fail(crw.error());
+    } else {
+      (*crw)->mutable_header().parent_uuid = into.header().uuid;
+      (*crw)->mutable_header().parent_path = rel;
+      r = (*crw)->write_header();
+      if (r) r = (*crw)->sync();
+    }
+  }
+  if (r) {
+    child.mutable_header().parent_uuid = into.header().uuid;
+    child.mutable_header().parent_path = rel;
+    const uint8_t hf = static_cast<uint8_t>(j + 1);  // holder number of `from`
+    for (uint64_t c = 0; c < chunks_; ++c) {
+      uint8_t h = index_[c].load(std::memory_order_relaxed);
+      uint8_t l = h & ~kZeroBit;
+      if (l >= hf) index_[c].store(static_cast<uint8_t>((l - 1) | (h & kZeroBit)), std::memory_order_relaxed);
+    }
+    std::lock_guard<std::mutex> ll(layers_mu_);
+    retire(layers_[j - 1]);  // old fds stay open until exit, without their locks
+    if (::flock(into.fd(), LOCK_SH | LOCK_NB) < 0)
+      LOG_WARN("merge: cannot lock {} again: {}", into.path(), std::strerror(errno));
+    layers_[j - 1] = std::move(*rw);
+    retire(layers_[j]);
+    layers_.erase(layers_.begin() + static_cast<std::ptrdiff_t>(j));
+    nlayers_.store(n - 1);
+    layers_[n - 2]->prepare_for_writes();
+    write_layer_.store(n - 2);
+  }
+  freeze_all(false);
+  if (!r) return fail(r.error().code, "merge: relinking " + child.path() + ": " + r.error().message +
+                                          " (the stack still has every layer)");
+  std::string gone = retired_.back()->path();
+  ::unlink(gone.c_str());
+  LOG_INFO("merge: {} folded into {} ({} chunks); {} now names it as parent", gone, layers_[j - 1]->path(), done,
+           layers_[j]->path());
+  return done;
+}
+
+}  // namespace strata

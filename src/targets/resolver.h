@@ -1,0 +1,25 @@
+// What a target's constructor gets besides its parameters: the Resolver
+// through which a target finds another device by name (linear, cow's base=,
+// cache), and the signature every target type's create() has. The list of
+// target types is table/registry.h.
+#pragma once
+
+#include <memory>
+#include <string_view>
+
+#include "core/params.h"
+#include "core/result.h"
+#include "core/target.h"
+
+namespace strata {
+
+class Resolver {
+ public:
+  virtual ~Resolver() = default;
+  // A device defined earlier in the same configuration.
+  virtual Result<std::shared_ptr<Target>> device(std::string_view name) = 0;
+};
+
+using CreateFn = Result<std::shared_ptr<Target>> (*)(Params& p, Resolver& r);
+
+}  // namespace strata

@@ -7,8 +7,8 @@
 #include "cli/live.h"
 #include "cli/progress.h"
 #include "cli/top.h"
-#include "cli/serve.h"
-#include "cli/state_dir.h"
+#include "daemon/serve.h"
+#include "daemon/state_dir.h"
 #include "control/client.h"
 #include "control/sync.h"
 #include "core/queue.h"
@@ -108,10 +108,10 @@ int start_detached(const std::string& ctl, const std::string& method, json param
 // here read-only (a layer a server holds for writing is refused by its lock).
 int flatten_offline(const std::vector<std::string>& tables, const std::string& device, const std::string& to,
                     bool as_json) {
-  strata::cli::ServeOptions o;
+  strata::daemon::ServeOptions o;
   o.tables = tables;
   o.read_only = true;
-  auto devs = strata::cli::load_devices(o);
+  auto devs = strata::daemon::load_devices(o);
   if (!devs) {
     fmt::print(stderr, "strata: {}\n", devs.error().message);
     return 1;
@@ -147,7 +147,7 @@ int main(int argc, char** argv) {
   strata::cli::setup_help(app);
   app.require_subcommand(1);
 
-  strata::cli::ServeOptions so;
+  strata::daemon::ServeOptions so;
   auto* serve = app.add_subcommand("serve", "Serve devices over NBD in the foreground");
   serve->add_option("--table", so.tables, "Table file: dmsetup lines, devices under [name] headers; relative paths from its directory")
       ->check(CLI::ExistingFile);
@@ -334,7 +334,7 @@ int main(int argc, char** argv) {
       so.state_dir = e;
     else  // as root, one per control socket: two servers never share one
       so.state_dir =
-          strata::cli::default_state_dir(so.control.empty() ? strata::control::default_control_path() : so.control);
+          strata::daemon::default_state_dir(so.control.empty() ? strata::control::default_control_path() : so.control);
   }
 
   json params = json::object();
@@ -344,7 +344,7 @@ int main(int argc, char** argv) {
       for (const auto& t : strata::target_types()) fmt::print("{}\n\n", t.help);
       return 0;
     }
-    return strata::cli::serve(so);
+    return strata::daemon::serve(so);
   }
   if (list->parsed()) return client(ctl, "device_list", params, as_json, print_list);
   if (table->parsed()) return client(ctl, "device_table", params, as_json, print_table);
@@ -360,7 +360,7 @@ int main(int argc, char** argv) {
       const std::string server = ctl.empty() ? strata::control::default_control_path() : ctl;
       std::string dir = !state_dir.empty()                ? state_dir
                         : std::getenv("STRATA_STATE_DIR") ? std::getenv("STRATA_STATE_DIR")
-                                                          : strata::cli::default_state_dir(server);
+                                                          : strata::daemon::default_state_dir(server);
       std::string path = dir + "/" + (device.empty() ? "_default" : device) + "/" + map + ".dmap";
       bool consistent = false;
       std::string why;

@@ -220,8 +220,10 @@ json run(Daemon& d, const json& req) {
     auto s = d.nbd->stats();
     json exports = json::array();
     // Read-only as NBD clients see it: by configuration or because the target cannot write.
-    for (const auto& e : d.nbd->exports())
+    for (const auto& e : d.devices->list())
       exports.push_back({{"name", e->name}, {"read_only", e->read_only || !e->target->caps().can_write}});
+    json servers = json::array();  // every export: its kind and where clients reach it
+    for (const Export* x : d.exports()) servers.push_back({{"kind", x->kind()}, {"at", x->describe()}});
     auto up = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - d.started);
     return ok({{"connections", s.active},
                {"connections_total", s.total},
@@ -230,6 +232,7 @@ json run(Daemon& d, const json& req) {
                {"handshake_timeouts", s.handshake_timeouts},
                {"uris", d.nbd->uris()},
                {"exports", exports},
+               {"servers", servers},
                {"uptime_seconds", up.count()}});
   }
   if (method == "job_list") return ok(jobs_json(d));
@@ -272,14 +275,12 @@ json run(Daemon& d, const json& req) {
   if (method == "export_fuse_start") {
     PARAM(mp, pr.str("mountpoint", true));
     if (auto ap = allowed_path(d, *mp); !ap) return err(ap.error().message);
-    auto e = std::make_unique<fuse::FuseExport>(d.queues, d.fuse_devices, d.fuse_options);
+    auto shown = fuse::devices_of(d.devices->registry());
+    auto e = std::make_unique<fuse::FuseExport>(d.queues, shown, d.fuse_options);
     auto r = e->start(*mp);
     if (!r) return err(r.error().message);
     std::string real = e->mountpoint();
     if (d.fuse_exports.count(real)) return err(fmt::format("{} is already exported", real));
-    std::vector<std::string> shows;
-    for (const auto& fd : d.fuse_devices) shows.push_back(fd.name);
-    d.fuse_shows[real] = shows;
     d.fuse_exports[real] = std::move(e);
     return ok({{"mountpoint", real}});
   }
@@ -292,7 +293,6 @@ json run(Daemon& d, const json& req) {
     if (it == d.fuse_exports.end()) return err(fmt::format("no FUSE export at '{}'", m));
     if (!it->second->stop()) d.fuse_detached.push_back(std::move(it->second));
     d.fuse_exports.erase(it);
-    d.fuse_shows.erase(m);
     return ok(json::object());
   }
   if (method == "export_fuse_list") {

@@ -12,6 +12,7 @@
 
 #include "control/devices.h"
 #include "control/jobs.h"
+#include "exports/export.h"
 #include "exports/fuse/fuse_export.h"
 #include "exports/nbd/server.h"
 
@@ -28,14 +29,19 @@ struct Daemon {
   bool all_read_only = false;  // serve --read-only
   // The rest is touched only by the thread that runs changes (the control
   // server's worker; before start and after stop, the serve thread).
-  std::vector<fuse::Device> fuse_devices;  // what a new FUSE export shows
   std::map<std::string, std::unique_ptr<fuse::FuseExport>> fuse_exports;  // by mountpoint
-  std::map<std::string, std::vector<std::string>> fuse_shows;  // mountpoint -> device names
   // Stopped exports whose mount was still in use (a loop device on a file):
   // unmounted (detached), still answering the requests of files open on them,
   // kept until the server exits.
   std::vector<std::unique_ptr<fuse::FuseExport>> fuse_detached;
   fuse::Options fuse_options;
+  // Every export running (the NBD server, then each FUSE mount).
+  std::vector<Export*> exports() const {
+    std::vector<Export*> out;
+    if (nbd) out.push_back(nbd);
+    for (const auto& [mp, e] : fuse_exports) out.push_back(e.get());
+    return out;
+  }
   // Directories under which a control client may name files (sync and
   // flatten targets, FUSE mountpoints): serve --allow-path. Empty: none.
   std::vector<std::string> allowed_paths;

@@ -47,6 +47,7 @@ Result<std::shared_ptr<Device>> build_device(Daemon& d, const DeviceSpec& spec, 
   auto dirty = DirtyTarget::create(dev->live, spec.name, state_dir_of(d, spec.name));
   if (!dirty) return fail(dirty.error().code, fmt::format("device '{}': {}", spec.name, dirty.error().message));
   dev->dirty = std::move(*dirty);
+  dev->target = dev->dirty;
   return dev;
 }
 
@@ -56,9 +57,7 @@ Result<> serve_device(Daemon& d, const std::shared_ptr<Device>& dev) {
     auto r = q->call([&]() -> Task<Result<>> { co_return dev->dirty->attach_queue(*q); });
     if (!r) return fail(r.error().code, fmt::format("device '{}': {}", dev->name, r.error().message));
   }
-  d.devices->put(dev);
-  d.nbd->add_export({dev->name, "", dev->dirty, dev->read_only});
-  d.fuse_devices.push_back({dev->name, dev->dirty, dev->effective_read_only()});
+  d.devices->put(dev);  // NBD clients find it from now on
   return {};
 }
 
@@ -107,22 +106,33 @@ Result<> remove_device(Daemon& d, const std::string& name, bool force) {
   if (d.jobs->running_on(name)) return fail(EBUSY, fmt::format("a job is running on device '{}'", name));
   auto users = d.devices->users_of(name);
   if (!users.empty()) return fail(EBUSY, fmt::format("device '{}' is used by device '{}'", name, users[0]));
-  for (const auto& [mp, names] : d.fuse_shows)
-    if (std::find(names.begin(), names.end(), name) != names.end())
-      return fail(EBUSY, fmt::format("device '{}' is shown by the FUSE export at {} (stop it first)", name, mp));
   const Target* t = dev->dirty.get();
-  std::size_t n = d.nbd->connections_to(t);
-  if (n > 0 && !force)
-    return fail(EBUSY, fmt::format("device '{}' has {} NBD client(s) connected (--force ends them)", name, n));
-  d.nbd->remove_export(name);
-  if (!force && (n = d.nbd->connections_to(t)) > 0) {  // one finished its handshake meanwhile
-    d.nbd->add_export({dev->name, "", dev->dirty, dev->read_only});
-    return fail(EBUSY, fmt::format("device '{}' has {} NBD client(s) connected (--force ends them)", name, n));
+  // Users an export cannot end (a FUSE mount showing it) refuse it even with
+  // --force; NBD clients refuse it without.
+  auto exports = d.exports();
+  for (bool endable : {false, true})
+    for (const Export* x : exports) {
+      auto u = x->users_of(t);
+      if (u.count > 0 && u.can_end == endable && (!endable || !force))
+        return fail(EBUSY, fmt::format("device '{}' {} ({})", name, u.what, endable ? "--force ends them" : "stop it first"));
+    }
+  auto clients = [&] {
+    std::size_t n = 0;
+    for (const Export* x : exports) n += x->users_of(t).count;
+    return n;
+  };
+  d.devices->erase(name);  // new NBD connections no longer find it
+  std::size_t n = clients();
+  if (!force && n > 0) {  // one finished its handshake meanwhile
+    d.devices->put(dev);
+    for (const Export* x : exports)
+      if (auto u = x->users_of(t); u.count > 0)
+        return fail(EBUSY, fmt::format("device '{}' {} (--force ends them)", name, u.what));
   }
   if (force && n > 0) {
-    LOG_INFO("remove '{}': ending {} NBD connection(s) after their requests", name, n);
-    for (int i = 0; i < 3000 && d.nbd->connections_to(t) > 0; ++i) {
-      d.nbd->stop_connections_to(t);
+    LOG_INFO("remove '{}': ending {} client(s) after their requests", name, n);
+    for (int i = 0; i < 3000 && clients() > 0; ++i) {
+      for (Export* x : exports) x->end_users_of(t);
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   }
@@ -133,8 +143,6 @@ Result<> remove_device(Daemon& d, const std::string& name, bool force) {
     if (!r) LOG_WARN("remove '{}': flush: {}", name, r.error().message);
   }
   dev->dirty->close_clean();
-  std::erase_if(d.fuse_devices, [&](const fuse::Device& f) { return f.name == name; });
-  d.devices->erase(name);
   LOG_INFO("removed device '{}'", name);
   return {};
 }

@@ -11,42 +11,18 @@
 namespace strata::control {
 
 std::vector<std::shared_ptr<const Device>> Devices::list() const {
-  MutexLock l(mu_);
-  return devices_;
+  std::vector<std::shared_ptr<const Device>> out;
+  for (auto& d : registry_.list()) out.push_back(std::static_pointer_cast<const Device>(std::move(d)));
+  return out;
 }
 
 std::shared_ptr<const Device> Devices::find(std::string_view name) const {
-  MutexLock l(mu_);
-  for (const auto& d : devices_)
-    if (d->name == name) return d;
-  return nullptr;
-}
-
-void Devices::put(std::shared_ptr<const Device> d) {
-  MutexLock l(mu_);
-  for (auto& x : devices_)
-    if (x->name == d->name) {
-      x = std::move(d);
-      return;
-    }
-  devices_.push_back(std::move(d));
-}
-
-void Devices::erase(std::string_view name) {
-  std::shared_ptr<const Device> gone;  // released outside the lock
-  MutexLock l(mu_);
-  for (auto it = devices_.begin(); it != devices_.end(); ++it)
-    if ((*it)->name == name) {
-      gone = std::move(*it);
-      devices_.erase(it);
-      return;
-    }
+  return std::static_pointer_cast<const Device>(registry_.find(name));
 }
 
 std::vector<std::string> Devices::users_of(std::string_view name) const {
-  MutexLock l(mu_);
   std::vector<std::string> out;
-  for (const auto& d : devices_) {
+  for (const auto& d : list()) {
     bool uses = std::find(d->uses.begin(), d->uses.end(), name) != d->uses.end() ||
                 std::find(d->inactive_uses.begin(), d->inactive_uses.end(), name) != d->inactive_uses.end();
     if (uses && d->name != name) out.push_back(d->name);

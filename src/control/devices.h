@@ -1,18 +1,15 @@
-// Devices: the registry of the devices a server serves, changed at runtime
-// (dmsetup's model: create, reload + suspend/resume, remove). Each device is
+// Devices: control's view of the server's DeviceRegistry (core/device_registry.h),
+// changed at runtime (dmsetup's model: create, reload + suspend/resume,
+// remove). Each device is
 //   DirtyTarget (dirty maps; what exports and jobs see)
 //     -> LiveTarget (suspend gate; active and inactive tables)
 //       -> TableTarget (the segments)
 // so that a reload keeps the dirty maps and NBD connections, which hold the
 // DirtyTarget, stay connected through it.
 //
-// A Device record is immutable once published: a change (a reload resumed)
-// publishes a new record sharing the same targets, so readers (status on the
-// control thread) take a snapshot under mu_ and need no further lock.
-//
-// Threads: list()/find() from any thread; the changes (add, replace, erase)
-// from the thread that runs control requests that change devices (one at a
-// time, see server.h).
+// Threads: list()/find() from any thread; the changes (put, erase) from the
+// thread that runs control requests that change devices (one at a time, see
+// server.h).
 #pragma once
 
 #include <memory>
@@ -20,6 +17,7 @@
 #include <vector>
 
 #include "control/live_target.h"
+#include "core/device_registry.h"
 #include "core/queue.h"
 #include "core/thread_annotations.h"
 #include "table/table.h"
@@ -27,32 +25,34 @@
 
 namespace strata::control {
 
-struct Device {
-  std::string name;
-  bool read_only = false;
+// The registry's record of a device: what every part reads (core's Device:
+// name, top target, read-only, the devices it uses) and what control keeps.
+struct Device : strata::Device {
   DeviceSpec spec;                 // the segments it was made from (for dump)
-  std::vector<std::string> uses;   // devices its table refers to (linear, cow base=)
   std::shared_ptr<LiveTarget> live;
-  std::shared_ptr<DirtyTarget> dirty;
+  std::shared_ptr<DirtyTarget> dirty;  // == target
   // A reload waiting for resume: its spec and references.
   std::shared_ptr<const DeviceSpec> inactive;
   std::vector<std::string> inactive_uses;
   bool effective_read_only() const { return read_only || !live->caps().can_write; }
 };
 
+// The registry's records as control's Devices (all of them are: control is
+// the only writer).
 class Devices {
  public:
-  std::vector<std::shared_ptr<const Device>> list() const EXCLUDES(mu_);
-  std::shared_ptr<const Device> find(std::string_view name) const EXCLUDES(mu_);
+  explicit Devices(DeviceRegistry& registry) : registry_(registry) {}
+  std::vector<std::shared_ptr<const Device>> list() const;
+  std::shared_ptr<const Device> find(std::string_view name) const;
   // Adds, or replaces the record of the same name.
-  void put(std::shared_ptr<const Device> d) EXCLUDES(mu_);
-  void erase(std::string_view name) EXCLUDES(mu_);
+  void put(std::shared_ptr<const Device> d) { registry_.put(std::move(d)); }
+  void erase(std::string_view name) { registry_.erase(name); }
   // The devices whose active or inactive table refers to `name`.
-  std::vector<std::string> users_of(std::string_view name) const EXCLUDES(mu_);
+  std::vector<std::string> users_of(std::string_view name) const;
+  DeviceRegistry& registry() const { return registry_; }
 
  private:
-  mutable Mutex mu_;
-  std::vector<std::shared_ptr<const Device>> devices_ GUARDED_BY(mu_);  // in creation order
+  DeviceRegistry& registry_;
 };
 
 // Resolves the device references of a table being built (`linear`, cow

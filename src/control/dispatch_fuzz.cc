@@ -21,8 +21,9 @@ namespace {
 
 struct Fixture {
   std::unique_ptr<strata::Queue> q;
+  strata::DeviceRegistry registry;
   std::unique_ptr<strata::nbd::Server> server;
-  strata::control::Devices devices;
+  strata::control::Devices devices{registry};
   strata::control::Jobs jobs;
   strata::control::Daemon d;
 
@@ -32,7 +33,8 @@ struct Fixture {
     if (::chdir(dir.c_str()) < 0) __builtin_trap();
     q = std::make_unique<strata::Queue>(0);
     if (!q->start()) __builtin_trap();
-    server = std::make_unique<strata::nbd::Server>(std::vector<strata::Queue*>{q.get()}, strata::nbd::ServerOptions{});
+    server = std::make_unique<strata::nbd::Server>(std::vector<strata::Queue*>{q.get()}, registry,
+                                                          strata::nbd::ServerOptions{});
     d.devices = &devices;
     d.nbd = server.get();
     d.started = std::chrono::steady_clock::now();

@@ -1,5 +1,5 @@
 #!/bin/bash
-# FUSE runtime verbs: `fuse start MNT` on a running server mounts it and the device file appears ("default" for the unnamed device) and serves I/O; `fuse list` shows every export; `fuse stop MNT` unmounts just that one; stop of an unknown mountpoint, start on a missing directory or a live export fail with clear errors; SIGTERM unmounts the rest.
+# FUSE runtime verbs: `fuse start MNT` on a running server mounts it and the device file appears ("default" for the unnamed device) and serves I/O; `fuse list` shows every export (and server_status's servers, with the NBD server); `fuse stop MNT` unmounts just that one; stop of an unknown mountpoint, start on a missing directory or a live export fail with clear errors; SIGTERM unmounts the rest.
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/fuse-lib.sh"
 requires jq realpath
@@ -40,6 +40,25 @@ out=$(ctl fuse start "$WORK/mnt/../mnt2") || die "fuse start mnt2 failed: $out"
 expect_bytes "$MNT2/default" 8192 4096 0x61
 fill "$MNT2/default" 12288 4096 0x62
 expect_bytes "$MNT/default" 12288 4096 0x62
+
+# server_status lists every export (the NBD server, then each mount) with
+# where clients reach it.
+servers=$($PYTHON - "$CTL" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b'{"method": "server_status"}\n')
+buf = b""
+while not buf.endswith(b"\n"):
+    buf += s.recv(65536)
+r = json.loads(buf)
+print(json.dumps(r["result"]["servers"], separators=(",", ":")))
+PY
+)
+want=$(jq -ncS --arg s "$SOCK" --arg a "$RM" --arg b "$RM2" \
+  '[{kind:"nbd",at:["nbd+unix:///?socket="+$s]}] + ([{kind:"fuse",at:[$a]},{kind:"fuse",at:[$b]}] | sort_by(.at[0]))')
+got=$(echo "$servers" | jq -cS '.[:1] + (.[1:] | sort_by(.at[0]))')
+[ "$got" = "$want" ] || die "server_status servers: $servers, want $want"
 
 # Errors: non-zero exit, a clear message naming the path, nothing changes.
 expect_err() {  # expect_err PATTERN ARGS...

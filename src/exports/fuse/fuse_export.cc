@@ -22,6 +22,13 @@
 #include "core/log.h"
 
 namespace strata::fuse {
+
+std::vector<Device> devices_of(const DeviceRegistry& registry) {
+  std::vector<Device> out;
+  for (const auto& d : registry.list()) out.push_back({d->name, d->target, d->read_only || !d->target->caps().can_write});
+  return out;
+}
+
 namespace {
 
 constexpr uint64_t kRootId = FUSE_ROOT_ID;  // 1; device i is nodeid 2 + i
@@ -233,6 +240,18 @@ bool FuseExport::stop() {
   ::close(fd_);
   fd_ = -1;
   return true;
+}
+
+std::vector<std::string> FuseExport::shown() const {
+  std::vector<std::string> out;
+  for (const auto& d : devices_) out.push_back(d.name);
+  return out;
+}
+
+Export::Users FuseExport::users_of(const Target* t) const {
+  for (const auto& d : devices_)
+    if (d.target.get() == t) return {1, false, fmt::format("is shown by the FUSE export at {}", mountpoint_)};
+  return {};
 }
 
 const Device* FuseExport::device_of(uint64_t nodeid) const {

@@ -35,16 +35,20 @@
 #include <string>
 #include <vector>
 
+#include "core/device_registry.h"
 #include "core/queue.h"
 #include "core/target.h"
+#include "exports/export.h"
 
 namespace strata::fuse {
 
+// What a mount shows: the devices of the registry when it was mounted.
 struct Device {
   std::string name;  // file name in the mount
   std::shared_ptr<Target> target;
-  bool read_only = false;
+  bool read_only = false;  // as configured, or the target cannot write
 };
+std::vector<Device> devices_of(const DeviceRegistry& registry);
 
 struct Options {
   // Use FUSE over io_uring when the kernel has it (turning on the fuse
@@ -52,7 +56,7 @@ struct Options {
   bool io_uring = true;
 };
 
-class FuseExport {
+class FuseExport final : public Export {
  public:
   FuseExport(std::vector<Queue*> queues, std::vector<Device> devices, Options opts = {});
   ~FuseExport();
@@ -65,8 +69,17 @@ class FuseExport {
   // Unmounts, waits until no request is being served and ends the connection. false: the mount was busy (a loop device
   // holds a file), so it was detached and requests may still come: the export
   // must stay alive (and keeps /dev/fuse open) until the process exits.
-  bool stop();
+  bool stop() override;
   const std::string& mountpoint() const { return mountpoint_; }
+  // The names of the devices it shows.
+  std::vector<std::string> shown() const;
+
+  // strata::Export (a mount shows the devices of its mount time: the
+  // device of a target it shows cannot go away until it is stopped).
+  std::string_view kind() const override { return "fuse"; }
+  std::vector<std::string> describe() const override { return {mountpoint_}; }
+  Users users_of(const Target* t) const override;
+  void end_users_of(const Target*) override {}
   // Requests served so far through ring entries and through /dev/fuse.
   uint64_t uring_requests() const { return uring_requests_.load(std::memory_order_relaxed); }
   uint64_t dev_requests() const { return dev_requests_.load(std::memory_order_relaxed); }

@@ -32,8 +32,18 @@ namespace {
 
 struct Fixture {
   std::unique_ptr<strata::Queue> q;
+  strata::DeviceRegistry devices;
   std::unique_ptr<strata::nbd::Server> server;
   std::string sock;
+
+  void add(std::string name, std::string description, std::shared_ptr<strata::Target> t, bool ro) {
+    auto d = std::make_shared<strata::Device>();
+    d->name = std::move(name);
+    d->description = std::move(description);
+    d->target = std::move(t);
+    d->read_only = ro;
+    devices.put(std::move(d));
+  }
 
   Fixture() {
     std::string dir = "/tmp/strata-fuzz-" + std::to_string(::getpid());
@@ -54,10 +64,10 @@ struct Fixture {
     auto tls = strata::nbd::TlsConfig::load(strata::nbd::TlsMode::kOn, "", psk, false);
     if (!tls) __builtin_trap();
     o.tls = *tls;
-    server = std::make_unique<strata::nbd::Server>(std::vector<strata::Queue*>{q.get()}, o);
+    server = std::make_unique<strata::nbd::Server>(std::vector<strata::Queue*>{q.get()}, devices, o);
     auto mem = std::make_shared<strata::MemoryTarget>(1 << 20);
-    server->add_export({"", "a memory disk", mem, false});
-    server->add_export({"ro", "", mem, true});
+    add("", "a memory disk", mem, false);
+    add("ro", "", mem, true);
     if (!server->listen_unix(sock)) __builtin_trap();
     server->start();
   }

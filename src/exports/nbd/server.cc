@@ -33,8 +33,9 @@ constexpr int kListenBacklog = 4096;
 constexpr std::chrono::milliseconds kMinHandshakeAge{50};
 }  // namespace
 
-Server::Server(std::vector<Queue*> queues, ServerOptions opts)
+Server::Server(std::vector<Queue*> queues, const DeviceRegistry& devices, ServerOptions opts)
     : queues_(std::move(queues)),
+      devices_(devices),
       opts_(opts),
       budget_(opts.max_memory ? opts.max_memory : MemoryBudget::default_total(), opts.max_connections) {
   CHECK(!queues_.empty());
@@ -49,25 +50,14 @@ Server::~Server() {
   }
 }
 
-void Server::add_export(Export e) {
-  std::lock_guard<std::mutex> l(mu_);
-  for (auto& x : exports_) {
-    if (x->name == e.name) {
-      x = std::make_shared<const Export>(std::move(e));
-      return;
-    }
-  }
-  exports_.push_back(std::make_shared<const Export>(std::move(e)));
-}
-
-void Server::remove_export(std::string_view name) {
-  std::lock_guard<std::mutex> l(mu_);
-  std::erase_if(exports_, [&](const auto& x) { return x->name == name; });
-}
-
 std::size_t Server::connections_to(const Target* t) const {
   std::lock_guard<std::mutex> l(mu_);
   return static_cast<std::size_t>(std::count_if(conns_.begin(), conns_.end(), [&](Connection* c) { return c->serving() == t; }));
+}
+
+strata::Export::Users Server::users_of(const Target* t) const {
+  std::size_t n = connections_to(t);
+  return {n, true, fmt::format("has {} NBD client(s) connected", n)};
 }
 
 void Server::stop_connections_to(const Target* t) {
@@ -84,17 +74,9 @@ uint64_t Server::oldest_connection_id() const {
   return oldest;
 }
 
-std::shared_ptr<const Export> Server::find_export(std::string_view name) const {
-  std::lock_guard<std::mutex> l(mu_);
-  for (const auto& x : exports_)
-    if (x->name == name) return x;
-  return nullptr;
-}
+std::shared_ptr<const Device> Server::find_export(std::string_view name) const { return devices_.find(name); }
 
-std::vector<std::shared_ptr<const Export>> Server::exports() const {
-  std::lock_guard<std::mutex> l(mu_);
-  return exports_;
-}
+std::vector<std::shared_ptr<const Device>> Server::exports() const { return devices_.list(); }
 
 Result<> Server::listen_unix(const std::string& path) {
   // The process umask decides who may connect (as for nbdkit and qemu-nbd).

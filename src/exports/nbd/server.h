@@ -3,8 +3,8 @@
 // connection is handed to the next queue in turn and lives there for its whole
 // life, so its requests and its target I/O share one ring and one thread.
 //
-// Thread-safety: add_export/remove_export/exports/stats may be called from any
-// thread (the control thread). start() and shutdown() are called by the
+// Thread-safety: find_export/exports/connections_to/stats may be called from
+// any thread (the control thread). start() and shutdown() are called by the
 // thread that owns the server.
 #pragma once
 
@@ -15,19 +15,17 @@
 #include <string>
 #include <vector>
 
+#include "core/device_registry.h"
 #include "core/queue.h"
 #include "core/target.h"
+#include "exports/export.h"
 #include "exports/nbd/budget.h"
 #include "exports/nbd/tls.h"
 
 namespace strata::nbd {
 
-struct Export {
-  std::string name;
-  std::string description;
-  std::shared_ptr<Target> target;
-  bool read_only = false;
-};
+// An export is a device of the server's registry, found by its name.
+using Export = strata::Device;
 
 struct ServerOptions {
   // Clients in transmission (connection slots).
@@ -48,16 +46,14 @@ struct ServerOptions {
 
 class Connection;
 
-class Server {
+class Server final : public strata::Export {
  public:
-  Server(std::vector<Queue*> queues, ServerOptions opts);
+  // Clients are served the devices of `devices` (which outlives the server).
+  Server(std::vector<Queue*> queues, const DeviceRegistry& devices, ServerOptions opts);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  void add_export(Export e);
-  // New connections no longer find it; connections on it go on.
-  void remove_export(std::string_view name);
   // Connections transmitting on an export whose target is `t`.
   std::size_t connections_to(const Target* t) const;
   // Makes those connections stop after the requests they have read (their
@@ -67,8 +63,8 @@ class Server {
   // still open (the next id when none is).
   uint64_t next_connection_id() const { return next_id_.load(); }
   uint64_t oldest_connection_id() const;
-  std::shared_ptr<const Export> find_export(std::string_view name) const;
-  std::vector<std::shared_ptr<const Export>> exports() const;
+  std::shared_ptr<const Device> find_export(std::string_view name) const;
+  std::vector<std::shared_ptr<const Device>> exports() const;
 
   // Binds and listens; call before start().
   Result<> listen_unix(const std::string& path);
@@ -82,6 +78,16 @@ class Server {
   // Stops accepting, lets every connection finish the requests it has read,
   // closes them, and returns when none is left.
   void shutdown();
+
+  // strata::Export
+  std::string_view kind() const override { return "nbd"; }
+  std::vector<std::string> describe() const override { return uris_; }
+  Users users_of(const Target* t) const override;
+  void end_users_of(const Target* t) override { stop_connections_to(t); }
+  bool stop() override {
+    shutdown();
+    return true;
+  }
 
   struct Stats {
     uint64_t active = 0;
@@ -115,6 +121,7 @@ class Server {
   void take_handshake_slot(Connection* c);
 
   std::vector<Queue*> queues_;
+  const DeviceRegistry& devices_;
   ServerOptions opts_;
   MemoryBudget budget_;
   std::vector<std::unique_ptr<Listener>> listeners_;
@@ -125,7 +132,6 @@ class Server {
   std::atomic<uint64_t> total_{0}, refused_{0};
 
   mutable std::mutex mu_;
-  std::vector<std::shared_ptr<const Export>> exports_;  // guarded by mu_
   std::vector<Connection*> conns_;                       // guarded by mu_
   std::vector<Connection*> handshakes_;  // guarded by mu_; in accept order
   std::size_t transmitting_ = 0;         // guarded by mu_

@@ -9,7 +9,7 @@
 #include "core/result.h"
 #include "table/table.h"
 
-namespace strata::cli {
+namespace strata::daemon {
 
 struct ServeOptions {
   std::vector<std::string> tables;
@@ -45,4 +45,4 @@ int serve(const ServeOptions& o);
 // The devices of --table/--file, built (targets opened and checked).
 Result<std::unique_ptr<DeviceSet>> load_devices(const ServeOptions& o);
 
-}  // namespace strata::cli
+}  // namespace strata::daemon

@@ -1,4 +1,4 @@
-#include "cli/service.h"
+#include "daemon/service.h"
 
 #include <fcntl.h>
 #include <sys/socket.h>
@@ -14,7 +14,7 @@
 
 #include "core/log.h"
 
-namespace strata::cli {
+namespace strata::daemon {
 
 Result<ActivatedSockets> take_listen_fds() {
   ActivatedSockets out;
@@ -113,4 +113,4 @@ void Watchdog::run() {
   }
 }
 
-}  // namespace strata::cli
+}  // namespace strata::daemon

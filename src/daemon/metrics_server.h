@@ -14,7 +14,7 @@
 
 struct MHD_Daemon;
 
-namespace strata::cli {
+namespace strata::daemon {
 
 class MetricsServer {
  public:
@@ -37,4 +37,4 @@ class MetricsServer {
   friend struct MetricsHandler;
 };
 
-}  // namespace strata::cli
+}  // namespace strata::daemon

@@ -21,7 +21,7 @@
 
 #include "core/result.h"
 
-namespace strata::cli {
+namespace strata::daemon {
 
 struct ActivatedSockets {
   std::vector<int> nbd;  // named "nbd", or unnamed: NBD listeners (TCP or Unix)
@@ -64,4 +64,4 @@ class Watchdog {
   std::thread thread_;
 };
 
-}  // namespace strata::cli
+}  // namespace strata::daemon

@@ -1,4 +1,4 @@
-#include "cli/metrics_server.h"
+#include "daemon/metrics_server.h"
 
 #include <microhttpd.h>
 #include <netdb.h>
@@ -14,7 +14,7 @@
 
 #include "core/log.h"
 
-namespace strata::cli {
+namespace strata::daemon {
 
 namespace {
 // libmicrohttpd's own messages go through our log (escaped), at debug level:
@@ -119,4 +119,4 @@ void MetricsServer::stop() {
   }
 }
 
-}  // namespace strata::cli
+}  // namespace strata::daemon

@@ -1,11 +1,11 @@
-#include "cli/state_dir.h"
+#include "daemon/state_dir.h"
 
 #include <unistd.h>
 
 #include <fmt/core.h>
 
 
-namespace strata::cli {
+namespace strata::daemon {
 
 std::string default_state_dir(const std::string& control_path) {
   if (::getuid() != 0) return "";
@@ -20,4 +20,4 @@ std::string default_state_dir(const std::string& control_path) {
   return dir;
 }
 
-}  // namespace strata::cli
+}  // namespace strata::daemon

@@ -1,4 +1,4 @@
-#include "cli/serve.h"
+#include "daemon/serve.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -14,9 +14,9 @@
 
 #include <fmt/core.h>
 
-#include "cli/metrics_server.h"
-#include "cli/service.h"
-#include "cli/state_dir.h"
+#include "daemon/metrics_server.h"
+#include "daemon/service.h"
+#include "daemon/state_dir.h"
 #include "control/client.h"
 #include "control/metrics.h"
 #include "control/server.h"
@@ -27,7 +27,7 @@
 #include "table/table.h"
 #include "targets/dirty/dirty.h"
 
-namespace strata::cli {
+namespace strata::daemon {
 namespace {
 
 Result<std::string> read_file(const std::string& path) {
@@ -198,12 +198,13 @@ int serve(const ServeOptions& o) {
     }
     so.max_memory = *m;
   }
-  nbd::Server server(qptrs, so);
+  DeviceRegistry registry;  // the devices every export and control read
+  nbd::Server server(qptrs, registry, so);
 
   // Every device is served through a DirtyTarget (dirty maps), which costs
   // one branch per write while it has none, over a LiveTarget (reload,
   // suspend/resume): control/devices.h.
-  control::Devices devices;
+  control::Devices devices(registry);
   control::Jobs jobs;
   control::Daemon daemon;
   daemon.devices = &devices;
@@ -255,15 +256,13 @@ int serve(const ServeOptions& o) {
   }
 
   for (const auto& mp : o.fuse) {
-    auto e = std::make_unique<fuse::FuseExport>(qptrs, daemon.fuse_devices, daemon.fuse_options);
+    auto shown = fuse::devices_of(registry);
+    auto e = std::make_unique<fuse::FuseExport>(qptrs, shown, daemon.fuse_options);
     if (auto r = e->start(mp); !r) {
       LOG_ERROR("{}", r.error().message);
       return 1;
     }
     fmt::print("strata: FUSE export at {}\n", e->mountpoint());
-    std::vector<std::string> shows;
-    for (const auto& fd : daemon.fuse_devices) shows.push_back(fd.name);
-    daemon.fuse_shows[e->mountpoint()] = shows;
     daemon.fuse_exports[e->mountpoint()] = std::move(e);
   }
   control::Server ctl(daemon);
@@ -361,8 +360,7 @@ int serve(const ServeOptions& o) {
   jobs.stop();
   ctl.stop();
   control::resume_all(daemon);
-  server.shutdown();
-  for (auto& [mp, e] : daemon.fuse_exports) e->stop();
+  for (Export* x : daemon.exports()) x->stop();  // NBD first: its clients' requests end, then each FUSE mount
   int rc = control::close_devices(daemon);
   for (auto& q : queues) q->stop();
   if (!o.pidfile.empty()) ::unlink(o.pidfile.c_str());
@@ -370,4 +368,4 @@ int serve(const ServeOptions& o) {
   return rc;
 }
 
-}  // namespace strata::cli
+}  // namespace strata::daemon

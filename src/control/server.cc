@@ -441,7 +441,7 @@ void LineWriter::queue_progress(const std::string& line) {
 }
 
 bool LineWriter::reply(const std::string& line) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   pending_ += line;
   return send_pending(true);
 }

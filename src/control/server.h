@@ -38,29 +38,29 @@ class LineWriter {
   // the rate limit drops).
   template <class MakeLine>
   void progress_lazy(MakeLine make) {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (!due()) return;
     queue_progress(make());
   }
-  bool reply(const std::string& line);
-  uint64_t dropped() const {
-    std::lock_guard lock(mu_);
+  bool reply(const std::string& line) EXCLUDES(mu_);
+  uint64_t dropped() const EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     return dropped_;
   }
 
  private:
-  bool send_pending(bool block);  // under mu_; false: the client is gone
-  bool due();                     // under mu_: a progress line may go now
-  void queue_progress(const std::string& line);  // under mu_
+  bool send_pending(bool block) REQUIRES(mu_);  // false: the client is gone
+  bool due() REQUIRES(mu_);                     // a progress line may go now
+  void queue_progress(const std::string& line) REQUIRES(mu_);
 
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   const int fd_;
   const std::chrono::milliseconds interval_;
-  std::chrono::steady_clock::time_point last_{};
-  std::string pending_;
-  std::size_t sent_ = 0;  // bytes of pending_ already sent
-  bool broken_ = false;
-  uint64_t dropped_ = 0;
+  std::chrono::steady_clock::time_point last_ GUARDED_BY(mu_) = {};
+  std::string pending_ GUARDED_BY(mu_);
+  std::size_t sent_ GUARDED_BY(mu_) = 0;  // bytes of pending_ already sent
+  bool broken_ GUARDED_BY(mu_) = false;
+  uint64_t dropped_ GUARDED_BY(mu_) = 0;
 };
 
 // The control server. One thread (the loop) polls the listening socket and

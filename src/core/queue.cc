@@ -27,7 +27,7 @@ class BlockingPool {
   }
   void submit(std::function<void()> job) {
     {
-      std::lock_guard<std::mutex> l(mu_);
+      MutexLock l(mu_);
       jobs_.push_back(std::move(job));
       if (idle_ == 0 && threads_.size() < kMaxThreads) {
         threads_.emplace_back([this] { work(); });
@@ -40,23 +40,24 @@ class BlockingPool {
  private:
   static constexpr std::size_t kMaxThreads = 4;
   void work() {
-    std::unique_lock<std::mutex> l(mu_);
+    // Locked by hand, not by a std::unique_lock, so the analysis sees mu_ held.
+    mu_.lock();
     for (;;) {
       ++idle_;
-      cv_.wait(l, [this] { return !jobs_.empty(); });
+      cv_.wait(mu_, [this]() NO_THREAD_SAFETY_ANALYSIS { return !jobs_.empty(); });
       --idle_;
       auto job = std::move(jobs_.front());
       jobs_.pop_front();
-      l.unlock();
+      mu_.unlock();
       job();
-      l.lock();
+      mu_.lock();
     }
   }
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> jobs_;
-  std::vector<std::thread> threads_;
-  std::size_t idle_ = 0;
+  Mutex mu_;
+  std::condition_variable_any cv_;
+  std::deque<std::function<void()>> jobs_ GUARDED_BY(mu_);
+  std::vector<std::thread> threads_ GUARDED_BY(mu_);
+  std::size_t idle_ GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace
@@ -119,7 +120,7 @@ void Queue::stop() {
 
 void Queue::post(std::function<void()> fn) {
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     mailbox_.push_back(std::move(fn));
   }
   uint64_t one = 1;
@@ -130,7 +131,7 @@ void Queue::post(std::function<void()> fn) {
 void Queue::drain_mailbox() {
   std::vector<std::function<void()>> jobs;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     jobs.swap(mailbox_);
   }
   for (auto& j : jobs) j();

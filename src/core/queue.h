@@ -22,6 +22,7 @@
 
 #include "core/result.h"
 #include "core/ring.h"
+#include "core/thread_annotations.h"
 #include "core/task.h"
 
 namespace strata {
@@ -104,8 +105,8 @@ class Queue {
     Queue* queue = nullptr;
   } mbox_c_;
   alignas(8) std::byte mbox_buf_[8];
-  std::mutex mu_;
-  std::vector<std::function<void()>> mailbox_;  // guarded by mu_
+  Mutex mu_;
+  std::vector<std::function<void()>> mailbox_ GUARDED_BY(mu_);
   std::atomic<bool> stop_{false};
   bool stopped_ = false;
 };

@@ -78,7 +78,7 @@ Watchdog::~Watchdog() { stop(); }
 
 void Watchdog::stop() {
   {
-    std::lock_guard l(mu_);
+    MutexLock l(mu_);
     stopping_ = true;
   }
   cv_.notify_all();
@@ -108,8 +108,8 @@ void Watchdog::run() {
       last_status = s;
       next_status = steady_clock::now() + kStatusEvery;
     }
-    std::unique_lock l(mu_);
-    if (cv_.wait_until(l, start + tick, [this] { return stopping_; })) return;
+    MutexLock l(mu_);
+    if (cv_.wait_until(mu_, start + tick, [this]() NO_THREAD_SAFETY_ANALYSIS { return stopping_; })) return;
   }
 }
 

@@ -21,6 +21,8 @@
 
 #include "core/result.h"
 
+#include "core/thread_annotations.h"
+
 namespace strata::daemon {
 
 struct ActivatedSockets {
@@ -58,9 +60,9 @@ class Watchdog {
   Alive alive_;
   std::function<std::string()> status_;
   uint64_t period_us_ = 0;  // 0: no watchdog, only STATUS
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;
+  Mutex mu_;
+  std::condition_variable_any cv_;
+  bool stopping_ GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 

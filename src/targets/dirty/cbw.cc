@@ -26,17 +26,17 @@ CopyBeforeWrite::~CopyBeforeWrite() {
 }
 
 Result<> CopyBeforeWrite::status() const {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   return status_;
 }
 
 uint64_t CopyBeforeWrite::copied_by_writes() const {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   return by_writes_;
 }
 
 void CopyBeforeWrite::fail_job(const Error& e) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   if (status_) {
     status_ = fail(e);
     LOG_ERROR("copy to {}: {}", path_, e.message);
@@ -51,18 +51,18 @@ Task<void> CopyBeforeWrite::lock(Queue& q, uint64_t b0, uint64_t b1) {
     Queue* q;
     uint64_t b0, b1;
     bool taken = false;
-    bool try_take() {
+    bool try_take() REQUIRES(t->mu_) {
       for (uint64_t b = b0; b < b1; ++b)
         if (t->busy_.count(b)) return false;
       for (uint64_t b = b0; b < b1; ++b) t->busy_[b];
       return true;
     }
     bool await_ready() {
-      std::lock_guard<std::mutex> l(t->mu_);
+      MutexLock l(t->mu_);
       return taken = try_take();
     }
     bool await_suspend(std::coroutine_handle<> h) {
-      std::lock_guard<std::mutex> l(t->mu_);
+      MutexLock l(t->mu_);
       if ((taken = try_take())) return false;
       for (uint64_t b = b0; b < b1; ++b) {
         auto it = t->busy_.find(b);
@@ -84,7 +84,7 @@ Task<void> CopyBeforeWrite::lock(Queue& q, uint64_t b0, uint64_t b1) {
 void CopyBeforeWrite::unlock(uint64_t b0, uint64_t b1) {
   std::vector<std::pair<Queue*, std::coroutine_handle<>>> wake;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     for (uint64_t b = b0; b < b1; ++b) {
       auto it = busy_.find(b);
       if (it == busy_.end()) continue;
@@ -98,7 +98,7 @@ void CopyBeforeWrite::unlock(uint64_t b0, uint64_t b1) {
 Task<Result<>> CopyBeforeWrite::copy_locked(Queue& q, uint64_t b0, uint64_t b1) {
   std::vector<bool> todo(b1 - b0);
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     for (uint64_t b = b0; b < b1; ++b) todo[b - b0] = !done_[b];
   }
   Buffer buf;
@@ -122,7 +122,7 @@ Task<Result<>> CopyBeforeWrite::copy_locked(Queue& q, uint64_t b0, uint64_t b1) 
       put += static_cast<uint64_t>(n);
     }
     {
-      std::lock_guard<std::mutex> l(mu_);
+      MutexLock l(mu_);
       for (uint64_t k = b; k < e; ++k) done_[k] = true;
     }
     b = e;
@@ -134,7 +134,7 @@ Task<void> CopyBeforeWrite::before_write(Queue& q, uint64_t offset, uint64_t len
   if (length == 0 || offset >= size_) co_return;
   const uint64_t b0 = offset / block_, b1 = (std::min(offset + length, size_) - 1) / block_ + 1;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     bool all_done = true;
     for (uint64_t b = b0; b < b1 && all_done; ++b) all_done = done_[b];
     if (all_done || !status_) co_return;  // copied already, or the job failed
@@ -142,17 +142,17 @@ Task<void> CopyBeforeWrite::before_write(Queue& q, uint64_t offset, uint64_t len
   co_await lock(q, b0, b1);
   uint64_t before = 0;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     for (uint64_t b = b0; b < b1; ++b) before += !done_[b];
   }
   auto r = co_await copy_locked(q, b0, b1);
   if (!r) {
     fail_job(r.error());
     // The job is over: mark the blocks done so that nobody waits on them.
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     for (uint64_t b = b0; b < b1; ++b) done_[b] = true;
   } else {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     by_writes_ += before;
   }
   unlock(b0, b1);

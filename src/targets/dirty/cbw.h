@@ -29,6 +29,7 @@
 #include "core/queue.h"
 #include "core/result.h"
 #include "core/target.h"
+#include "core/thread_annotations.h"
 
 namespace strata {
 
@@ -69,11 +70,11 @@ class CopyBeforeWrite {
   int fd_;
   std::string path_;
   const uint64_t block_, size_, nblocks_;
-  mutable std::mutex mu_;
-  std::vector<bool> done_;                                                     // under mu_
-  std::map<uint64_t, std::vector<std::pair<Queue*, std::coroutine_handle<>>>> busy_;  // under mu_
-  Result<> status_;                                                            // under mu_
-  uint64_t by_writes_ = 0;                                                     // under mu_
+  mutable Mutex mu_;
+  std::vector<bool> done_ GUARDED_BY(mu_);
+  std::map<uint64_t, std::vector<std::pair<Queue*, std::coroutine_handle<>>>> busy_ GUARDED_BY(mu_);
+  Result<> status_ GUARDED_BY(mu_);
+  uint64_t by_writes_ GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace strata

@@ -1,22 +1,22 @@
 #include "control/commands.h"
 
+#include <fcntl.h>
 #include <fmt/core.h>
+#include <unistd.h>
+
 #include <algorithm>
-#include <filesystem>
 #include <chrono>
 #include <climits>
-#include <future>
 #include <cstdlib>
+#include <filesystem>
+#include <future>
 
 #include "control/metrics.h"
-#include "control/sync.h"
 #include "control/params.h"
+#include "control/sync.h"
 #include "core/buffer.h"
+#include "core/layer_stack.h"
 #include "core/log.h"
-#include "targets/cow/cow.h"
-
-#include <fcntl.h>
-#include <unistd.h>
 
 namespace strata::control {
 namespace {
@@ -57,7 +57,7 @@ json device_status(const Device& dev) {
                 {"num_sectors", s.length / kSectorSize},
                 {"table", s.target->table_line()},
                 {"info", info}};
-    if (const auto* cow = dynamic_cast<const CowTarget*>(s.target.get())) {
+    if (const auto* cow = s.target->layer_stack()) {
       json layers = json::array();
       for (const auto& l : cow->layer_status())
         layers.push_back({{"path", l.path},
@@ -106,9 +106,9 @@ json map_json(const DirtyMap& bits, bool consistent) {
 
 // PARAM(var, reader.str("k")): var is the value, or the request fails with
 // the reader's error.
-#define PARAM(var, expr)                                 \
-  auto var##_r = (expr);                                 \
-  if (!var##_r) return err(var##_r.error().message);     \
+#define PARAM(var, expr)                             \
+  auto var##_r = (expr);                             \
+  if (!var##_r) return err(var##_r.error().message); \
   auto var = std::move(*var##_r)
 
 std::shared_ptr<const Device> find_device(Daemon& d, const std::string& name, std::string* why) {
@@ -179,11 +179,237 @@ json jobs_json(Daemon& d) {
   return out;
 }
 
-const char* kKnown =
-    "device_list, device_table, device_status, device_dump, server_status, device_create, device_remove, "
-    "device_reload, device_suspend, device_resume, dirty_start, dirty_stop, dirty_status, dirty_list, dirty_clear, "
-    "dirty_checkpoint, device_sync, device_snapshot, device_merge, device_flatten, job_list, job_wait, job_cancel, "
-    "export_fuse_start, export_fuse_stop, export_fuse_list";
+// ---- the methods: one handler each (a family that shares a body shares one),
+// listed in kMethods below.
+
+// The handler of a method the control server answers with a reply: kRead
+// (on the control thread) and kChange (on the worker). `method` is the
+// name the request gave, `params` its params object.
+using Handler = json (*)(Daemon& d, const std::string& method, const json& params);
+// The handler of a method whose client follows a job: kJob starts it,
+// kWait finds it (start_job, find_job).
+using Follow = Result<std::shared_ptr<Job>> (*)(Daemon& d, const json& params);
+
+json run_device_list(Daemon& d, const std::string&, const json&) {
+  json out = json::array();
+  for (const auto& dev : d.devices->list()) out.push_back(device_summary(*dev, *dev->live->active()));
+  return ok(out);
+}
+
+// device_table, device_status
+json run_device_table(Daemon& d, const std::string& method, const json& params) {
+  ParamReader pr(params);
+  PARAM(name, pr.str("name"));
+  json out = json::array();
+  for (const auto& dev : d.devices->list()) {
+    if (name && dev->name != *name) continue;
+    if (method == "device_table")
+      out.push_back({{"name", dev->name}, {"read_only", dev->read_only}, {"table", dev->live->table_line()}});
+    else
+      out.push_back(device_status(*dev));
+  }
+  if (name && out.empty()) return err(fmt::format("no device named '{}'", *name));
+  return ok(out);
+}
+
+json run_device_dump(Daemon& d, const std::string&, const json&) {
+  std::string text;
+  for (const auto& dev : d.devices->list()) text += spec_text(dev->spec, dev->read_only);
+  return ok({{"table", text}});
+}
+
+json run_server_status(Daemon& d, const std::string&, const json&) {
+  auto s = d.nbd->stats();
+  json exports = json::array();
+  // Read-only as NBD clients see it: by configuration or because the target cannot write.
+  for (const auto& e : d.devices->list())
+    exports.push_back({{"name", e->name}, {"read_only", e->read_only || !e->target->caps().can_write}});
+  json servers = json::array();  // every export: its kind and where clients reach it
+  for (const Export* x : d.exports()) servers.push_back({{"kind", x->kind()}, {"at", x->describe()}});
+  auto up = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - d.started);
+  return ok({{"connections", s.active},
+             {"connections_total", s.total},
+             {"connections_refused", s.refused},
+             {"handshakes_evicted", s.evicted},
+             {"handshake_timeouts", s.handshake_timeouts},
+             {"uris", d.nbd->uris()},
+             {"exports", exports},
+             {"servers", servers},
+             {"uptime_seconds", up.count()}});
+}
+
+json run_server_methods(Daemon& d, const std::string& method, const json& params);  // after kMethods
+
+json run_job_list(Daemon& d, const std::string&, const json&) { return ok(jobs_json(d)); }
+
+json run_job_cancel(Daemon& d, const std::string&, const json& params) {
+  ParamReader pr(params);
+  PARAM(id, pr.uint("id", true));
+  auto j = d.jobs->find(*id);
+  if (!j) return err(fmt::format("no job {}", *id));
+  j->cancel();
+  return ok(j->to_json());
+}
+
+json run_device_snapshot(Daemon& d, const std::string&, const json& params) {
+  ParamReader pr(params);
+  PARAM(dev, pr.str("device", true));
+  std::string why;
+  auto found = find_device(d, *dev, &why);
+  if (!found) return err(why);
+  std::vector<LayerStack*> cows;
+  auto table = found->live->active();
+  for (const auto& seg : table->segments())
+    if (auto* c = seg.target->layer_stack()) cows.push_back(c);
+  if (cows.empty()) return err(fmt::format("device '{}' has no cow segment to snapshot", *dev));
+  json out = json::array();
+  for (auto* c : cows) {
+    LayerStack::SnapshotStats st;
+    auto r = c->snapshot(*d.queue, &st);
+    if (!r) return err(r.error().message);
+    // pause_us: how long writes were held; total_us: the whole operation
+    // (flushes with writes flowing included).
+    out.push_back({{"snapshot", *r},
+                   {"pause_us", st.held_us},
+                   {"total_us", st.total_us},
+                   {"flush_rounds", st.flush_rounds},
+                   {"layers", c->layer_paths()}});
+  }
+  return ok(out);
+}
+
+json run_export_fuse_start(Daemon& d, const std::string&, const json& params) {
+  ParamReader pr(params);
+  PARAM(mp, pr.str("mountpoint", true));
+  if (auto ap = allowed_path(d, *mp); !ap) return err(ap.error().message);
+  auto shown = fuse::devices_of(d.devices->registry());
+  auto e = std::make_unique<fuse::FuseExport>(d.queues, shown, d.fuse_options);
+  auto r = e->start(*mp);
+  if (!r) return err(r.error().message);
+  std::string real = e->mountpoint();
+  if (d.fuse_exports.count(real)) return err(fmt::format("{} is already exported", real));
+  d.fuse_exports[real] = std::move(e);
+  return ok({{"mountpoint", real}});
+}
+
+json run_export_fuse_stop(Daemon& d, const std::string&, const json& params) {
+  ParamReader pr(params);
+  PARAM(mp, pr.str("mountpoint", true));
+  std::string m = *mp;
+  char real[PATH_MAX];
+  if (::realpath(m.c_str(), real)) m = real;
+  auto it = d.fuse_exports.find(m);
+  if (it == d.fuse_exports.end()) return err(fmt::format("no FUSE export at '{}'", m));
+  if (!it->second->stop()) d.fuse_detached.push_back(std::move(it->second));
+  d.fuse_exports.erase(it);
+  return ok(json::object());
+}
+
+json run_export_fuse_list(Daemon& d, const std::string&, const json&) {
+  json out = json::array();
+  for (const auto& [mp, e] : d.fuse_exports)
+    out.push_back({{"mountpoint", mp},
+                   {"transport", e->io_uring() ? "io_uring" : "/dev/fuse"},
+                   {"uring_requests", e->uring_requests()},
+                   {"dev_requests", e->dev_requests()}});
+  return ok(out);
+}
+
+// Jobs (below dispatch).
+Result<std::shared_ptr<Job>> start_sync(Daemon& d, const json& params);
+Result<std::shared_ptr<Job>> start_merge(Daemon& d, const json& params);
+Result<std::shared_ptr<Job>> start_flatten(Daemon& d, const json& params);
+Result<std::shared_ptr<Job>> wait_job(Daemon& d, const json& params);
+
+// Every method of the control socket: dispatch, classify(), start_job(),
+// find_job(), the "unknown method" error and server_methods read this table
+// (docs/control.md). `run` is set for kRead and kChange, `follow` for kJob
+// and kWait.
+struct Method {
+  std::string_view name;
+  Kind kind;
+  Handler run;
+  Follow follow;
+  std::string_view help;  // one line
+};
+
+constexpr Method kMethods[] = {
+    {"device_list", Kind::kRead, run_device_list, nullptr, "Every device: name, size, read-only, segments, suspended"},
+    {"device_table", Kind::kRead, run_device_table, nullptr, "The table of every device, or of `name`"},
+    {"device_status", Kind::kRead, run_device_table, nullptr,
+     "The status of every device, or of `name`: segments, cow layers, I/O counters"},
+    {"device_dump", Kind::kRead, run_device_dump, nullptr, "A table file that re-creates every device"},
+    {"server_status", Kind::kRead, run_server_status, nullptr, "Listeners, exports, connection counters, uptime"},
+    {"server_methods", Kind::kRead, run_server_methods, nullptr, "Every method of the control socket, with its help"},
+    {"device_create", Kind::kChange, run_device_change, nullptr,
+     "Creates and serves a device from table text (`name`, `table`, `read_only`, `base_dir`)"},
+    {"device_remove", Kind::kChange, run_device_change, nullptr, "Removes a device (`name`, `force`)"},
+    {"device_reload", Kind::kChange, run_device_change, nullptr,
+     "Loads an inactive table, swapped in by device_resume (`name`, `table`, `force`, `base_dir`)"},
+    {"device_suspend", Kind::kChange, run_device_change, nullptr,
+     "Flushes a device and holds its requests (`name`, `noflush`, `sync`)"},
+    {"device_resume", Kind::kChange, run_device_change, nullptr,
+     "Swaps in the inactive table, if any, and releases the requests held (`name`)"},
+    {"dirty_start", Kind::kChange, run_dirty, nullptr, "Starts a dirty map (`device`, `name`, `granularity`, `full`)"},
+    {"dirty_stop", Kind::kChange, run_dirty, nullptr, "Stops a dirty map (`device`, `name`)"},
+    {"dirty_status", Kind::kRead, run_dirty, nullptr, "The dirty maps of `device`, or of every device"},
+    {"dirty_list", Kind::kRead, run_dirty, nullptr, "The dirty extents of a map (`device`, `name`)"},
+    {"dirty_clear", Kind::kChange, run_dirty, nullptr, "Clears a dirty map (`device`, `name`)"},
+    {"dirty_checkpoint", Kind::kChange, run_dirty, nullptr,
+     "The dirty extents of a map, which is cleared (`device`, `name`)"},
+    {"device_sync", Kind::kJob, nullptr, start_sync,
+     "Job: copies the blocks of a dirty map to a file or an NBD URI (`device`, `map`, `to`, `final`, `move`, "
+     "`max_rounds`)"},
+    {"device_snapshot", Kind::kChange, run_device_snapshot, nullptr,
+     "Snapshots the top layer of each cow segment (`device`)"},
+    {"device_merge", Kind::kJob, nullptr, start_merge,
+     "Job: folds a cow layer into the one below it, by default the top (`device`, `layer`)"},
+    {"device_flatten", Kind::kJob, nullptr, start_flatten,
+     "Job: copies the device as it reads now into one raw file (`device`, `to`)"},
+    {"job_list", Kind::kRead, run_job_list, nullptr, "Every job, running or ended in the last 10 minutes"},
+    {"job_wait", Kind::kWait, nullptr, wait_job, "Follows a job until it ends (`id`)"},
+    {"job_cancel", Kind::kRead, run_job_cancel, nullptr, "Cancels a job (`id`)"},
+    {"export_fuse_start", Kind::kChange, run_export_fuse_start, nullptr,
+     "Mounts a FUSE export of the devices (`mountpoint`)"},
+    {"export_fuse_stop", Kind::kChange, run_export_fuse_stop, nullptr, "Unmounts a FUSE export (`mountpoint`)"},
+    // A change: the FUSE exports belong to the worker thread (Daemon).
+    {"export_fuse_list", Kind::kChange, run_export_fuse_list, nullptr, "The FUSE exports"},
+};
+
+const Method* find_method(std::string_view name) {
+  for (const auto& m : kMethods)
+    if (m.name == name) return &m;
+  return nullptr;
+}
+
+const std::string& known_methods() {
+  static const std::string known = [] {
+    std::string s;
+    for (const auto& m : kMethods) s += (s.empty() ? "" : ", ") + std::string(m.name);
+    return s;
+  }();
+  return known;
+}
+
+std::string_view kind_name(Kind k) {
+  switch (k) {
+    case Kind::kRead:
+      return "read";
+    case Kind::kChange:
+      return "change";
+    case Kind::kJob:
+      return "job";
+    case Kind::kWait:
+      return "wait";
+  }
+  return "";
+}
+
+json run_server_methods(Daemon&, const std::string&, const json&) {
+  json out = json::array();
+  for (const auto& m : kMethods) out.push_back({{"name", m.name}, {"kind", kind_name(m.kind)}, {"help", m.help}});
+  return ok(out);
+}
 
 json run(Daemon& d, const json& req) {
   if (!req.is_object() || !req.contains("method") || !req["method"].is_string())
@@ -191,131 +417,19 @@ json run(Daemon& d, const json& req) {
   const std::string method = req["method"];
   json params = req.contains("params") && !req["params"].is_null() ? req["params"] : json::object();
   if (!params.is_object()) return err("\"params\" must be an object");
-  ParamReader pr(params);
-
-  if (method == "device_list") {
-    json out = json::array();
-    for (const auto& dev : d.devices->list()) out.push_back(device_summary(*dev, *dev->live->active()));
-    return ok(out);
-  }
-  if (method == "device_table" || method == "device_status") {
-    PARAM(name, pr.str("name"));
-    json out = json::array();
-    for (const auto& dev : d.devices->list()) {
-      if (name && dev->name != *name) continue;
-      if (method == "device_table")
-        out.push_back({{"name", dev->name}, {"read_only", dev->read_only}, {"table", dev->live->table_line()}});
-      else
-        out.push_back(device_status(*dev));
-    }
-    if (name && out.empty()) return err(fmt::format("no device named '{}'", *name));
-    return ok(out);
-  }
-  if (method == "device_dump") {
-    std::string text;
-    for (const auto& dev : d.devices->list()) text += spec_text(dev->spec, dev->read_only);
-    return ok({{"table", text}});
-  }
-  if (method == "server_status") {
-    auto s = d.nbd->stats();
-    json exports = json::array();
-    // Read-only as NBD clients see it: by configuration or because the target cannot write.
-    for (const auto& e : d.devices->list())
-      exports.push_back({{"name", e->name}, {"read_only", e->read_only || !e->target->caps().can_write}});
-    json servers = json::array();  // every export: its kind and where clients reach it
-    for (const Export* x : d.exports()) servers.push_back({{"kind", x->kind()}, {"at", x->describe()}});
-    auto up = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - d.started);
-    return ok({{"connections", s.active},
-               {"connections_total", s.total},
-               {"connections_refused", s.refused},
-               {"handshakes_evicted", s.evicted},
-               {"handshake_timeouts", s.handshake_timeouts},
-               {"uris", d.nbd->uris()},
-               {"exports", exports},
-               {"servers", servers},
-               {"uptime_seconds", up.count()}});
-  }
-  if (method == "job_list") return ok(jobs_json(d));
-  if (method == "job_cancel") {
-    PARAM(id, pr.uint("id", true));
-    auto j = d.jobs->find(*id);
-    if (!j) return err(fmt::format("no job {}", *id));
-    j->cancel();
-    return ok(j->to_json());
-  }
-  if (method.starts_with("dirty_")) return run_dirty(d, method, params);
-  if (method == "device_create" || method == "device_remove" || method == "device_reload" ||
-      method == "device_suspend" || method == "device_resume")
-    return run_device_change(d, method, params);
-  if (method == "device_snapshot") {
-    PARAM(dev, pr.str("device", true));
-    std::string why;
-    auto found = find_device(d, *dev, &why);
-    if (!found) return err(why);
-    std::vector<CowTarget*> cows;
-    auto table = found->live->active();
-    for (const auto& seg : table->segments())
-      if (auto* c = dynamic_cast<CowTarget*>(seg.target.get())) cows.push_back(c);
-    if (cows.empty()) return err(fmt::format("device '{}' has no cow segment to snapshot", *dev));
-    json out = json::array();
-    for (auto* c : cows) {
-      CowTarget::SnapshotStats st;
-      auto r = c->snapshot(*d.queue, &st);
-      if (!r) return err(r.error().message);
-      // pause_us: how long writes were held; total_us: the whole operation
-      // (flushes with writes flowing included).
-      out.push_back({{"snapshot", *r},
-                     {"pause_us", st.held_us},
-                     {"total_us", st.total_us},
-                     {"flush_rounds", st.flush_rounds},
-                     {"layers", c->layer_paths()}});
-    }
-    return ok(out);
-  }
-  if (method == "export_fuse_start") {
-    PARAM(mp, pr.str("mountpoint", true));
-    if (auto ap = allowed_path(d, *mp); !ap) return err(ap.error().message);
-    auto shown = fuse::devices_of(d.devices->registry());
-    auto e = std::make_unique<fuse::FuseExport>(d.queues, shown, d.fuse_options);
-    auto r = e->start(*mp);
-    if (!r) return err(r.error().message);
-    std::string real = e->mountpoint();
-    if (d.fuse_exports.count(real)) return err(fmt::format("{} is already exported", real));
-    d.fuse_exports[real] = std::move(e);
-    return ok({{"mountpoint", real}});
-  }
-  if (method == "export_fuse_stop") {
-    PARAM(mp, pr.str("mountpoint", true));
-    std::string m = *mp;
-    char real[PATH_MAX];
-    if (::realpath(m.c_str(), real)) m = real;
-    auto it = d.fuse_exports.find(m);
-    if (it == d.fuse_exports.end()) return err(fmt::format("no FUSE export at '{}'", m));
-    if (!it->second->stop()) d.fuse_detached.push_back(std::move(it->second));
-    d.fuse_exports.erase(it);
-    return ok(json::object());
-  }
-  if (method == "export_fuse_list") {
-    json out = json::array();
-    for (const auto& [mp, e] : d.fuse_exports)
-      out.push_back({{"mountpoint", mp},
-                     {"transport", e->io_uring() ? "io_uring" : "/dev/fuse"},
-                     {"uring_requests", e->uring_requests()},
-                     {"dev_requests", e->dev_requests()}});
-    return ok(out);
-  }
-  return err(fmt::format("unknown method '{}' (known: {})", method, kKnown));
+  const Method* m = find_method(method);
+  if (!m) return err(fmt::format("unknown method '{}' (known: {})", method, known_methods()));
+  // A job's client follows it: the control server runs these (start_job, find_job).
+  if (!m->run) return err(fmt::format("'{}' is not answered by dispatch: it runs as a job", method));
+  return m->run(d, method, params);
 }
 
 }  // namespace
 
 Kind classify(const std::string& m) {
-  if (m == "device_list" || m == "device_table" || m == "device_status" || m == "device_dump" ||
-      m == "server_status" || m == "job_list" || m == "job_cancel" || m == "dirty_status" || m == "dirty_list")
-    return Kind::kRead;
-  if (m == "device_merge" || m == "device_flatten" || m == "device_sync") return Kind::kJob;
-  if (m == "job_wait") return Kind::kWait;
-  return Kind::kChange;
+  // An unknown method is a change: the worker answers it with the error.
+  const Method* method = find_method(m);
+  return method ? method->kind : Kind::kChange;
 }
 
 json error_reply(std::string_view message) { return {{"ok", false}, {"error", escape_controls(message)}}; }
@@ -328,9 +442,7 @@ json escape_reply(json reply) {
   return reply;
 }
 
-std::string reply_line(const json& reply) {
-  return reply.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
-}
+std::string reply_line(const json& reply) { return reply.dump(-1, ' ', false, json::error_handler_t::replace) + "\n"; }
 
 json dispatch(Daemon& d, const json& req) {
   // nlohmann-json throws on type errors; keep that at this boundary.
@@ -349,132 +461,145 @@ json dispatch(Daemon& d, const std::string& line) {
 
 namespace {
 
-Result<std::shared_ptr<Job>> start_job_checked(Daemon& d, const std::string& method, const json& params) {
+Result<std::shared_ptr<Job>> start_sync(Daemon& d, const json& params) {
   ParamReader pr(params);
-  TRY(pr.boolean("detach"));
-  if (method == "device_sync") {
-    auto device = TRY(pr.str("device", true));
-    SyncOptions so;
-    so.map = TRY(pr.str("map", true)).value();
-    so.to = TRY(pr.str("to", true)).value();
-    so.final = TRY(pr.boolean("final")).value_or(false);
-    so.move = TRY(pr.boolean("move")).value_or(false);
-    if (so.move) so.final = true;
-    so.max_rounds = static_cast<int>(TRY(pr.uint("max_rounds")).value_or(8));
-    auto dev = d.devices->find(*device);
-    if (!dev) return fail(ENOENT, fmt::format("no device named '{}'", *device));
-    if (so.to.find("://") == std::string::npos) so.to = TRY(allowed_path(d, so.to));
-    TRY(dev->dirty->map_bits(so.map));  // the map exists
-    if (dev->live->suspended())
-      // Its reads and the map's checkpoint would wait for the writes held.
-      return fail(EBUSY, fmt::format("device '{}' is suspended: a sync would wait for its resume (resume it "
-                                     "first; `strata flatten` copies a suspended device)",
-                                     *device));
-    auto dirty = dev->dirty;
-    Queue* q = d.queue;
-    return d.jobs->start(*device, "sync", [dirty, q, so](Job& job) -> Result<json> {
-      SyncOptions o = so;
-      o.cancel = job.cancel_flag();
-      auto r = sync_device(*dirty, *q, o, [&job](const json& p) {
-        job.progress(p.value("copied_bytes", uint64_t{0}), p.value("total_bytes", uint64_t{0}), p);
-      });
-      if (!r) return fail(r.error());
-      // A sync that did not converge is done (an incremental pass under
-      // writes may well not); its result says so, and the CLI's exit status.
-      return r;
+  auto device = TRY(pr.str("device", true));
+  SyncOptions so;
+  so.map = TRY(pr.str("map", true)).value();
+  so.to = TRY(pr.str("to", true)).value();
+  so.final = TRY(pr.boolean("final")).value_or(false);
+  so.move = TRY(pr.boolean("move")).value_or(false);
+  if (so.move) so.final = true;
+  so.max_rounds = static_cast<int>(TRY(pr.uint("max_rounds")).value_or(8));
+  auto dev = d.devices->find(*device);
+  if (!dev) return fail(ENOENT, fmt::format("no device named '{}'", *device));
+  if (so.to.find("://") == std::string::npos) so.to = TRY(allowed_path(d, so.to));
+  TRY(dev->dirty->map_bits(so.map));  // the map exists
+  if (dev->live->suspended())
+    // Its reads and the map's checkpoint would wait for the writes held.
+    return fail(EBUSY, fmt::format("device '{}' is suspended: a sync would wait for its resume (resume it "
+                                   "first; `strata flatten` copies a suspended device)",
+                                   *device));
+  auto dirty = dev->dirty;
+  Queue* q = d.queue;
+  return d.jobs->start(*device, "sync", [dirty, q, so](Job& job) -> Result<json> {
+    SyncOptions o = so;
+    o.cancel = job.cancel_flag();
+    auto r = sync_device(*dirty, *q, o, [&job](const json& p) {
+      job.progress(p.value("copied_bytes", uint64_t{0}), p.value("total_bytes", uint64_t{0}), p);
     });
-  }
-  if (method == "device_merge") {
-    auto device = TRY(pr.str("device", true));
-    std::string layer = TRY(pr.str("layer")).value_or("");
-    auto dev = d.devices->find(*device);
-    if (!dev) return fail(ENOENT, fmt::format("no device named '{}'", *device));
-    auto table = dev->live->active();  // kept alive by the job
-    CowTarget* cow = nullptr;
-    for (const auto& seg : table->segments())
-      if (auto* c = dynamic_cast<CowTarget*>(seg.target.get())) cow = c;
-    if (!cow) return fail(EINVAL, fmt::format("device '{}' has no cow segment to merge", *device));
-    Queue* q = d.queue;
-    return d.jobs->start(*device, "merge", [table, cow, q, layer](Job& job) -> Result<json> {
-      auto t0 = std::chrono::steady_clock::now();
-      auto report = [&job](uint64_t done, uint64_t total) {
-        job.progress(done, total, {{"round", 1}, {"copied_bytes", done}, {"total_bytes", total}, {"unit", "chunks"}});
-      };
-      auto r = layer.empty() ? cow->merge(*q, report, job.cancel_flag())
-                             : cow->merge_layer(*q, layer, report, job.cancel_flag());
-      if (!r) return fail(r.error());
-      auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
-      return json{{"chunks_copied", *r}, {"milliseconds", ms}, {"layers", cow->layer_paths()}};
-    });
-  }
-  if (method == "device_flatten") {
-    auto device = TRY(pr.str("device", true));
-    std::string to = TRY(pr.str("to", true)).value();
-    auto dev = d.devices->find(*device);
-    if (!dev) return fail(ENOENT, fmt::format("no device named '{}'", *device));
-    to = TRY(allowed_path(d, to));
-    auto dirty = dev->dirty;
-    Queue* q = d.queue;
-    auto live = dev->live;
-    if (live->pin_suspended()) {
-      // A suspended device is quiet: copy its active table as it is, beneath
-      // the gate (through the device the reads would wait for the resume),
-      // and keep it suspended until the copy ends.
-      auto table = live->active();
-      auto job = d.jobs->start(*device, "flatten", [live, table, q, to](Job& job) -> Result<json> {
-        struct Unpin {
-          LiveTarget& l;
-          ~Unpin() { l.unpin(); }
-        } unpin{*live};
-        auto r = flatten_device(
-            *table, *q, to,
-            [&job](const json& p) {
-              job.progress(p.value("copied_bytes", uint64_t{0}), p.value("total_bytes", uint64_t{0}), p);
-            },
-            job.cancel_flag());
-        if (!r) return fail(r.error());
-        return json{{"to", to}, {"bytes", *r}, {"suspended", true}};
-      });
-      if (!job) live->unpin();
-      return job;
-    }
-    return d.jobs->start(*device, "flatten", [dirty, q, to](Job& job) -> Result<json> {
-      // A point-in-time copy: the device as it was when the job began.
-      uint64_t by_writes = 0;
-      auto r = flatten_live(
-          *dirty, *q, to,
+    if (!r) return fail(r.error());
+    // A sync that did not converge is done (an incremental pass under
+    // writes may well not); its result says so, and the CLI's exit status.
+    return r;
+  });
+}
+
+Result<std::shared_ptr<Job>> start_merge(Daemon& d, const json& params) {
+  ParamReader pr(params);
+  auto device = TRY(pr.str("device", true));
+  std::string layer = TRY(pr.str("layer")).value_or("");
+  auto dev = d.devices->find(*device);
+  if (!dev) return fail(ENOENT, fmt::format("no device named '{}'", *device));
+  auto table = dev->live->active();  // kept alive by the job
+  LayerStack* cow = nullptr;
+  for (const auto& seg : table->segments())
+    if (auto* c = seg.target->layer_stack()) cow = c;
+  if (!cow) return fail(EINVAL, fmt::format("device '{}' has no cow segment to merge", *device));
+  Queue* q = d.queue;
+  return d.jobs->start(*device, "merge", [table, cow, q, layer](Job& job) -> Result<json> {
+    auto t0 = std::chrono::steady_clock::now();
+    auto report = [&job](uint64_t done, uint64_t total) {
+      job.progress(done, total, {{"round", 1}, {"copied_bytes", done}, {"total_bytes", total}, {"unit", "chunks"}});
+    };
+    auto r = layer.empty() ? cow->merge(*q, report, job.cancel_flag())
+                           : cow->merge_layer(*q, layer, report, job.cancel_flag());
+    if (!r) return fail(r.error());
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+    return json{{"chunks_copied", *r}, {"milliseconds", ms}, {"layers", cow->layer_paths()}};
+  });
+}
+
+Result<std::shared_ptr<Job>> start_flatten(Daemon& d, const json& params) {
+  ParamReader pr(params);
+  auto device = TRY(pr.str("device", true));
+  std::string to = TRY(pr.str("to", true)).value();
+  auto dev = d.devices->find(*device);
+  if (!dev) return fail(ENOENT, fmt::format("no device named '{}'", *device));
+  to = TRY(allowed_path(d, to));
+  auto dirty = dev->dirty;
+  Queue* q = d.queue;
+  auto live = dev->live;
+  if (live->pin_suspended()) {
+    // A suspended device is quiet: copy its active table as it is, beneath
+    // the gate (through the device the reads would wait for the resume),
+    // and keep it suspended until the copy ends.
+    auto table = live->active();
+    auto job = d.jobs->start(*device, "flatten", [live, table, q, to](Job& job) -> Result<json> {
+      struct Unpin {
+        LiveTarget& l;
+        ~Unpin() { l.unpin(); }
+      } unpin{*live};
+      auto r = flatten_device(
+          *table, *q, to,
           [&job](const json& p) {
             job.progress(p.value("copied_bytes", uint64_t{0}), p.value("total_bytes", uint64_t{0}), p);
           },
-          &by_writes, job.cancel_flag());
+          job.cancel_flag());
       if (!r) return fail(r.error());
-      return json{{"to", to}, {"bytes", *r}, {"copied_before_writes", by_writes}};
+      return json{{"to", to}, {"bytes", *r}, {"suspended", true}};
     });
+    if (!job) live->unpin();
+    return job;
   }
-  return fail(EINVAL, fmt::format("{} is not a job", method));
+  return d.jobs->start(*device, "flatten", [dirty, q, to](Job& job) -> Result<json> {
+    // A point-in-time copy: the device as it was when the job began.
+    uint64_t by_writes = 0;
+    auto r = flatten_live(
+        *dirty, *q, to,
+        [&job](const json& p) {
+          job.progress(p.value("copied_bytes", uint64_t{0}), p.value("total_bytes", uint64_t{0}), p);
+        },
+        &by_writes, job.cancel_flag());
+    if (!r) return fail(r.error());
+    return json{{"to", to}, {"bytes", *r}, {"copied_before_writes", by_writes}};
+  });
 }
 
-}  // namespace
-
-Result<std::shared_ptr<Job>> start_job(Daemon& d, const json& req) {
-  const std::string method = req["method"];
-  json params = req.contains("params") && !req["params"].is_null() ? req["params"] : json::object();
-  if (!params.is_object()) return fail(EINVAL, "\"params\" must be an object");
-  try {
-    return start_job_checked(d, method, params);
-  } catch (const std::exception& e) {
-    return fail(EINVAL, fmt::format("bad request: {}", e.what()));
-  }
-}
-
-Result<std::shared_ptr<Job>> find_job(Daemon& d, const json& req) {
-  json params = req.contains("params") && !req["params"].is_null() ? req["params"] : json::object();
-  if (!params.is_object()) return fail(EINVAL, "\"params\" must be an object");
+// job_wait
+Result<std::shared_ptr<Job>> wait_job(Daemon& d, const json& params) {
   ParamReader pr(params);
   auto id = TRY(pr.uint("id", true));
   auto j = d.jobs->find(*id);
   if (!j) return fail(ENOENT, fmt::format("no job {}", *id));
   return j;
 }
+
+// The job a kJob method starts or a kWait method follows.
+Result<std::shared_ptr<Job>> follow(Daemon& d, const json& req, Kind kind) {
+  const std::string method = req["method"];
+  json params = req.contains("params") && !req["params"].is_null() ? req["params"] : json::object();
+  if (!params.is_object()) return fail(EINVAL, "\"params\" must be an object");
+  const Method* m = find_method(method);
+  if (!m || m->kind != kind || !m->follow) {
+    if (kind == Kind::kJob) return fail(EINVAL, fmt::format("{} is not a job", method));
+    return fail(EINVAL, fmt::format("{} does not follow a job", method));
+  }
+  try {
+    if (kind == Kind::kJob) {
+      ParamReader pr(params);
+      TRY(pr.boolean("detach"));
+    }
+    return m->follow(d, params);
+  } catch (const std::exception& e) {
+    return fail(EINVAL, fmt::format("bad request: {}", e.what()));
+  }
+}
+
+}  // namespace
+
+Result<std::shared_ptr<Job>> start_job(Daemon& d, const json& req) { return follow(d, req, Kind::kJob); }
+
+Result<std::shared_ptr<Job>> find_job(Daemon& d, const json& req) { return follow(d, req, Kind::kWait); }
 
 }  // namespace strata::control

@@ -27,6 +27,7 @@
 
 namespace strata {
 
+class LayerStack;  // core/layer_stack.h
 class Queue;
 
 struct IoFlags {
@@ -159,6 +160,12 @@ class Target {
   // when the target cannot tell (then nothing may cache it). Cheap: called
   // about once a second. Default: "".
   virtual std::string identity() const { return {}; }
+
+  // A capability query: the stack of layers this target is (snapshot, merge,
+  // per-layer status: core/layer_stack.h), or nullptr when it is not one.
+  // Owned by the target, valid while it lives. Not forwarded by
+  // ForwardingTarget. Default: nullptr.
+  virtual LayerStack* layer_stack() { return nullptr; }
 };
 
 // Forwards everything to a lower target; a layer overrides what it changes.

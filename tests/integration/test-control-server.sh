@@ -55,5 +55,29 @@ for i in $(seq 1 50); do [ "$(ctl server --json | jq .connections)" = 0 ] && bre
 t=$(ctl server)
 grep -qF "$SOCK" <<<"$t" || die "strata server (text) lacks the socket: $t"
 grep -q '"disk"' <<<"$t" || die "strata server (text) lacks the exports: $t"
+
+# server_methods: every method with how the server runs it and one line of
+# help; the same names as an unknown method's error.
+CTL=$CTL $PYTHON - <<'PYEOF' || die "server_methods"
+import json, os, socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(20)
+s.connect(os.environ["CTL"])
+s.sendall(b'{"method": "server_methods"}\n{"method": "nosuch"}\n')
+buf = b""
+while buf.count(b"\n") < 2:
+    chunk = s.recv(65536)
+    assert chunk, f"connection closed: {buf!r}"
+    buf += chunk
+a, b = [json.loads(line) for line in buf.decode().splitlines()]
+assert a["ok"], a
+names = [m["name"] for m in a["result"]]
+kinds = {m["name"]: m["kind"] for m in a["result"]}
+want = {"device_list": "read", "server_methods": "read", "device_create": "change",
+        "device_snapshot": "change", "export_fuse_list": "change", "device_merge": "job", "job_wait": "wait"}
+assert all(kinds.get(k) == v for k, v in want.items()), kinds
+assert all(m["help"] and "\n" not in m["help"] for m in a["result"]), a
+assert b["error"] == "unknown method 'nosuch' (known: %s)" % ", ".join(names), b
+PYEOF
 stop_strata
 echo PASS

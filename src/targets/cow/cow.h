@@ -43,6 +43,7 @@
 #include <string>
 #include <vector>
 
+#include "core/layer_stack.h"
 #include "core/queue.h"
 #include "core/target.h"
 #include "targets/cow/layer.h"
@@ -50,7 +51,7 @@
 
 namespace strata {
 
-class CowTarget final : public Target {
+class CowTarget final : public Target, public LayerStack {
  public:
   static constexpr std::string_view kHelp =
       "cow <top-layer> [base=DEVICE] [ro]\n"
@@ -79,29 +80,18 @@ class CowTarget final : public Target {
   Task<Result<Extents>> context_extents(Queue& q, std::string_view context, uint64_t offset,
                                         uint64_t length) override;
 
+  LayerStack* layer_stack() override { return this; }
+
+  // LayerStack (core/layer_stack.h): what control asks of the stack.
   // Control thread: snapshot the top; returns the snapshot layer's path.
-  // `q` runs the flush. `stats`, if given, says how long writes were held
-  // (what a client sees) and how long the whole operation took.
-  struct SnapshotStats {
-    int64_t held_us = 0;
-    int64_t total_us = 0;
-    int flush_rounds = 0;  // flushes with writes flowing, before the hold
-  };
-  Result<std::string> snapshot(Queue& q, SnapshotStats* stats = nullptr);
+  Result<std::string> snapshot(Queue& q, SnapshotStats* stats = nullptr) override;
   // Control thread: flushes until one flush is quick (see cow.cc).
   Result<int> flush_until_quick(Queue& q);
   // Layers bottom to top, for status.
-  std::vector<std::string> layer_paths() const;
-  // What `strata status` shows of each layer, bottom to top. Cheap: one pass
-  // over the in-memory index and an fstat per layer, no read of any file.
-  struct LayerStatus {
-    std::string path;
-    std::string uuid;
-    bool writable = false;  // writes go to it: the top (during a merge, its parent)
-    uint64_t chunks = 0;    // chunks the device reads from it (data, or zeros it records)
-    uint64_t file_bytes = 0, allocated_bytes = 0;  // the file's size and the space it takes
-  };
-  std::vector<LayerStatus> layer_status() const;
+  std::vector<std::string> layer_paths() const override;
+  // Each layer, bottom to top (LayerStatus). Cheap: one pass over the
+  // in-memory index and an fstat per layer, no read of any file.
+  std::vector<LayerStatus> layer_status() const override;
   // Control thread: folds the top layer into its parent while I/O goes on
   // (writes go to the parent from the start, so it converges under any write
   // load); the stack is then one layer shorter. Progress: (copied, total)
@@ -110,14 +100,14 @@ class CowTarget final : public Target {
   // (ECANCELED): the stack stays as a merge that stopped part-way leaves it,
   // and the next merge() resumes it.
   Result<uint64_t> merge(Queue& q, const std::function<void(uint64_t, uint64_t)>& progress,
-                         const std::atomic<bool>* cancel = nullptr);
+                         const std::atomic<bool>* cancel = nullptr) override;
   // Control thread: folds the layer at `path` into the layer below it. The
   // top: merge() above. A read-only layer in the middle: its chunks are
   // copied into the layer below (which must not be shared with another
   // process), its child is relinked, and it leaves the stack.
   Result<uint64_t> merge_layer(Queue& q, const std::string& path,
                                const std::function<void(uint64_t, uint64_t)>& progress,
-                               const std::atomic<bool>* cancel = nullptr);
+                               const std::atomic<bool>* cancel = nullptr) override;
 
  private:
   CowTarget() = default;

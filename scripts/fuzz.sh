@@ -66,7 +66,7 @@ run() { # NAME SECONDS CORPUS_DIR
 # The files each harness is there to exercise (its coverage is reported on them).
 targets_of() {
   case $1 in
-    connection_fuzz) echo src/exports/nbd/connection.cc src/exports/nbd/server.cc src/exports/nbd/tls.cc ;;
+    connection_fuzz) echo src/exports/nbd/connection.cc src/exports/nbd/stream.cc src/exports/nbd/handshake.cc src/exports/nbd/transmission.cc src/exports/nbd/reply_queue.cc src/exports/nbd/server.cc src/exports/nbd/tls.cc ;;
     dirty_map_fuzz) echo src/targets/dirty/dirty.cc ;;
     dispatch_fuzz) echo src/control/commands.cc src/control/device_commands.cc src/control/devices.cc ;;
     layer_fuzz) echo src/targets/cow/layer.cc ;;

@@ -7,24 +7,33 @@
 // every reply queued so far in one sendmsg, so a burst of completions costs one
 // syscall. The object frees itself when the reader has stopped, no request is
 // in flight and the send queue is empty.
+//
+// Its member functions are defined by job: connection.cc (life cycle, memory
+// budget), handshake.cc (newstyle negotiation and options), transmission.cc
+// (request parsing, checks, dispatch to the target) and reply_queue.cc (reply
+// encoding, the send queue, splice). The socket, its receive buffer, TLS and
+// the handshake deadline are the Stream's (stream.h). The small functions the
+// request path calls from several of those files are inline, below the class.
 #pragma once
 
-#include <sys/uio.h>
-
+#include <algorithm>
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <coroutine>
 #include <deque>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
-
-#include <atomic>
 
 #include "core/buffer.h"
 #include "core/queue.h"
 #include "exports/nbd/protocol.h"
+#include "exports/nbd/reply_queue.h"
 #include "exports/nbd/server.h"
-#include "exports/nbd/tls.h"
+#include "exports/nbd/stream.h"
 
 namespace strata::nbd {
 
@@ -41,7 +50,7 @@ class Connection {
   void stop_reading();
   uint64_t id() const { return id_; }
   // Thread-safe: the client has sent at least one byte.
-  bool heard() const { return heard_.load(std::memory_order_relaxed); }
+  bool heard() const { return stream_.heard(); }
   std::chrono::steady_clock::time_point accepted() const { return accepted_; }
   // Thread-safe: ends the handshake (its reads and writes fail at once).
   void evict();
@@ -53,117 +62,72 @@ class Connection {
   const Target* serving() const { return serving_.load(std::memory_order_acquire); }
 
  private:
-  struct Request {
-    uint16_t flags;
-    uint16_t type;
-    uint64_t cookie;
-    uint64_t offset;
-    uint32_t length;
-  };
-  struct Reply {
-    std::array<std::byte, 40> hdr;
-    uint32_t hdr_len = 0;
-    Buffer data;
-    // Or the payload lives in the export's target (Target::read_view),
-    // which outlives this connection.
-    const std::byte* view = nullptr;
-    uint32_t data_len = 0;
-    // Bytes of `data` taken from the server's memory budget.
-    uint32_t pooled = 0;
-    // A read whose data is read from the target only when its turn to be
-    // sent comes, a chunk at a time (the budget had no room for it).
-    bool deferred = false;
-    Request req{};
-    const std::byte* payload() const { return view ? view : data.data(); }
+  // The transmission limits: requests in flight plus replies queued, and
+  // bytes held from the memory budget (at most the fair share too).
+  static constexpr uint32_t kMaxInFlight = 256;
+  static constexpr uint64_t kMaxInFlightBytes = 128ull << 20;
+  static constexpr std::string_view kBaseAllocation = "base:allocation";
+
+  // Suspends the connection's reader (or closer) until maybe_wake() resumes it.
+  struct Park {
+    std::coroutine_handle<>& slot;
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> h) noexcept { slot = h; }
+    void await_resume() const noexcept {}
   };
 
   Detached run();
-  // Handshake: true when the client chose an export; false to close.
+
+  // Handshake (handshake.cc): true when the client chose an export; false to close.
   Task<bool> handshake();
   enum class OptionResult { kContinue, kTransmission, kClose };
   Task<Result<OptionResult>> handle_option(uint32_t opt, std::vector<std::byte>& data);
+  Task<Result<>> send_option_reply(uint32_t opt, uint32_t type, std::span<const std::byte> data = {});
+  Task<Result<>> send_info_replies(uint32_t opt, const Device& e, std::span<const uint16_t> requests);
+  Task<Result<>> handle_meta_context(uint32_t opt, std::span<const std::byte> data);
+  uint16_t transmission_flags() const;
+
+  // Transmission (transmission.cc).
   Task<void> transmission();
+  uint32_t check_request(const Request& r) const;
   Detached serve(Request r, Buffer payload);
   // A write the budget had no room for: received and written a chunk at a
   // time by the reader. False when the connection failed.
   Task<bool> write_in_chunks(const Request& r);
+
+  // Replies (reply_queue.cc).
+  void queue_reply(Reply r);
+  Task<void> drain_send_queue();
+  void reply_ok(const Request& r);
+  void reply_error(const Request& r, uint32_t nbd_err, std::string_view msg);
+  Reply error_reply(const Request& r, uint32_t nbd_err, std::string_view msg) const;
+  void reply_block_status(const Request& r, uint32_t context_id, const Extents& e, bool done);
   // Sends a deferred read's reply, reading it from the target chunk by chunk.
   Task<Result<>> send_deferred_read(const Request& r);
+  // Drops a reply, giving back its budget; `queued`: it is in out_ (its
+  // payload counted in queued_bytes_).
+  void drop(Reply& r, bool queued = true);
+
   // Memory budget: takes n bytes for this connection (false: over its fair
   // share or the pool is full), or gives them back.
   bool take(uint64_t n);
   void give(uint64_t n);
-
-  // Socket I/O under TLS or not; in the handshake, against the deadline.
-  Task<int> raw_recv(std::span<std::byte> buf);
-  Task<Result<>> raw_send_all(msghdr& msg);
-  Task<Result<>> flush_tls();
-  Task<Result<>> start_tls();
-  // Reading.
-  Task<Result<>> read_exact(std::byte* dst, std::size_t n);
-  Task<Result<>> discard(uint64_t n);
-  Task<Result<>> fill();
-  // Writing (handshake: one message at a time).
-  Task<Result<>> send_now(std::span<const std::byte> a, std::span<const std::byte> b = {});
-  Task<Result<>> send_option_reply(uint32_t opt, uint32_t type, std::span<const std::byte> data = {});
-  Task<Result<>> send_info_replies(uint32_t opt, const Export& e, std::span<const uint16_t> requests);
-  Task<Result<>> handle_meta_context(uint32_t opt, std::span<const std::byte> data);
-  // Transmission replies.
-  void queue_reply(Reply r);
-  Task<void> drain_send_queue();
-  void reply_error(const Request& r, uint32_t nbd_err, std::string_view msg);
-  Reply error_reply(const Request& r, uint32_t nbd_err, std::string_view msg) const;
-  // Drops a reply, giving back its budget; `queued`: it is in out_ (its
-  // payload counted in queued_bytes_).
-  void drop(Reply& r, bool queued = true);
-  void reply_ok(const Request& r);
-  void reply_block_status(const Request& r, uint32_t context_id, const Extents& e, bool done);
-
-  uint16_t transmission_flags() const;
-  uint32_t check_request(const Request& r) const;
   // The reader must not read more requests: too many requests in flight or
   // replies queued, or too many bytes held for them.
   bool reader_must_wait() const;
-  // Zero-copy replies: a batch of read replies whose payloads are views goes
-  // out by vmsplice (headers and views into a pipe, as page references) and
-  // splice (pipe to socket), so strata copies no payload byte. STRATA_SPLICE=off
-  // turns it off (sendmsg for everything).
-  static bool splice_enabled();
-  bool splice_ok(std::size_t batch);
-  // Sends the first `batch` replies; false: splicing does not work here
-  // (nothing was sent; the caller uses sendmsg, and so will later batches).
-  Task<Result<bool>> splice_batch(std::size_t batch);
-  void stop_splicing();
-  static constexpr std::size_t kHeaderArena = 1 << 20;
-  int pipe_[2] = {-1, -1};
-  bool splice_broken_ = false;
-  std::byte* hdr_arena_ = nullptr;  // reply headers, each byte written once
-  std::size_t hdr_pos_ = 0;
   // Resumes the parked reader (or closer) if it may go on. Callers must not
   // touch the object afterwards: the closer may delete it.
   void maybe_wake();
 
   Server& server_;
   Queue& q_;
-  int fd_;
   uint64_t id_;
   std::string peer_;
-  std::chrono::steady_clock::time_point deadline_;
-  std::chrono::steady_clock::time_point first_bytes_deadline_;
   std::chrono::steady_clock::time_point accepted_;
-  bool in_handshake_ = true;
-  std::atomic<bool> heard_{false};
   std::atomic<bool> evicted_{false};
   bool transmitting_ = false;  // guarded by the server's lock
 
-  Buffer rbuf_;
-  std::size_t rstart_ = 0, rend_ = 0;
-
-  std::unique_ptr<TlsSession> tls_;        // set once STARTTLS succeeded
-  Buffer tls_in_;                          // ciphertext received
-  std::vector<std::byte> tls_pending_;     // ciphertext being sent
-
-  std::shared_ptr<const Export> export_;
+  std::shared_ptr<const Device> export_;  // the device of the registry it serves
   std::atomic<const Target*> serving_{nullptr};
   bool structured_ = false;
   bool no_zeroes_ = false;
@@ -181,6 +145,65 @@ class Connection {
   bool sending_ = false;
   bool dead_ = false;
   bool reader_closing_ = false;
+
+  // Last, so that they go first: the socket is closed, then the pipe,
+  // before the rest of the connection is freed.
+  Splicer splicer_;
+  Stream stream_;
 };
+
+inline bool Connection::take(uint64_t n) {
+  if (held_ + n > kMaxInFlightBytes || !server_.budget().try_take(held_, n)) return false;
+  held_ += n;
+  return true;
+}
+
+inline void Connection::give(uint64_t n) {
+  held_ -= n;
+  server_.budget().give(n);
+}
+
+inline bool Connection::reader_must_wait() const {
+  return in_flight_ + out_.size() >= kMaxInFlight ||
+         held_ >= std::min(kMaxInFlightBytes, server_.budget().fair_share());
+}
+
+inline void Connection::maybe_wake() {
+  if (!reader_waiting_) return;
+  // The reader parks while in-flight limits block it; run() parks, once the
+  // reader has stopped, until requests and sends are done.
+  bool go = reader_closing_ ? !(in_flight_ > 0 || sending_)
+                            : !reader_must_wait();
+  if (go) std::exchange(reader_waiting_, nullptr).resume();
+}
+
+inline void Connection::drop(Reply& r, bool queued) {
+  if (queued) queued_bytes_ -= r.data_len;
+  r.data_len = 0;
+  r.data = Buffer();
+  if (r.pooled) give(std::exchange(r.pooled, 0));
+}
+
+inline void Connection::queue_reply(Reply r) {
+  if (dead_) {
+    drop(r, /*queued=*/false);
+    return;
+  }
+  queued_bytes_ += r.data_len;
+  out_.push_back(std::move(r));
+  if (!sending_) {
+    sending_ = true;
+    spawn(drain_send_queue());
+  }
+}
+
+inline void Connection::reply_ok(const Request& r) {
+  Reply reply;
+  put32(reply.hdr.data(), kSimpleReplyMagic);
+  put32(reply.hdr.data() + 4, 0);
+  put64(reply.hdr.data() + 8, r.cookie);
+  reply.hdr_len = kSimpleReplySize;
+  queue_reply(std::move(reply));
+}
 
 }  // namespace strata::nbd

@@ -51,7 +51,7 @@ Server::~Server() {
 }
 
 std::size_t Server::connections_to(const Target* t) const {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   return static_cast<std::size_t>(std::count_if(conns_.begin(), conns_.end(), [&](Connection* c) { return c->serving() == t; }));
 }
 
@@ -61,7 +61,7 @@ strata::Export::Users Server::users_of(const Target* t) const {
 }
 
 void Server::stop_connections_to(const Target* t) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   for (Connection* c : conns_)
     if (c->serving() == t) c->stop_reading();
 }
@@ -69,7 +69,7 @@ void Server::stop_connections_to(const Target* t) {
 uint64_t Server::oldest_connection_id() const {
   // Read before the list: a connection registered after it has a higher id.
   uint64_t oldest = next_id_.load();
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   for (Connection* c : conns_) oldest = std::min(oldest, c->id());
   return oldest;
 }
@@ -206,7 +206,7 @@ Task<void> Server::accept_loop(Listener* l) {
     }
     bool full;
     {
-      std::lock_guard<std::mutex> lk(mu_);
+      MutexLock lk(mu_);
       full = transmitting_ >= opts_.max_connections;
     }
     if (full) {
@@ -235,7 +235,7 @@ Task<void> Server::accept_loop(Listener* l) {
 }
 
 std::chrono::nanoseconds Server::make_handshake_room() {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   if (handshakes_.size() < std::max<std::size_t>(opts_.max_handshakes, 1)) return {};
   // The oldest that has not sent a byte (a client that connects and waits),
   // else the oldest; never one younger than kMinHandshakeAge. A good client
@@ -255,12 +255,12 @@ std::chrono::nanoseconds Server::make_handshake_room() {
 }
 
 void Server::take_handshake_slot(Connection* c) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   handshakes_.push_back(c);
 }
 
 bool Server::handshake_done(Connection* c) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   auto it = std::find(handshakes_.begin(), handshakes_.end(), c);
   if (it == handshakes_.end()) return false;  // evicted meanwhile
   handshakes_.erase(it);
@@ -274,13 +274,13 @@ bool Server::handshake_done(Connection* c) {
 }
 
 void Server::connection_opened(Connection* c) {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   conns_.push_back(c);
 }
 
 void Server::connection_closed(Connection* c) {
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     conns_.erase(std::remove(conns_.begin(), conns_.end(), c), conns_.end());
     std::erase(handshakes_, c);
     if (c->transmitting()) --transmitting_;
@@ -303,7 +303,7 @@ void Server::shutdown() {
   // asking until every one has gone.
   while (active_.load() > 0) {
     {
-      std::lock_guard<std::mutex> l(mu_);
+      MutexLock l(mu_);
       for (Connection* c : conns_) c->stop_reading();
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));

@@ -18,14 +18,15 @@
 #include "core/device_registry.h"
 #include "core/queue.h"
 #include "core/target.h"
+#include "core/thread_annotations.h"
 #include "exports/export.h"
 #include "exports/nbd/budget.h"
 #include "exports/nbd/tls.h"
 
 namespace strata::nbd {
 
-// An export is a device of the server's registry, found by its name.
-using Export = strata::Device;
+// An NBD export is a device of the server's registry (core/device_registry.h),
+// found by its name; the Server is one strata::Export (exports/export.h).
 
 struct ServerOptions {
   // Clients in transmission (connection slots).
@@ -131,10 +132,10 @@ class Server final : public strata::Export {
   std::atomic<uint64_t> next_id_{1};
   std::atomic<uint64_t> total_{0}, refused_{0};
 
-  mutable std::mutex mu_;
-  std::vector<Connection*> conns_;                       // guarded by mu_
-  std::vector<Connection*> handshakes_;  // guarded by mu_; in accept order
-  std::size_t transmitting_ = 0;         // guarded by mu_
+  mutable Mutex mu_;
+  std::vector<Connection*> conns_ GUARDED_BY(mu_);
+  std::vector<Connection*> handshakes_ GUARDED_BY(mu_);  // in accept order
+  std::size_t transmitting_ GUARDED_BY(mu_) = 0;
   std::atomic<uint64_t> evicted_{0};
   std::atomic<uint64_t> handshake_timeouts_{0};
   std::atomic<uint64_t> active_{0};

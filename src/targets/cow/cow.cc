@@ -12,7 +12,6 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <future>
 #include <set>
 
 #include <fmt/core.h>
@@ -219,8 +218,7 @@ void CowTarget::info(InfoSink& out) const {
 
 Result<> CowTarget::attach_queue(Queue& q) {
   if (base_) TRY(base_->attach_queue(q));
-  std::lock_guard<std::mutex> l(mu_);
-  queues_.push_back(&q);
+  gate_.attach(q);
   return {};
 }
 
@@ -246,23 +244,12 @@ Task<Result<>> CowTarget::read_run(Queue& q, uint8_t h, std::byte* buf, uint64_t
   co_return Result<>{};
 }
 
-namespace {
-struct ParkRead {
-  std::vector<std::coroutine_handle<>>& parked;
-  bool await_ready() const noexcept { return false; }
-  void await_suspend(std::coroutine_handle<> h) { parked.push_back(h); }
-  void await_resume() const noexcept {}
-};
-}  // namespace
-
 Task<Result<>> CowTarget::read(Queue& q, std::span<std::byte> buf, uint64_t offset) {
-  // Reads pass the same gate as writes (inline: no extra frame), so a merge
-  // can swap layers with no I/O in flight.
-  PerQueue& pq = per_queue_[q.id()];
-  while (pq.frozen_all) co_await ParkRead{pq.parked};
-  ++pq.in_flight;
+  // Reads pass the same gate as writes, so a merge can swap layers with no
+  // I/O in flight.
+  co_await gate_.enter(q, Gate::kRead);
   auto r = co_await read_stack(q, buf, offset);
-  leave(q, false);
+  gate_.leave(q, Gate::kRead);
   co_return r;
 }
 
@@ -277,8 +264,8 @@ std::optional<uint8_t> CowTarget::single_holder(uint64_t offset, uint64_t length
 std::optional<std::span<const std::byte>> CowTarget::read_view(Queue& q, uint64_t offset, uint64_t length) {
   // Ranges that all come from one place: the base (its own view: a file's
   // page cache), one layer's data (its mapping), or zeros. While a merge
-  // swaps layers (frozen_all) reads wait in read() instead.
-  if (length == 0 || per_queue_[q.id()].frozen_all) return std::nullopt;
+  // swaps layers (reads frozen) reads wait in read() instead.
+  if (length == 0 || gate_.frozen(q, Gate::kRead)) return std::nullopt;
   auto h = single_holder(offset, length);
   if (!h) return std::nullopt;
   std::optional<std::span<const std::byte>> v;
@@ -316,29 +303,6 @@ Task<Result<>> CowTarget::read_stack(Queue& q, std::span<std::byte> buf, uint64_
 }
 
 // ------------------------------------------------------------------ writes
-
-namespace {
-struct Park {
-  std::vector<std::coroutine_handle<>>& parked;
-  bool await_ready() const noexcept { return false; }
-  void await_suspend(std::coroutine_handle<> h) { parked.push_back(h); }
-  void await_resume() const noexcept {}
-};
-}  // namespace
-
-Task<Result<>> CowTarget::enter(Queue& q) {
-  PerQueue& pq = per_queue_[q.id()];
-  while (pq.frozen) co_await Park{pq.parked};
-  ++pq.in_flight;
-  ++pq.writes_in_flight;
-  co_return Result<>{};
-}
-
-void CowTarget::leave(Queue& q, bool write) {
-  PerQueue& pq = per_queue_[q.id()];
-  if (write && --pq.writes_in_flight == 0 && pq.on_writes_drained) std::exchange(pq.on_writes_drained, nullptr)();
-  if (--pq.in_flight == 0 && pq.on_drained) std::exchange(pq.on_drained, nullptr)();
-}
 
 Task<Result<>> CowTarget::lock_chunks(Queue& q, uint64_t c0, uint64_t c1) {
   // Takes every chunk of [c0, c1] or none; waits on the first busy one and
@@ -505,9 +469,9 @@ Task<Result<>> CowTarget::write(Queue& q, std::span<const std::byte> buf, uint64
   IoStats::Scope scope(stats_);
   IoStats::bump(stats_.writes);
   IoStats::bump(stats_.write_bytes, buf.size());
-  CO_TRY(co_await enter(q));
+  co_await gate_.enter(q);
   auto r = co_await modify(q, buf.data(), offset, buf.size(), false, f);
-  leave(q);
+  gate_.leave(q);
   if (!r) IoStats::bump(stats_.errors);
   co_return r;
 }
@@ -515,18 +479,18 @@ Task<Result<>> CowTarget::write(Queue& q, std::span<const std::byte> buf, uint64
 Task<Result<>> CowTarget::trim(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
   IoStats::bump(stats_.trims);
   IoStats::bump(stats_.trim_bytes, length);
-  CO_TRY(co_await enter(q));
+  co_await gate_.enter(q);
   auto r = co_await modify(q, nullptr, offset, length, true, f);
-  leave(q);
+  gate_.leave(q);
   co_return r;
 }
 
 Task<Result<>> CowTarget::zero(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
   IoStats::bump(stats_.zeros);
   IoStats::bump(stats_.zero_bytes, length);
-  CO_TRY(co_await enter(q));
+  co_await gate_.enter(q);
   auto r = co_await modify(q, nullptr, offset, length, true, f);
-  leave(q);
+  gate_.leave(q);
   co_return r;
 }
 
@@ -679,51 +643,15 @@ Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
   if (read_only_) return fail(EROFS, "snapshot: the stack is read-only");
   if (write_layer_.load() + 1 != nlayers_.load()) return fail(EBUSY, "snapshot: a merge is running");
   if (nlayers_.load() >= kMaxLayers) return fail(EMLINK, "snapshot: too many layers");
-  std::vector<Queue*> qs;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    qs = queues_;
-  }
-  auto on_every_queue = [&](const std::function<void(PerQueue&)>& fn) {
-    std::vector<std::promise<void>> done(qs.size());
-    for (std::size_t i = 0; i < qs.size(); ++i)
-      qs[i]->post([&, i] {
-        fn(per_queue_[qs[i]->id()]);
-        done[i].set_value();
-      });
-    for (auto& d : done) d.get_future().get();
-  };
   const int rounds = TRY(flush_until_quick(fq));
   const auto t_hold = Clock::now();
   // Quiesce: new writes park, those in flight finish. Reads go on (they
   // never wait for a snapshot, so a steady read load cannot hold it off).
-  std::vector<std::shared_ptr<std::promise<void>>> drained;
-  std::mutex dm;
-  on_every_queue([&](PerQueue& pq) {
-    pq.frozen = true;
-    auto p = std::make_shared<std::promise<void>>();
-    {
-      std::lock_guard<std::mutex> l(dm);
-      drained.push_back(p);
-    }
-    if (pq.writes_in_flight == 0)
-      p->set_value();
-    else
-      pq.on_writes_drained = [p] { p->set_value(); };
-  });
-  for (auto& p : drained) p->get_future().get();
-  auto thaw = [&] {
-    on_every_queue([](PerQueue& pq) {
-      pq.frozen = false;
-      auto parked = std::move(pq.parked);
-      pq.parked.clear();
-      for (auto h : parked) h.resume();
-    });
-  };
+  gate_.freeze(Gate::kWrites);
 
   auto fr = fq.call([&] { return flush(fq); });
   if (!fr) {
-    thaw();
+    gate_.thaw();
     return fail(fr.error());
   }
   LayerFile& old = *layers_[nlayers_.load() - 1];
@@ -738,7 +666,7 @@ Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
   if (r) r = old.sync();
   if (r && ::rename(top_path_.c_str(), snap.c_str()) < 0) r = posix_error("snapshot: rename", errno);
   if (!r) {
-    thaw();
+    gate_.thaw();
     return fail(r.error());
   }
   old.rename_to(snap);
@@ -757,7 +685,7 @@ Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
     old.mutable_header().flags &= ~LayerFile::kFlagReadOnly;
     old.mutable_header().flags |= LayerFile::kFlagInUse;
     (void)old.write_header();
-    thaw();
+    gate_.thaw();
     return fail(fresh ? r.error() : fresh.error());
   }
   {
@@ -768,7 +696,7 @@ Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
   }
   nlayers_.store(layers_.size());
   write_layer_.store(layers_.size() - 1);
-  thaw();
+  gate_.thaw();
   if (stats) {
     auto us = [](Clock::duration d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); };
     const auto now = Clock::now();

@@ -43,6 +43,7 @@
 #include <string>
 #include <vector>
 
+#include "core/gate.h"
 #include "core/layer_stack.h"
 #include "core/queue.h"
 #include "core/target.h"
@@ -134,8 +135,6 @@ class CowTarget final : public Target, public LayerStack {
   void set_states(uint64_t c0, uint64_t c1, uint8_t state);
   Task<Result<>> lock_chunks(Queue& q, uint64_t c0, uint64_t c1);
   void unlock_chunks(uint64_t c0, uint64_t c1);
-  Task<Result<>> enter(Queue& q);
-  void leave(Queue& q, bool write = true);
   static constexpr uint64_t kStatesPerPage = 4 * 4096;  // chunk states in one bitmap page
   // A copy of one bitmap page taken by a flush, and the page's generation
   // when it was taken.
@@ -176,9 +175,9 @@ class CowTarget final : public Target, public LayerStack {
   // the top's parent.
   std::atomic<std::size_t> write_layer_{0};
   std::vector<std::unique_ptr<LayerFile>> retired_;  // merged away; fds stay valid
-  // Moves a layer out of the stack into retired_, dropping its flock.
-  void retire(std::unique_ptr<LayerFile>& slot);
-  void freeze_all(bool on);
+  // Moves a layer out of the stack into retired_, dropping its flock. With
+  // all I/O held.
+  void retire(std::unique_ptr<LayerFile>& slot) REQUIRES(gate_);
   Result<> merge_begin(Queue& q, std::size_t n);
   Task<Result<uint64_t>> merge_copy(Queue& q, uint8_t from, const std::function<void(uint64_t, uint64_t)>& progress,
                                     const std::atomic<bool>* cancel);
@@ -209,17 +208,9 @@ class CowTarget final : public Target, public LayerStack {
   std::map<std::pair<const LayerFile*, uint64_t>, uint64_t> persisted_gen_;  // under persist_mu_
   std::map<uint64_t, std::vector<std::pair<Queue*, std::coroutine_handle<>>>> busy_;
 
-  struct PerQueue {
-    bool frozen = false;      // writes wait
-    bool frozen_all = false;  // reads wait too
-    uint64_t in_flight = 0;         // reads and writes
-    uint64_t writes_in_flight = 0;  // writes, trims, zeroes
-    std::vector<std::coroutine_handle<>> parked;
-    std::function<void()> on_drained;         // in_flight reached 0 (a merge's hold)
-    std::function<void()> on_writes_drained;  // writes_in_flight reached 0 (a snapshot's hold)
-  };
-  std::unique_ptr<PerQueue[]> per_queue_{new PerQueue[kMaxQueues]};
-  std::vector<Queue*> queues_;
+  // Every read and write passes it (writes, trims and zeroes as writes). A
+  // snapshot holds writes; a merge's layer swaps hold reads too.
+  Gate gate_;
   mutable IoStats stats_;
   std::atomic<uint64_t> copy_ups_{0};
 };

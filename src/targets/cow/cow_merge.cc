@@ -17,7 +17,6 @@
 
 #include <cstring>
 #include <filesystem>
-#include <future>
 
 #include <fmt/core.h>
 
@@ -38,42 +37,6 @@ void sync_dir(const std::filesystem::path& dir) {
 void CowTarget::retire(std::unique_ptr<LayerFile>& slot) {
   (void)::flock(slot->fd(), LOCK_UN);
   retired_.push_back(std::move(slot));
-}
-
-void CowTarget::freeze_all(bool on) {
-  std::vector<Queue*> qs;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    qs = queues_;
-  }
-  std::vector<std::promise<void>> posted(qs.size());
-  std::vector<std::shared_ptr<std::promise<void>>> drained;
-  std::mutex dm;
-  for (std::size_t i = 0; i < qs.size(); ++i) {
-    qs[i]->post([&, i] {
-      PerQueue& pq = per_queue_[qs[i]->id()];
-      if (on) {
-        pq.frozen = pq.frozen_all = true;
-        auto p = std::make_shared<std::promise<void>>();
-        {
-          std::lock_guard<std::mutex> l(dm);
-          drained.push_back(p);
-        }
-        if (pq.in_flight == 0)
-          p->set_value();
-        else
-          pq.on_drained = [p] { p->set_value(); };
-      } else {
-        pq.frozen = pq.frozen_all = false;
-        auto parked = std::move(pq.parked);
-        pq.parked.clear();
-        for (auto h : parked) h.resume();
-      }
-      posted[i].set_value();
-    });
-  }
-  for (auto& p : posted) p.get_future().get();
-  for (auto& p : drained) p->get_future().get();
 }
 
 Task<Result<uint64_t>> CowTarget::merge_copy(Queue& q, uint8_t from,
@@ -161,7 +124,7 @@ Result<> CowTarget::merge_begin(Queue& q, std::size_t n) {
   LayerFile& parent = *layers_[n - 2];
   // 1. Make the parent the write layer.
   TRY(flush_until_quick(q));
-  freeze_all(true);
+  gate_.freeze(Gate::kAll);
   Result<> r = q.call([&] { return flush(q); });
   std::vector<uint8_t> pstates;
   if (r) {
@@ -207,7 +170,7 @@ Result<> CowTarget::merge_begin(Queue& q, std::size_t n) {
     layers_[n - 2]->prepare_for_writes();
     write_layer_.store(n - 2);
   }
-  freeze_all(false);
+  gate_.thaw();
   if (!r) {
     (void)::flock(layers_[n - 2]->fd(), LOCK_SH);  // shared again, as before the merge
     return fail(r.error());
@@ -246,7 +209,7 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
 
   // 3. Drop the top.
   TRY(flush_until_quick(q));
-  freeze_all(true);
+  gate_.freeze(Gate::kAll);
   Result<> r = q.call([&] { return flush(q); });
   if (r) {
     std::string top_path = top.path();
@@ -273,7 +236,7 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
     // The rename (or unlink) durable: a crash must not bring the top back.
     sync_dir(std::filesystem::path(top_path).parent_path());
   }
-  freeze_all(false);
+  gate_.thaw();
   if (!r) return fail(r.error());
   return cr;
 }
@@ -352,7 +315,7 @@ Result<uint64_t> CowTarget::merge_layer(Queue& q, const std::string& path,
   TRY(into.sync());
 
   // Relink and switch, with all I/O held.
-  freeze_all(true);
+  gate_.freeze(Gate::kAll);
   Result<> r;
   LayerFile& child = *layers_[j + 1];
   std::filesystem::path cdir = std::filesystem::absolute(child.path()).parent_path();
@@ -388,7 +351,7 @@ Result<uint64_t> CowTarget::merge_layer(Queue& q, const std::string& path,
     layers_[n - 2]->prepare_for_writes();
     write_layer_.store(n - 2);
   }
-  freeze_all(false);
+  gate_.thaw();
   if (!r) return fail(r.error().code, "merge: relinking " + child.path() + ": " + r.error().message +
                                           " (the stack still has every layer)");
   std::string gone = retired_.back()->path();

@@ -12,27 +12,13 @@
 
 #include <fmt/core.h>
 
+#include "core/bytes.h"
+
 namespace strata {
 namespace {
 
 constexpr char kMagic[8] = {'S', 'T', 'R', 'A', 'T', 'C', 'O', 'W'};
 constexpr std::size_t kMaxParentPath = 1024;
-
-uint32_t fnv1a(const uint8_t* p, std::size_t n) {
-  uint32_t h = 2166136261u;
-  for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 16777619u;
-  return h;
-}
-template <typename T>
-void put(uint8_t* p, std::size_t off, T v) {
-  std::memcpy(p + off, &v, sizeof v);
-}
-template <typename T>
-T get(const uint8_t* p, std::size_t off) {
-  T v;
-  std::memcpy(&v, p + off, sizeof v);
-  return v;
-}
 
 Uuid new_uuid() {
   Uuid u;
@@ -72,25 +58,25 @@ uint64_t data_offset_for(uint64_t bitmap_bytes) {
 // know (reserved space, a compatible feature's fields) are kept as they are.
 void encode(const LayerFile::Header& h, uint8_t* b) {
   std::memcpy(b, kMagic, 8);
-  put<uint32_t>(b, 8, h.version);
-  put<uint32_t>(b, 12, h.incompat);
-  put<uint32_t>(b, 16, h.compat);
-  put<uint32_t>(b, 20, h.chunk_size);
-  put<uint64_t>(b, 24, h.size);
+  store_le<uint32_t>(b, 8, h.version);
+  store_le<uint32_t>(b, 12, h.incompat);
+  store_le<uint32_t>(b, 16, h.compat);
+  store_le<uint32_t>(b, 20, h.chunk_size);
+  store_le<uint64_t>(b, 24, h.size);
   std::memcpy(b + 32, h.uuid.data(), 16);
   std::memcpy(b + 48, h.parent_uuid.data(), 16);
-  put<uint32_t>(b, 64, h.flags);
-  put<uint64_t>(b, 72, h.bitmap_offset);
-  put<uint64_t>(b, 80, h.bitmap_bytes);
-  put<uint64_t>(b, 88, h.data_offset);
-  if (get<uint16_t>(b, 96) != h.parent_path.size() ||
+  store_le<uint32_t>(b, 64, h.flags);
+  store_le<uint64_t>(b, 72, h.bitmap_offset);
+  store_le<uint64_t>(b, 80, h.bitmap_bytes);
+  store_le<uint64_t>(b, 88, h.data_offset);
+  if (load_le<uint16_t>(b, 96) != h.parent_path.size() ||
       std::memcmp(b + 98, h.parent_path.data(), h.parent_path.size()) != 0) {
     // A new parent path (relinked): the old one's bytes go with it.
     std::memset(b + 98, 0, kMaxParentPath);
-    put<uint16_t>(b, 96, static_cast<uint16_t>(h.parent_path.size()));
+    store_le<uint16_t>(b, 96, static_cast<uint16_t>(h.parent_path.size()));
     std::memcpy(b + 98, h.parent_path.data(), h.parent_path.size());
   }
-  put<uint32_t>(b, LayerFile::kHeaderSize - 4, fnv1a(b, LayerFile::kHeaderSize - 4));
+  seal_header(b, LayerFile::kHeaderSize);
 }
 
 // Decodes and validates; `problems` gets every problem found (check wants
@@ -104,20 +90,20 @@ Result<LayerFile::Header> decode(const uint8_t* b, const std::string& path, std:
     ps.push_back(fmt::format("{}: wrong magic: not a strata layer", path));
     return fail(EINVAL, ps.back());
   }
-  if (!ignore_checksum && get<uint32_t>(b, LayerFile::kHeaderSize - 4) != fnv1a(b, LayerFile::kHeaderSize - 4))
+  if (!ignore_checksum && !header_checksum_ok(b, LayerFile::kHeaderSize))
     ps.push_back(fmt::format("{}: bad header checksum", path));
-  h.version = get<uint32_t>(b, 8);
-  h.incompat = get<uint32_t>(b, 12);
-  h.compat = get<uint32_t>(b, 16);
-  h.chunk_size = get<uint32_t>(b, 20);
-  h.size = get<uint64_t>(b, 24);
+  h.version = load_le<uint32_t>(b, 8);
+  h.incompat = load_le<uint32_t>(b, 12);
+  h.compat = load_le<uint32_t>(b, 16);
+  h.chunk_size = load_le<uint32_t>(b, 20);
+  h.size = load_le<uint64_t>(b, 24);
   std::memcpy(h.uuid.data(), b + 32, 16);
   std::memcpy(h.parent_uuid.data(), b + 48, 16);
-  h.flags = get<uint32_t>(b, 64);
-  h.bitmap_offset = get<uint64_t>(b, 72);
-  h.bitmap_bytes = get<uint64_t>(b, 80);
-  h.data_offset = get<uint64_t>(b, 88);
-  uint16_t plen = get<uint16_t>(b, 96);
+  h.flags = load_le<uint32_t>(b, 64);
+  h.bitmap_offset = load_le<uint64_t>(b, 72);
+  h.bitmap_bytes = load_le<uint64_t>(b, 80);
+  h.data_offset = load_le<uint64_t>(b, 88);
+  uint16_t plen = load_le<uint16_t>(b, 96);
   if (h.version != LayerFile::kVersion) ps.push_back(fmt::format("{}: unsupported format version {}", path, h.version));
   if (h.incompat & ~LayerFile::kKnownIncompat)
     ps.push_back(fmt::format("{}: unknown incompatible feature bits {:#x}: refusing to open", path,
@@ -398,7 +384,7 @@ Result<std::vector<std::string>> LayerFile::repair(const std::string& path) {
   std::vector<std::string> ps;
   auto h = decode(b, path, &ps, /*ignore_checksum=*/true);
   if (!h) return fail(EINVAL, fmt::format("{}: cannot repair: {}", path, h.error().message));
-  if (get<uint32_t>(b, kHeaderSize - 4) != fnv1a(b, kHeaderSize - 4)) {
+  if (!header_checksum_ok(b, kHeaderSize)) {
     // Only a checksum over fields that agree with everything else: the data
     // offset is what create() computes, the file is as long as create()
     // made it, and the parent (if any) is the layer the link names, of the

@@ -15,6 +15,7 @@
 
 #include <fmt/core.h>
 
+#include "core/bytes.h"
 #include "core/log.h"
 
 namespace strata {
@@ -127,23 +128,6 @@ constexpr uint32_t kVersion = 1;
 constexpr uint64_t kHeaderSize = 4096;
 constexpr uint32_t kFlagInUse = 1, kFlagInconsistent = 2, kFlagPendingSync = 4;
 
-uint32_t fnv1a(const std::byte* p, std::size_t n) {
-  uint32_t h = 2166136261u;
-  for (std::size_t i = 0; i < n; ++i) h = (h ^ static_cast<uint8_t>(p[i])) * 16777619u;
-  return h;
-}
-
-template <typename T>
-void put(std::byte* p, std::size_t off, T v) {
-  std::memcpy(p + off, &v, sizeof v);
-}
-template <typename T>
-T get(const std::byte* p, std::size_t off) {
-  T v;
-  std::memcpy(&v, p + off, sizeof v);
-  return v;
-}
-
 }  // namespace
 
 std::string current_boot_id() {
@@ -177,16 +161,16 @@ void MapFile::zero_slot(uint32_t s) { std::memset(map_ + slot_offset(s), 0, slot
 Result<> MapFile::write_header() {
   std::byte b[kHeaderSize] = {};
   std::memcpy(b, kMagic, 8);
-  put<uint32_t>(b, 8, kVersion);
-  put<uint32_t>(b, 12, (h_.in_use ? kFlagInUse : 0) | (h_.inconsistent ? kFlagInconsistent : 0) |
+  store_le<uint32_t>(b, 8, kVersion);
+  store_le<uint32_t>(b, 12, (h_.in_use ? kFlagInUse : 0) | (h_.inconsistent ? kFlagInconsistent : 0) |
                            (h_.pending_sync ? kFlagPendingSync : 0));
-  put<uint64_t>(b, 16, h_.granularity);
-  put<uint64_t>(b, 24, h_.size);
-  put<uint32_t>(b, 32, h_.active_slot);
-  put<uint64_t>(b, 40, h_.generation);
+  store_le<uint64_t>(b, 16, h_.granularity);
+  store_le<uint64_t>(b, 24, h_.size);
+  store_le<uint32_t>(b, 32, h_.active_slot);
+  store_le<uint64_t>(b, 40, h_.generation);
   std::memcpy(b + 48, h_.boot_id.data(), std::min<std::size_t>(h_.boot_id.size(), 63));
   std::memcpy(b + 112, h_.name.data(), std::min<std::size_t>(h_.name.size(), 255));
-  put<uint32_t>(b, kHeaderSize - 4, fnv1a(b, kHeaderSize - 4));
+  seal_header(b, kHeaderSize);
   if (::pwrite(fd_, b, kHeaderSize, 0) != static_cast<ssize_t>(kHeaderSize))
     return posix_error(fmt::format("dirty map {}: write header", path_), errno ? errno : EIO);
   return {};
@@ -240,19 +224,19 @@ Result<std::shared_ptr<MapFile>> MapFile::open(const std::string& path, bool rea
   if (::pread(f->fd_, b, kHeaderSize, 0) != static_cast<ssize_t>(kHeaderSize))
     return fail(EINVAL, fmt::format("dirty map {}: header is truncated", path));
   if (std::memcmp(b, kMagic, 8) != 0) return fail(EINVAL, fmt::format("dirty map {}: bad magic", path));
-  if (get<uint32_t>(b, kHeaderSize - 4) != fnv1a(b, kHeaderSize - 4))
+  if (!header_checksum_ok(b, kHeaderSize))
     return fail(EINVAL, fmt::format("dirty map {}: header checksum mismatch", path));
-  if (get<uint32_t>(b, 8) != kVersion)
-    return fail(EINVAL, fmt::format("dirty map {}: unsupported version {}", path, get<uint32_t>(b, 8)));
-  uint32_t flags = get<uint32_t>(b, 12);
+  if (load_le<uint32_t>(b, 8) != kVersion)
+    return fail(EINVAL, fmt::format("dirty map {}: unsupported version {}", path, load_le<uint32_t>(b, 8)));
+  uint32_t flags = load_le<uint32_t>(b, 12);
   auto& h = f->h_;
   h.in_use = flags & kFlagInUse;
   h.inconsistent = flags & kFlagInconsistent;
   h.pending_sync = flags & kFlagPendingSync;
-  h.granularity = get<uint64_t>(b, 16);
-  h.size = get<uint64_t>(b, 24);
-  h.active_slot = get<uint32_t>(b, 32);
-  h.generation = get<uint64_t>(b, 40);
+  h.granularity = load_le<uint64_t>(b, 16);
+  h.size = load_le<uint64_t>(b, 24);
+  h.active_slot = load_le<uint32_t>(b, 32);
+  h.generation = load_le<uint64_t>(b, 40);
   h.boot_id = std::string(reinterpret_cast<const char*>(b + 48), strnlen(reinterpret_cast<const char*>(b + 48), 63));
   h.name = std::string(reinterpret_cast<const char*>(b + 112), strnlen(reinterpret_cast<const char*>(b + 112), 255));
   if (h.granularity < 512 || (h.granularity & (h.granularity - 1)) || h.active_slot > 1 || h.size == 0)
@@ -372,7 +356,7 @@ Result<> DirtyTarget::lock_dir() {
 Result<> DirtyTarget::attach_queue(Queue& q) {
   TRY(lower_->attach_queue(q));
   std::lock_guard<std::mutex> l(mu_);
-  queues_.push_back(&q);
+  gate_.attach(q);
   per_queue_[q.id()].maps = std::make_shared<const MapList>(maps_);
   per_queue_[q.id()].copy = copy_;
   return {};
@@ -385,20 +369,7 @@ std::shared_ptr<DirtyTarget::Map> DirtyTarget::find(const std::string& name) con
 }
 
 void DirtyTarget::on_every_queue(const std::function<void(PerQueue&)>& fn) {
-  std::vector<Queue*> qs;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    qs = queues_;
-  }
-  std::vector<std::promise<void>> done(qs.size());
-  for (std::size_t i = 0; i < qs.size(); ++i) {
-    Queue* q = qs[i];
-    q->post([this, q, &fn, &done, i] {
-      fn(per_queue_[q->id()]);
-      done[i].set_value();
-    });
-  }
-  for (auto& d : done) d.get_future().get();
+  gate_.on_every_queue([this, &fn](Queue& q) { fn(per_queue_[q.id()]); });
 }
 
 void DirtyTarget::publish() {
@@ -431,29 +402,9 @@ void DirtyTarget::publish() {
 
 // ---- data path
 
-namespace {
-struct ParkAwaiter {
-  std::vector<std::coroutine_handle<>>& parked;
-  bool await_ready() const noexcept { return false; }
-  void await_suspend(std::coroutine_handle<> h) { parked.push_back(h); }
-  void await_resume() const noexcept {}
-};
-
-}  // namespace
-
-Task<Result<>> DirtyTarget::enter(Queue& q) {
-  PerQueue& pq = per_queue_[q.id()];
-  for (;;) {
-    if (pq.frozen) {
-      co_await ParkAwaiter{pq.parked};
-    } else if (moved()) {
-      co_return moved_error();
-    } else {
-      break;
-    }
-  }
-  ++pq.in_flight;
-  co_return Result<>{};
+Failure DirtyTarget::refuse(Queue& q) {
+  gate_.leave(q);
+  return moved_error();
 }
 
 void DirtyTarget::leave(Queue& q, uint64_t epoch) {
@@ -461,7 +412,7 @@ void DirtyTarget::leave(Queue& q, uint64_t epoch) {
   // The last write that marked a list publish() is replacing.
   if (--pq.in_flight_by_epoch[epoch & 1] == 0 && epoch != pq.epoch && pq.on_old_drained)
     std::exchange(pq.on_old_drained, nullptr)();
-  if (--pq.in_flight == 0 && pq.on_drained) std::exchange(pq.on_drained, nullptr)();
+  gate_.leave(q);
 }
 
 uint64_t DirtyTarget::mark(Queue& q, uint64_t offset, uint64_t length) {
@@ -506,7 +457,8 @@ Task<Result<>> DirtyTarget::flush(Queue& q) {
 Task<Result<>> DirtyTarget::write_tracked(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f) {
   IoMetrics::Request m(metrics_, q.id(), IoOp::kWrite, buf.size());
   co_await pace(q, buf.size());
-  CO_TRY(co_await enter(q));
+  co_await gate_.enter(q);  // held while frozen; a write let go after a fence fails
+  if (moved()) co_return refuse(q);
   uint64_t epoch = mark(q, offset, buf.size());
   if (auto c = per_queue_[q.id()].copy) co_await c->before_write(q, offset, buf.size());
   auto r = co_await lower_->write(q, buf, offset, f);
@@ -524,7 +476,8 @@ Task<Result<>> DirtyTarget::trim(Queue& q, uint64_t offset, uint64_t length, IoF
 
 Task<Result<>> DirtyTarget::trim_tracked(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
   IoMetrics::Request m(metrics_, q.id(), IoOp::kTrim, length);
-  CO_TRY(co_await enter(q));
+  co_await gate_.enter(q);  // held while frozen; a write let go after a fence fails
+  if (moved()) co_return refuse(q);
   uint64_t epoch = mark(q, offset, length);
   if (auto c = per_queue_[q.id()].copy) co_await c->before_write(q, offset, length);
   auto r = co_await lower_->trim(q, offset, length, f);
@@ -543,7 +496,8 @@ Task<Result<>> DirtyTarget::zero(Queue& q, uint64_t offset, uint64_t length, IoF
 Task<Result<>> DirtyTarget::zero_tracked(Queue& q, uint64_t offset, uint64_t length, IoFlags f) {
   IoMetrics::Request m(metrics_, q.id(), IoOp::kZero, length);
   co_await pace(q, std::min<uint64_t>(length, 1 << 20));
-  CO_TRY(co_await enter(q));
+  co_await gate_.enter(q);  // held while frozen; a write let go after a fence fails
+  if (moved()) co_return refuse(q);
   uint64_t epoch = mark(q, offset, length);
   if (auto c = per_queue_[q.id()].copy) co_await c->before_write(q, offset, length);
   auto r = co_await lower_->zero(q, offset, length, f);
@@ -709,24 +663,9 @@ Result<> DirtyTarget::end_sync(const std::string& name, bool replica_has_all) {
   return {};
 }
 
-void DirtyTarget::freeze() {
-  std::vector<std::future<void>> drained;
-  std::mutex dm;
-  std::vector<std::shared_ptr<std::promise<void>>> ps;
-  on_every_queue([&](PerQueue& pq) {
-    pq.frozen = true;
-    auto p = std::make_shared<std::promise<void>>();
-    {
-      std::lock_guard<std::mutex> l(dm);
-      drained.push_back(p->get_future());
-    }
-    if (pq.in_flight == 0)
-      p->set_value();
-    else
-      pq.on_drained = [p] { p->set_value(); };
-  });
-  for (auto& f : drained) f.get();
-}
+// The freeze outlives the call (the caller, sync.cc, thaws later): the
+// analysis follows the gate within this file only.
+void DirtyTarget::freeze() NO_THREAD_SAFETY_ANALYSIS { gate_.freeze(Gate::kWrites); }
 
 void DirtyTarget::throttle(uint64_t bytes_per_sec) {
   on_every_queue([bytes_per_sec](PerQueue& pq) { pq.write_rate = bytes_per_sec; });
@@ -743,14 +682,7 @@ Task<void> DirtyTarget::pace(Queue& q, uint64_t bytes) {
   if (start > now) co_await q.ring().sleep(std::chrono::nanoseconds(start - now));
 }
 
-void DirtyTarget::thaw() {
-  on_every_queue([](PerQueue& pq) {
-    pq.frozen = false;
-    auto parked = std::move(pq.parked);
-    pq.parked.clear();
-    for (auto h : parked) h.resume();
-  });
-}
+void DirtyTarget::thaw() NO_THREAD_SAFETY_ANALYSIS { gate_.thaw(); }
 
 Result<> DirtyTarget::start_copy(std::shared_ptr<CopyBeforeWrite> copy) {
   {
@@ -759,9 +691,9 @@ Result<> DirtyTarget::start_copy(std::shared_ptr<CopyBeforeWrite> copy) {
     copy_ = copy;
   }
   // The moment of the copy: no write in flight, new ones held.
-  freeze();
+  gate_.freeze(Gate::kWrites);
   on_every_queue([&](PerQueue& pq) { pq.copy = copy; });
-  thaw();
+  gate_.thaw();
   return {};
 }
 

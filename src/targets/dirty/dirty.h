@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "core/gate.h"
 #include "core/metrics.h"
 #include "core/queue.h"
 #include "core/target.h"
@@ -212,14 +213,10 @@ class DirtyTarget final : public ForwardingTarget {
   using MapList = std::vector<std::shared_ptr<Map>>;
   struct PerQueue {
     std::shared_ptr<const MapList> maps;
-    bool frozen = false;
-    uint64_t in_flight = 0;
-    std::vector<std::coroutine_handle<>> parked;
     // throttle(): bytes per second of writes on this queue (0: no limit),
     // and when the next write may start (steady clock, ns).
     uint64_t write_rate = 0;
     int64_t next_write_ns = 0;
-    std::function<void()> on_drained;
     // Bumped each time `maps` changes; writes in flight by the epoch (its
     // parity) whose list they marked, so publish() can wait for the old ones.
     uint64_t epoch = 0;
@@ -236,8 +233,9 @@ class DirtyTarget final : public ForwardingTarget {
   Task<Result<>> write_tracked(Queue& q, std::span<const std::byte> buf, uint64_t offset, IoFlags f);
   Task<Result<>> trim_tracked(Queue& q, uint64_t offset, uint64_t length, IoFlags f);
   Task<Result<>> zero_tracked(Queue& q, uint64_t offset, uint64_t length, IoFlags f);
-  Task<Result<>> enter(Queue& q);
   Task<void> pace(Queue& q, uint64_t bytes);
+  // A request that passed the gate finds the device moved: it leaves, failing.
+  Failure refuse(Queue& q);
   void leave(Queue& q, uint64_t epoch);
   // Publishes maps_ to every queue and waits until the writes that marked
   // the previous list have completed.
@@ -253,11 +251,12 @@ class DirtyTarget final : public ForwardingTarget {
   Result<> lock_dir();
   std::mutex dir_lock_mu_;
   std::shared_ptr<FileLock> dir_lock_;  // guarded by dir_lock_mu_
-  mutable std::mutex mu_;                   // guards maps_ and queues_
+  mutable std::mutex mu_;                   // guards maps_, copy_ and attaching a queue
   std::mutex publish_mu_;                   // one publish() at a time
   MapList maps_;
   std::shared_ptr<CopyBeforeWrite> copy_;  // under mu_
-  std::vector<Queue*> queues_;
+  // Writes, trims and zeroes pass it; freeze() holds them.
+  Gate gate_;
   std::unique_ptr<PerQueue[]> per_queue_{new PerQueue[kMaxQueues]};
   IoMetrics metrics_;
   std::atomic<bool> moved_{false};

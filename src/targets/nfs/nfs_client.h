@@ -114,7 +114,7 @@ class NfsClient {
   const NfsClientStats& stats() const { return stats_; }
   bool connected() const { return up_.load(std::memory_order_relaxed); }
 
-  struct Conn;  // one TCP connection (defined in nfs_client.cc)
+  struct Conn;  // one TCP connection (defined in nfs_client_internal.h)
 
  private:
   struct List {

@@ -88,7 +88,10 @@ Result<std::shared_ptr<Target>> CowTarget::create(Params& p, Resolver& r) {
       if (s == kPresent) t->index_[c].store(li, std::memory_order_relaxed);
       if (s == kZero) t->index_[c].store(li | kZeroBit, std::memory_order_relaxed);
     }
-    if (it + 1 == chain.rend()) t->top_state_ = std::move(*states);
+    if (it + 1 == chain.rend()) {
+      MutexLock l(t->mu_);  // not shared yet: for the analysis only
+      t->top_state_ = std::move(*states);
+    }
     t->layers_.push_back(std::move(*it));
   }
   t->nlayers_ = t->layers_.size();
@@ -111,7 +114,7 @@ CowTarget::~CowTarget() {
   // Clean close: the bitmap as it is, then the in-use flag cleared.
   auto& top = *layers_[write_layer_.load()];
   if (::fdatasync(top.fd()) == 0) {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     uint64_t pages = (top_state_.size() + kStatesPerPage - 1) / kStatesPerPage;
     if (pages && top.write_bitmap_pages(top_state_, 0, pages - 1) && top.sync()) {
       top.mutable_header().flags &= ~LayerFile::kFlagInUse;
@@ -149,7 +152,7 @@ BlockSizes CowTarget::block_sizes() const {
 // changes through its own writes: none.
 std::string CowTarget::identity() const {
   if (!read_only_) return {};
-  std::lock_guard<std::mutex> ll(layers_mu_);
+  MutexLock ll(layers_mu_);
   std::string id = "cow:" + std::to_string(chunk_);
   for (std::size_t i = 0; i < nlayers_.load(); ++i) id += ":" + uuid_string(layers_[i]->header().uuid);
   if (base_) {
@@ -168,14 +171,14 @@ std::string CowTarget::table_line() const {
 }
 
 std::vector<std::string> CowTarget::layer_paths() const {
-  std::lock_guard<std::mutex> ll(layers_mu_);
+  MutexLock ll(layers_mu_);
   std::vector<std::string> v;
   for (std::size_t i = 0; i < nlayers_.load(); ++i) v.push_back(layers_[i]->path());
   return v;
 }
 
 std::vector<CowTarget::LayerStatus> CowTarget::layer_status() const {
-  std::lock_guard<std::mutex> ll(layers_mu_);
+  MutexLock ll(layers_mu_);
   const std::size_t n = nlayers_.load();
   std::vector<LayerStatus> v(n);
   std::vector<uint64_t> held(kMaxLayers + 1, 0);
@@ -199,7 +202,7 @@ void CowTarget::info(InfoSink& out) const {
   out.add("layers", nlayers_.load());
   out.add("chunk_size", chunk_);
   {
-    std::lock_guard<std::mutex> ll(layers_mu_);
+    MutexLock ll(layers_mu_);
     out.add("top", nlayers_.load() == 0 ? "" : layers_[nlayers_.load() - 1]->path());
   }
   out.add("copy_ups", copy_ups_.load());
@@ -208,7 +211,7 @@ void CowTarget::info(InfoSink& out) const {
   out.add("merge_total_chunks", merge_total_.load(std::memory_order_relaxed));
   std::size_t held = 0;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     for (uint8_t s : top_state_) held += s != kAbsent;
   }
   out.add("top_chunks", held);
@@ -312,18 +315,18 @@ Task<Result<>> CowTarget::lock_chunks(Queue& q, uint64_t c0, uint64_t c1) {
     Queue* q;
     uint64_t c0, c1;
     bool taken = false;
-    bool try_take() {
+    bool try_take() REQUIRES(t->mu_) {
       for (uint64_t c = c0; c <= c1; ++c)
         if (t->busy_.count(c)) return false;
       for (uint64_t c = c0; c <= c1; ++c) t->busy_[c];
       return true;
     }
     bool await_ready() {
-      std::lock_guard<std::mutex> l(t->mu_);
+      MutexLock l(t->mu_);
       return taken = try_take();
     }
     bool await_suspend(std::coroutine_handle<> h) {
-      std::lock_guard<std::mutex> l(t->mu_);
+      MutexLock l(t->mu_);
       if ((taken = try_take())) return false;
       for (uint64_t c = c0; c <= c1; ++c) {
         auto it = t->busy_.find(c);
@@ -346,7 +349,7 @@ Task<Result<>> CowTarget::lock_chunks(Queue& q, uint64_t c0, uint64_t c1) {
 void CowTarget::unlock_chunks(uint64_t c0, uint64_t c1) {
   std::vector<std::pair<Queue*, std::coroutine_handle<>>> wake;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     for (uint64_t c = c0; c <= c1; ++c) {
       auto it = busy_.find(c);
       if (it == busy_.end()) continue;
@@ -378,7 +381,7 @@ Task<Result<>> CowTarget::write_top(Queue& q, const std::byte* buf, uint64_t off
 
 void CowTarget::set_states(uint64_t c0, uint64_t c1, uint8_t state) {
   uint8_t top = static_cast<uint8_t>(write_layer_.load() + 1);
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   for (uint64_t c = c0; c <= c1; ++c) {
     top_state_[c] = state;
     index_[c].store(state == kZero ? (top | kZeroBit) : top, std::memory_order_release);
@@ -408,7 +411,7 @@ Task<Result<>> CowTarget::modify(Queue& q, const std::byte* buf, uint64_t offset
     bool whole = ps == cs && pe == ce;
     uint8_t state;
     {
-      std::lock_guard<std::mutex> l(mu_);
+      MutexLock l(mu_);
       state = top_state_[c];
     }
     // In place only where the write layer is what reads see (see in_place()).
@@ -512,7 +515,7 @@ void CowTarget::DirtyPages::clean(const std::vector<PageCopy>& copies) {
 
 Result<> CowTarget::persist(LayerFile& layer, const std::vector<PageCopy>& pages) {
   {
-    std::lock_guard<std::mutex> l(persist_mu_);
+    MutexLock l(persist_mu_);
     std::vector<uint8_t> raw(4096);
     for (const auto& pg : pages) {
       uint64_t& in_file = persisted_gen_[{&layer, pg.page}];
@@ -544,7 +547,7 @@ Task<Result<>> CowTarget::flush(Queue& q) {
   LayerFile* wl;
   LayerFile* mt;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     wl = layers_[write_layer_.load()].get();
     pages = dirty_.copy(top_state_);
     // During a merge: the top's cleared bits, written only once the parent's
@@ -563,7 +566,7 @@ Task<Result<>> CowTarget::flush(Queue& q) {
     res = co_await q.blocking([this, mt, &merge_pages] { return persist(*mt, merge_pages); });
   if (res) {
     // Clean again unless changed since the copy.
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     dirty_.clean(pages);
     if (merge_top_ == mt) merge_top_dirty_.clean(merge_pages);
   } else {
@@ -689,7 +692,7 @@ Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
     return fail(fresh ? r.error() : fresh.error());
   }
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     layers_.push_back(std::move(*fresh));  // capacity reserved: readers are safe
     top_state_.assign(chunks_, kAbsent);
     dirty_.pages.clear();

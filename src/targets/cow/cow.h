@@ -47,6 +47,7 @@
 #include "core/layer_stack.h"
 #include "core/queue.h"
 #include "core/target.h"
+#include "core/thread_annotations.h"
 #include "targets/cow/layer.h"
 #include "targets/resolver.h"
 
@@ -189,24 +190,24 @@ class CowTarget final : public Target, public LayerStack {
   // bitmap: so after a crash (or a merge that failed part-way) the top's
   // older copy never hides a flushed write. Under mu_.
   LayerFile* merge_top_ = nullptr;
-  std::vector<uint8_t> merge_top_state_;
-  DirtyPages merge_top_dirty_;
+  std::vector<uint8_t> merge_top_state_ GUARDED_BY(mu_);
+  DirtyPages merge_top_dirty_ GUARDED_BY(mu_);
   std::atomic<bool> merging_{false};  // a merge call is running
   // Progress of the running merge's copy, in chunks (status).
   std::atomic<uint64_t> merge_done_{0}, merge_total_{0};
 
-  mutable std::mutex mu_;                 // guards top_state_, dirty_, busy_
+  mutable Mutex mu_;
   // Held by a merge while it replaces, removes or renames entries of layers_,
   // and by status readers (info, layer_status, layer_paths, identity), which
   // are not held by the merge's freeze: an entry is briefly empty.
-  mutable std::mutex layers_mu_;
-  std::vector<uint8_t> top_state_;        // ChunkState of the top, per chunk
-  DirtyPages dirty_;                      // of top_state_
+  mutable Mutex layers_mu_;
+  std::vector<uint8_t> top_state_ GUARDED_BY(mu_);  // ChunkState of the top, per chunk
+  DirtyPages dirty_ GUARDED_BY(mu_);                // of top_state_
   // Bitmap page writes are ordered: a page is written only if newer than
   // what the file has, so concurrent flushes cannot put back an older copy.
-  std::mutex persist_mu_;
-  std::map<std::pair<const LayerFile*, uint64_t>, uint64_t> persisted_gen_;  // under persist_mu_
-  std::map<uint64_t, std::vector<std::pair<Queue*, std::coroutine_handle<>>>> busy_;
+  Mutex persist_mu_;
+  std::map<std::pair<const LayerFile*, uint64_t>, uint64_t> persisted_gen_ GUARDED_BY(persist_mu_);
+  std::map<uint64_t, std::vector<std::pair<Queue*, std::coroutine_handle<>>>> busy_ GUARDED_BY(mu_);
 
   // Every read and write passes it (writes, trims and zeroes as writes). A
   // snapshot holds writes; a merge's layer swaps hold reads too.

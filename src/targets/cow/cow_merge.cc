@@ -149,7 +149,7 @@ Result<> CowTarget::merge_begin(Queue& q, std::size_t n) {
       if (r) {
         // The lock moves to the new fd (a retired fd must hold none: flock
         // is per open file, and a later snapshot or merge locks this file).
-        std::lock_guard<std::mutex> ll(layers_mu_);
+        MutexLock ll(layers_mu_);
         retire(layers_[n - 2]);
         if (::flock((*rw)->fd(), LOCK_EX | LOCK_NB) < 0)
           LOG_WARN("merge: cannot lock {} again: {}", (*rw)->path(), std::strerror(errno));
@@ -158,7 +158,7 @@ Result<> CowTarget::merge_begin(Queue& q, std::size_t n) {
     }
   }
   if (r) {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     // The flush above left no dirty page: top_state_ is the top's bitmap.
     merge_top_state_ = std::move(top_state_);
     // Page generations go on from the top's: persist() skips a page whose
@@ -216,13 +216,13 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
     LayerFile& p = *layers_[n - 2];
     bool same_dir = std::filesystem::path(top_path).parent_path() == std::filesystem::path(p.path()).parent_path();
     {
-      std::lock_guard<std::mutex> l(mu_);
+      MutexLock l(mu_);
       merge_top_ = nullptr;
       merge_top_state_.clear();
       merge_top_dirty_ = {};
     }
     {
-      std::lock_guard<std::mutex> ll(layers_mu_);
+      MutexLock ll(layers_mu_);
       retire(layers_[n - 1]);
       layers_.pop_back();
       nlayers_.store(n - 1);
@@ -340,7 +340,7 @@ Result<uint64_t> CowTarget::merge_layer(Queue& q, const std::string& path,
       uint8_t l = h & ~kZeroBit;
       if (l >= hf) index_[c].store(static_cast<uint8_t>((l - 1) | (h & kZeroBit)), std::memory_order_relaxed);
     }
-    std::lock_guard<std::mutex> ll(layers_mu_);
+    MutexLock ll(layers_mu_);
     retire(layers_[j - 1]);  // old fds stay open until exit, without their locks
     if (::flock(into.fd(), LOCK_SH | LOCK_NB) < 0)
       LOG_WARN("merge: cannot lock {} again: {}", into.path(), std::strerror(errno));

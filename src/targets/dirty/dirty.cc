@@ -336,7 +336,7 @@ Result<> DirtyTarget::lock_dir() {
   // (shared within the process, so a device re-created in place is not
   // refused), taken before a map is opened or made. A device with no map
   // takes none: servers may share a state dir while their maps differ.
-  std::lock_guard<std::mutex> serial(dir_lock_mu_);
+  MutexLock serial(dir_lock_mu_);
   if (dir_lock_) return {};
   std::string lock = dir_ + "/.lock";
   int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -355,7 +355,7 @@ Result<> DirtyTarget::lock_dir() {
 
 Result<> DirtyTarget::attach_queue(Queue& q) {
   TRY(lower_->attach_queue(q));
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   gate_.attach(q);
   per_queue_[q.id()].maps = std::make_shared<const MapList>(maps_);
   per_queue_[q.id()].copy = copy_;
@@ -373,10 +373,10 @@ void DirtyTarget::on_every_queue(const std::function<void(PerQueue&)>& fn) {
 }
 
 void DirtyTarget::publish() {
-  std::lock_guard<std::mutex> serial(publish_mu_);
+  MutexLock serial(publish_mu_);
   std::shared_ptr<const MapList> list;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     list = std::make_shared<const MapList>(maps_);
   }
   // Writes in flight marked the old list before their data reached the
@@ -508,7 +508,7 @@ Task<Result<>> DirtyTarget::zero_tracked(Queue& q, uint64_t offset, uint64_t len
 
 std::vector<std::string> DirtyTarget::contexts() const {
   std::vector<std::string> out = lower_->contexts();
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   for (const auto& m : maps_) out.push_back(std::string(kContextPrefix) + m->name);
   return out;
 }
@@ -534,7 +534,7 @@ Result<> DirtyTarget::start_map(const std::string& name, uint64_t granularity, b
   auto m = std::make_shared<Map>();
   m->name = name;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     if (find(name)) return fail(EEXIST, fmt::format("device '{}' already has a dirty map '{}'", device_, name));
   }
   if (!dir_.empty()) {
@@ -552,7 +552,7 @@ Result<> DirtyTarget::start_map(const std::string& name, uint64_t granularity, b
     m->bits->mark(0, size(), first, last);
   }
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     maps_.push_back(m);
   }
   publish();
@@ -562,7 +562,7 @@ Result<> DirtyTarget::start_map(const std::string& name, uint64_t granularity, b
 Result<> DirtyTarget::stop_map(const std::string& name) {
   std::shared_ptr<Map> m;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     m = find(name);
     if (!m) return fail(ENOENT, fmt::format("device '{}' has no dirty map '{}'", device_, name));
     maps_.erase(std::remove(maps_.begin(), maps_.end(), m), maps_.end());
@@ -573,7 +573,7 @@ Result<> DirtyTarget::stop_map(const std::string& name) {
 }
 
 std::vector<DirtyTarget::MapInfo> DirtyTarget::maps() const {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   std::vector<MapInfo> out;
   for (const auto& m : maps_)
     out.push_back({m->name, m->bits->granularity(), m->bits->dirty_blocks(), m->consistent,
@@ -582,7 +582,7 @@ std::vector<DirtyTarget::MapInfo> DirtyTarget::maps() const {
 }
 
 Result<std::shared_ptr<DirtyMap>> DirtyTarget::map_bits(const std::string& name, bool* consistent) const {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   auto m = find(name);
   if (!m) return fail(ENOENT, fmt::format("device '{}' has no dirty map '{}'", device_, name));
   if (consistent) *consistent = m->consistent;
@@ -593,7 +593,7 @@ Result<std::shared_ptr<DirtyMap>> DirtyTarget::checkpoint(const std::string& nam
                                                          bool for_sync) {
   std::shared_ptr<Map> old;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     old = find(name);
   }
   if (!old) return fail(ENOENT, fmt::format("device '{}' has no dirty map '{}'", device_, name));
@@ -622,7 +622,7 @@ Result<std::shared_ptr<DirtyMap>> DirtyTarget::checkpoint(const std::string& nam
     fresh->bits = std::make_shared<DirtyMap>(old->bits->granularity(), size());
   }
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     std::replace(maps_.begin(), maps_.end(), old, fresh);
   }
   // After every queue has switched, nothing writes to the old bits any more;
@@ -635,7 +635,7 @@ Result<std::shared_ptr<DirtyMap>> DirtyTarget::checkpoint(const std::string& nam
 Result<> DirtyTarget::restore(const std::string& name, const DirtyMap& bits) {
   std::shared_ptr<Map> m;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     m = find(name);
   }
   if (!m) return fail(ENOENT, fmt::format("device '{}' has no dirty map '{}'", device_, name));
@@ -648,7 +648,7 @@ Result<> DirtyTarget::finish_sync(const std::string& name) { return end_sync(nam
 Result<> DirtyTarget::end_sync(const std::string& name, bool replica_has_all) {
   std::shared_ptr<Map> m;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     m = find(name);
   }
   if (!m) return fail(ENOENT, fmt::format("device '{}' has no dirty map '{}'", device_, name));
@@ -686,7 +686,7 @@ void DirtyTarget::thaw() NO_THREAD_SAFETY_ANALYSIS { gate_.thaw(); }
 
 Result<> DirtyTarget::start_copy(std::shared_ptr<CopyBeforeWrite> copy) {
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     if (copy_) return fail(EBUSY, fmt::format("device '{}' is being copied already", device_));
     copy_ = copy;
   }
@@ -699,12 +699,12 @@ Result<> DirtyTarget::start_copy(std::shared_ptr<CopyBeforeWrite> copy) {
 
 void DirtyTarget::stop_copy() {
   on_every_queue([](PerQueue& pq) { pq.copy = nullptr; });
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   copy_ = nullptr;
 }
 
 void DirtyTarget::close_clean() {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   for (const auto& m : maps_) {
     if (!m->file) continue;
     auto r = m->file->sync();

@@ -39,6 +39,7 @@
 #include "core/metrics.h"
 #include "core/queue.h"
 #include "core/target.h"
+#include "core/thread_annotations.h"
 #include "targets/file_lock.h"
 #include "targets/dirty/cbw.h"
 
@@ -249,12 +250,14 @@ class DirtyTarget final : public ForwardingTarget {
   std::string device_, dir_;
   // On dir_/.lock from the first map on, while this target lives.
   Result<> lock_dir();
-  std::mutex dir_lock_mu_;
-  std::shared_ptr<FileLock> dir_lock_;  // guarded by dir_lock_mu_
-  mutable std::mutex mu_;                   // guards maps_, copy_ and attaching a queue
-  std::mutex publish_mu_;                   // one publish() at a time
+  Mutex dir_lock_mu_;
+  std::shared_ptr<FileLock> dir_lock_ GUARDED_BY(dir_lock_mu_);
+  // Guards the changes of maps_ (readers on queue threads read the list
+  // published last, no lock), copy_ and attaching a queue.
+  mutable Mutex mu_;
+  Mutex publish_mu_;  // one publish() at a time
   MapList maps_;
-  std::shared_ptr<CopyBeforeWrite> copy_;  // under mu_
+  std::shared_ptr<CopyBeforeWrite> copy_ GUARDED_BY(mu_);
   // Writes, trims and zeroes pass it; freeze() holds them.
   Gate gate_;
   std::unique_ptr<PerQueue[]> per_queue_{new PerQueue[kMaxQueues]};

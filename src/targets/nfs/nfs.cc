@@ -294,7 +294,7 @@ Task<Result<>> NfsTarget::write(Queue& q, std::span<const std::byte> buf, uint64
                                 [&](uint64_t o, const std::byte* d, uint32_t n, int committed, uint64_t verf) {
                                   bool is_stable = committed == FILE_SYNC;
                                   if (f.fua && !is_stable) weak = true;
-                                  std::lock_guard lk(mu_);
+                                  MutexLock lk(mu_);
                                   retained_.append(o, {d, n}, verf, is_stable);
                                   retained_bytes_.store(retained_.bytes(), std::memory_order_relaxed);
                                   over_limit = retained_.bytes() > max_unstable_;
@@ -342,7 +342,7 @@ Task<Result<>> NfsTarget::settle(Queue& q, NfsClock::time_point dl) {
     CO_TRY(co_await wait_rewrite(q, dl));
     uint64_t upto;
     {
-      std::lock_guard lk(mu_);
+      MutexLock lk(mu_);
       if (retained_.count() == 0) co_return Result<>{};
       upto = retained_.next_seq();
     }
@@ -356,7 +356,7 @@ Task<Result<>> NfsTarget::settle(Queue& q, NfsClock::time_point dl) {
     if (rewriting_.load(std::memory_order_acquire)) continue;
     bool settled;
     {
-      std::lock_guard lk(mu_);
+      MutexLock lk(mu_);
       settled = rewriting_.load(std::memory_order_acquire) ? false : retained_.settle(upto, call.verf);
       retained_bytes_.store(retained_.bytes(), std::memory_order_relaxed);
     }
@@ -389,7 +389,7 @@ Task<Result<>> NfsTarget::rewrite_all(Queue& q, NfsClock::time_point dl) {
   std::vector<RetainedWrites::Entry> entries;
   uint64_t upto;
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     upto = retained_.next_seq();
     entries = retained_.entries_before(upto);
   }
@@ -404,7 +404,7 @@ Task<Result<>> NfsTarget::rewrite_all(Queue& q, NfsClock::time_point dl) {
     rewritten_bytes_.fetch_add(e.length, std::memory_order_relaxed);
   }
   {
-    std::lock_guard lk(mu_);
+    MutexLock lk(mu_);
     retained_.drop_before(upto);
     retained_bytes_.store(retained_.bytes(), std::memory_order_relaxed);
   }

@@ -23,6 +23,7 @@
 
 #include "core/queue.h"
 #include "core/target.h"
+#include "core/thread_annotations.h"
 #include "targets/nfs/nfs_client.h"
 #include "targets/resolver.h"
 
@@ -149,8 +150,8 @@ class NfsTarget final : public Target {
 
   std::unique_ptr<std::atomic<NfsClient*>[]> clients_{new std::atomic<NfsClient*>[kMaxQueues]{}};
 
-  mutable std::mutex mu_;
-  RetainedWrites retained_;  // guarded by mu_
+  mutable Mutex mu_;
+  RetainedWrites retained_ GUARDED_BY(mu_);
 
   // Rewriting after a verifier change runs alone: new writes wait for it.
   std::atomic<bool> rewriting_{false};

@@ -171,7 +171,10 @@ Result<std::shared_ptr<Target>> NfsTarget::create(Params& p, Resolver& r) {
     if (t->max_unstable_ < (1u << 20))
       return fail(EINVAL, fmt::format("option max_unstable={}: must be at least 1M", *v));
   }
-  t->retained_.set_keep_bytes(t->max_unstable_);
+  {
+    MutexLock l(t->mu_);  // not shared yet: for the analysis only
+    t->retained_.set_keep_bytes(t->max_unstable_);
+  }
   t->read_only_ = p.flag("ro") || p.read_only;
   TRY(p.finish(2));
   t->length_ = p.length;

@@ -67,7 +67,7 @@ run() { # NAME SECONDS CORPUS_DIR
 targets_of() {
   case $1 in
     connection_fuzz) echo src/exports/nbd/connection.cc src/exports/nbd/stream.cc src/exports/nbd/handshake.cc src/exports/nbd/transmission.cc src/exports/nbd/reply_queue.cc src/exports/nbd/server.cc src/exports/nbd/tls.cc ;;
-    dirty_map_fuzz) echo src/targets/dirty/dirty.cc ;;
+    dirty_map_fuzz) echo src/targets/dirty/dirty_map.cc ;;
     dispatch_fuzz) echo src/control/commands.cc src/control/device_commands.cc src/control/devices.cc ;;
     layer_fuzz) echo src/targets/cow/layer.cc ;;
     nfs_wire_fuzz) echo src/targets/nfs/nfs_wire.cc ;;

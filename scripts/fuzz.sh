@@ -10,7 +10,8 @@
 #                                         a time, new inputs kept in build-fuzz/corpus/; the CPU time each got
 #                                         is printed and appended to build-fuzz/soak.log (on a shared machine run
 #                                         it under SCHED_IDLE: chrt -i 0 scripts/fuzz.sh soak 30). SOAK_UNTIL=EPOCH:
-#                                         the harnesses share what is left until then instead (none runs past it)
+#                                         the harnesses share what is left until then instead (none runs past it).
+#                                         SOAK_CPU=1: MINUTES of CPU time each (for a niced soak on a busy machine)
 #   scripts/fuzz.sh coverage [NAME...]    build the harnesses with clang source coverage (build-fuzz-cov/), run
 #                                         each once over its corpus (seeds, plus build-fuzz/corpus/NAME kept by
 #                                         soaks; FUZZ_CORPUS=DIR: DIR/NAME instead) and print the line and
@@ -42,9 +43,32 @@ run() { # NAME SECONDS CORPUS_DIR
   [ -x "$bin" ] || { echo "fuzz: no harness $name ($bin)" >&2; exit 1; }
   mkdir -p "$corpus" "$BUILD/artifacts" "$seeds"
   local log=$BUILD/artifacts/$name.log rc=0
+  # SOAK_CPU=1: SECONDS are seconds of CPU time (user + system) the harness gets, not of wall time:
+  # on a shared machine a niced soak then still gives each harness its full share. libFuzzer's own
+  # limit is wall time, so a watcher interrupts it (SIGINT: final stats, exit 72) once it has had them.
+  local wall=$secs
+  [ -n "${SOAK_CPU:-}" ] && wall=$((secs * 50))
   ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
-    /usr/bin/time -o "$BUILD/artifacts/$name.cpu" -f "%U %S %e" "$bin" -max_total_time="$secs" -timeout=25 -rss_limit_mb=2560 -max_len=65536 -print_final_stats=1 \
-    -artifact_prefix="$BUILD/artifacts/$name-" "$corpus" "$seeds" >"$log" 2>&1 || rc=$?
+    /usr/bin/time -o "$BUILD/artifacts/$name.cpu" -f "%U %S %e" "$bin" -max_total_time="$wall" -timeout=25 -rss_limit_mb=2560 -max_len=65536 -print_final_stats=1 \
+    -artifact_prefix="$BUILD/artifacts/$name-" "$corpus" "$seeds" >"$log" 2>&1 &
+  local tpid=$! interrupted=
+  if [ -n "${SOAK_CPU:-}" ]; then
+    local hz fpid ticks
+    hz=$(getconf CLK_TCK)
+    while kill -0 "$tpid" 2>/dev/null; do
+      sleep 2
+      fpid=$(pgrep -P "$tpid" | head -1) || continue
+      ticks=$(awk '{ print $14 + $15 }' "/proc/$fpid/stat" 2>/dev/null) || continue
+      if [ -n "$ticks" ] && [ "$ticks" -ge $((secs * hz)) ]; then
+        interrupted=1
+        kill -INT "$fpid" 2>/dev/null || true
+        break
+      fi
+    done
+  fi
+  wait "$tpid" || rc=$?
+  # Interrupted by the CPU budget: libFuzzer's exit code for SIGINT, not a finding.
+  [ -n "$interrupted" ] && [ "$rc" -eq 72 ] && rc=0
   grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb|cov: " "$log" | tail -3
   # CPU time the harness got (user + system), wall time: under SCHED_IDLE the two differ.
   local cpu

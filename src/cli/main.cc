@@ -142,6 +142,14 @@ int flatten_offline(const std::vector<std::string>& tables, const std::string& d
 
 }  // namespace
 
+// A layer to look at: a local file, or a shared layer on remote storage (nfs://).
+static strata::Result<std::unique_ptr<strata::LayerFile>> open_layer_to_read(const std::string& path) {
+  if (!strata::is_remote_url(path)) return strata::LayerFile::open(path, false, false);
+  auto f = strata::open_remote_file(path);
+  if (!f) return strata::fail(f.error());
+  return strata::LayerFile::open_remote(std::move(*f));
+}
+
 int main(int argc, char** argv) {
   CLI::App app{"strata: a userspace block-device engine (device-mapper in user space, exported over NBD)"};
   strata::cli::setup_help(app);
@@ -435,7 +443,7 @@ int main(int argc, char** argv) {
     if (l_create->parsed()) {
       std::unique_ptr<strata::LayerFile> parent;
       if (!lparent.empty()) {
-        auto p = strata::LayerFile::open(lparent, false, false);
+        auto p = open_layer_to_read(lparent);
         if (!p) {
           fmt::print(stderr, "strata: {}\n", p.error().message);
           return 1;
@@ -468,7 +476,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (l_info->parsed()) {
-      auto l = strata::LayerFile::open(lpath, false, false);
+      auto l = open_layer_to_read(lpath);
       if (!l) {
         fmt::print(stderr, "strata: {}\n", l.error().message);
         return 1;

@@ -325,7 +325,10 @@ int close_devices(Daemon& d) {
   for (const auto& dev : d.devices->list()) {
     if (!dev->read_only && dev->live->caps().can_flush) {
       Queue* q = d.queue;
-      auto r = q->call([&] { return dev->dirty->flush(*q); });
+      // A device moved to another host (sync --move) fails every request
+      // from the move on; its local copy is still flushed, below that fence.
+      auto r = dev->dirty->moved() ? q->call([&] { return dev->live->flush(*q); })
+                                   : q->call([&] { return dev->dirty->flush(*q); });
       if (!r) {
         LOG_ERROR("flush '{}' at exit: {}", dev->name, r.error().message);
         rc = 1;

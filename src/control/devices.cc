@@ -30,6 +30,10 @@ std::vector<std::string> Devices::users_of(std::string_view name) const {
   return out;
 }
 
+Result<std::unique_ptr<RemoteFile>> RegistryResolver::remote_file(std::string_view url) {
+  return open_remote_file(url);
+}
+
 Result<std::shared_ptr<Target>> RegistryResolver::device(std::string_view name) {
   if (name == self_) return fail(EINVAL, fmt::format("device '{}' cannot refer to itself", name));
   for (const auto& [n, t] : pending_)

@@ -62,6 +62,7 @@ class RegistryResolver final : public Resolver {
  public:
   RegistryResolver(const Devices& devices, std::string self) : devices_(devices), self_(std::move(self)) {}
   Result<std::shared_ptr<Target>> device(std::string_view name) override;
+  Result<std::unique_ptr<RemoteFile>> remote_file(std::string_view url) override;
   void add_pending(const std::string& name, std::shared_ptr<Target> t) { pending_.push_back({name, std::move(t)}); }
   std::vector<std::string> take_used() { return std::move(used_); }
   void set_self(std::string self) { self_ = std::move(self); }

@@ -271,7 +271,10 @@ Result<nlohmann::json> sync_device(DirtyTarget& t, Queue& q, const SyncOptions& 
       if (throttled) t.throttle(0);
       return fail(cur.error());
     }
-    if ((*cur)->dirty_blocks() == 0) {
+    // Nothing left: done, unless this is a final pass (--final, --move), which
+    // always ends with a round under held writes (the fence of a move goes
+    // up in it), however little that round has to copy.
+    if ((*cur)->dirty_blocks() == 0 && !o.final) {
       converged = true;
       break;
     }

@@ -7,6 +7,7 @@
 #include "targets/linear.h"
 #include "targets/memory.h"
 #include "targets/nfs/nfs.h"
+#include "targets/nfs/nfs_remote.h"
 #include "targets/pattern.h"
 #include "targets/rbd/rbd.h"
 #include "targets/zero.h"
@@ -29,7 +30,23 @@ const TargetType kTargetTypes[] = {
     {"cache", CacheTarget::kHelp, &CacheTarget::create, 1},
 };
 
+struct RemoteScheme {
+  std::string_view prefix;
+  Result<std::unique_ptr<RemoteFile>> (*open)(std::string_view url);
+};
+const RemoteScheme kRemoteSchemes[] = {
+    {"nfs://", &open_nfs_remote_file},
+};
+
 }  // namespace
+
+Result<std::unique_ptr<RemoteFile>> open_remote_file(std::string_view url) {
+  for (const auto& s : kRemoteSchemes)
+    if (url.rfind(s.prefix, 0) == 0) return s.open(url);
+  std::string known;
+  for (const auto& s : kRemoteSchemes) known += (known.empty() ? "" : ", ") + std::string(s.prefix);
+  return fail(EINVAL, "'" + std::string(url) + "': no remote file scheme matches (known: " + known + ")");
+}
 
 std::span<const TargetType> target_types() { return kTargetTypes; }
 

@@ -26,4 +26,8 @@ const TargetType* find_target_type(std::string_view name);
 // "file, linear, zero, ..." for error messages.
 std::string target_type_names();
 
+// A file on shared storage by its URL's scheme (nfs://): what a cow layer's
+// remote parent link opens. One line per scheme in registry.cc.
+Result<std::unique_ptr<RemoteFile>> open_remote_file(std::string_view url);
+
 }  // namespace strata

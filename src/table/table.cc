@@ -8,6 +8,7 @@
 
 #include "core/log.h"
 #include "core/queue.h"
+#include "table/registry.h"
 
 namespace strata {
 namespace {
@@ -138,7 +139,7 @@ Result<std::vector<DeviceSpec>> parse_config(std::string_view text, std::string_
 namespace {
 
 std::string under(std::string_view dir, std::string_view path) {
-  if (path.empty() || path.front() == '/') return std::string(path);
+  if (path.empty() || path.front() == '/' || is_remote_url(path)) return std::string(path);
   while (path.size() > 2 && path.substr(0, 2) == "./") path.remove_prefix(2);
   std::string out(dir);
   if (out.empty() || out.back() != '/') out += '/';
@@ -184,6 +185,8 @@ std::string table_dir(std::string_view path) {
 }
 
 // ---------------------------------------------------------------- DeviceSet
+
+Result<std::unique_ptr<RemoteFile>> DeviceSet::remote_file(std::string_view url) { return open_remote_file(url); }
 
 Result<std::shared_ptr<Target>> DeviceSet::device(std::string_view name) {
   for (auto& d : devices_)

@@ -113,6 +113,7 @@ class DeviceSet final : public Resolver {
     std::shared_ptr<TableTarget> table;
   };
   Result<std::shared_ptr<Target>> device(std::string_view name) override;
+  Result<std::unique_ptr<RemoteFile>> remote_file(std::string_view url) override;
 
   // Creates every device of `specs`; `read_only` forces all of them read-only.
   static Result<std::unique_ptr<DeviceSet>> build(const std::vector<DeviceSpec>& specs, std::string_view source,

@@ -34,6 +34,14 @@ Task<Result<>> CowTarget::read_run(Queue& q, uint8_t h, std::byte* buf, uint64_t
   if (h == 0) co_return co_await base_->read(q, {buf, length}, offset);
   const LayerFile& l = *layers_[h - 1];
   uint64_t off = l.header().data_offset + offset;
+  if (const auto& dev = l.remote_device()) {
+    // A shared layer: only while this host's lease on it holds (a writer
+    // may change it once the lease has lapsed).
+    if (!l.remote()->lease_ok())
+      co_return fail(EIO, fmt::format("read layer {}@{}: this host's lease on the shared layer has lapsed",
+                                      l.path(), offset));
+    co_return co_await dev->read(q, {buf, length}, off);
+  }
   while (length > 0) {
     int n = co_await q.ring().read(l.fd(), {buf, length}, off);
     if (n == -EINTR || n == -EAGAIN) continue;

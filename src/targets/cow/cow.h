@@ -56,10 +56,12 @@ namespace strata {
 class CowTarget final : public Target, public LayerStack {
  public:
   static constexpr std::string_view kHelp =
-      "cow <top-layer> [base=DEVICE] [ro]\n"
+      "cow <top-layer> [base=DEVICE] [ro] [lease=S]\n"
       "  A stack of layers (strata layer create) over an optional base device\n"
       "  defined earlier in the table; the top layer is written, the others and\n"
-      "  the base never are. Parents are found from each layer's header.";
+      "  the base never are. Parents are found from each layer's header; a\n"
+      "  parent may be a shared layer on an NFS server (nfs://...), read under\n"
+      "  a lease of S seconds (default 30) that keeps writers out.";
   static Result<std::shared_ptr<Target>> create(Params& p, Resolver& r);
   ~CowTarget() override;
 
@@ -167,6 +169,7 @@ class CowTarget final : public Target, public LayerStack {
   std::shared_ptr<Target> base_;
   std::string base_name_;
   bool read_only_ = false;
+  unsigned lease_ = 30;  // seconds: the lease on shared (remote) layers
   uint64_t size_ = 0;
   uint32_t chunk_ = 4096;
   uint64_t chunks_ = 0;

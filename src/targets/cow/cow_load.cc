@@ -29,7 +29,18 @@ Result<std::shared_ptr<Target>> CowTarget::create(Params& p, Resolver& r) {
   t->top_path_ = TRY(p.arg(0, "top-layer"));
   auto base = p.option("base");
   t->read_only_ = p.flag("ro") || p.read_only;
+  unsigned lease = 30;
+  if (auto v = p.option("lease")) {
+    auto n = parse_u64(*v);
+    if (!n || *n < 2 || *n > 3600) return fail(EINVAL, fmt::format("option lease={}: must be 2..3600 seconds", *v));
+    lease = static_cast<unsigned>(*n);
+  }
+  t->lease_ = lease;
   TRY(p.finish(1));
+  if (is_remote_url(t->top_path_) && !t->read_only_)
+    return fail(EINVAL, fmt::format("layer {}: the writable top of a stack is a local file (a layer on shared "
+                                    "storage is read-only: add `ro`, or create a local top over it)",
+                                    t->top_path_));
   if (base) {
     auto b = r.device(*base);
     if (!b) return fail(b.error().code, fmt::format("base={}: {}", *base, b.error().message));
@@ -41,12 +52,25 @@ Result<std::shared_ptr<Target>> CowTarget::create(Params& p, Resolver& r) {
   std::string path = t->top_path_;
   bool top = true;
   std::set<std::pair<dev_t, ino_t>> seen;  // a parent cycle is named as one, not as a lock conflict
+  std::set<std::string> seen_urls;
   for (;;) {
     if (chain.size() >= kMaxLayers) return fail(ELOOP, fmt::format("{}: more than {} layers", t->top_path_, kMaxLayers));
-    if (struct stat st {}; ::stat(path.c_str(), &st) == 0 && !seen.insert({st.st_dev, st.st_ino}).second)
+    const bool remote = is_remote_url(path);
+    if (remote ? !seen_urls.insert(path).second
+               : [&] {
+                   struct stat st {};
+                   return ::stat(path.c_str(), &st) == 0 && !seen.insert({st.st_dev, st.st_ino}).second;
+                 }())
       return fail(ELOOP, fmt::format("layer {}: parent cycle: its parent {} is already in the stack",
                                      chain.back()->path(), path));
-    auto l = LayerFile::open(path, top && !t->read_only_);
+    // A shared layer on remote storage: this host's lease on it first (refused
+    // while someone writes it), then its header and bitmap.
+    auto l = remote ? [&]() -> Result<std::unique_ptr<LayerFile>> {
+      auto f = TRY(r.remote_file(path));
+      TRY(f->hold_lease(lease));
+      return LayerFile::open_remote(std::move(f));
+    }()
+                    : LayerFile::open(path, top && !t->read_only_);
     // A parent that is not there: say whose parent it is, as `layer check` does.
     if (!l && !chain.empty() && l.error().code == ENOENT)
       return fail(ENOENT, fmt::format("layer {}: broken parent link: {}", chain.back()->path(), l.error().message));
@@ -169,6 +193,7 @@ std::string CowTarget::identity() const {
 std::string CowTarget::table_line() const {
   std::string s = "cow " + top_path_;
   if (base_) s += " base=" + base_name_;
+  if (lease_ != 30) s += " lease=" + std::to_string(lease_);
   if (read_only_) s += " ro";
   return s;
 }
@@ -193,7 +218,9 @@ std::vector<CowTarget::LayerStatus> CowTarget::layer_status() const {
     v[i].uuid = uuid_string(l.header().uuid);
     v[i].writable = !read_only_ && i == w;
     v[i].chunks = held[i + 1];
-    if (struct stat st {}; ::fstat(l.fd(), &st) == 0) {
+    if (l.remote()) {
+      v[i].file_bytes = l.remote()->size();
+    } else if (struct stat st {}; ::fstat(l.fd(), &st) == 0) {
       v[i].file_bytes = static_cast<uint64_t>(st.st_size);
       v[i].allocated_bytes = static_cast<uint64_t>(st.st_blocks) * 512;
     }
@@ -224,6 +251,8 @@ void CowTarget::info(InfoSink& out) const {
 
 Result<> CowTarget::attach_queue(Queue& q) {
   if (base_) TRY(base_->attach_queue(q));
+  for (std::size_t i = 0; i < nlayers_.load(); ++i)
+    if (const auto& d = layers_[i]->remote_device()) TRY(d->attach_queue(q));
   gate_.attach(q);
   return {};
 }

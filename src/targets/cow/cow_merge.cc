@@ -127,6 +127,10 @@ Result<> CowTarget::merge_begin(Queue& q, std::size_t n) {
   gate_.freeze(Gate::kAll);
   Result<> r = q.call([&] { return flush(q); });
   std::vector<uint8_t> pstates;
+  if (r && parent.remote())
+    r = fail(EROFS, fmt::format("merge: layer {} is a shared layer on remote storage: a host never writes one "
+                                "(merge where it lives, once no host reads it)",
+                                parent.path()));
   if (r) {
     // Exclusive use of the parent: no other stack may share it while it changes.
     if (::flock(parent.fd(), LOCK_EX | LOCK_NB) < 0)
@@ -268,6 +272,10 @@ Result<uint64_t> CowTarget::merge_layer(Queue& q, const std::string& path,
   if (write_layer_.load() + 1 != n) return fail(EBUSY, "merge: a merge is already running");
   LayerFile& from = *layers_[j];
   LayerFile& into_old = *layers_[j - 1];
+  if (into_old.remote() || from.remote())
+    return fail(EROFS, fmt::format("merge: layer {} is a shared layer on remote storage: a host never writes one "
+                                   "(merge where it lives, once no host reads it)",
+                                   (into_old.remote() ? into_old : from).path()));
   if (::flock(into_old.fd(), LOCK_EX | LOCK_NB) < 0)
     return fail(EBUSY, fmt::format("merge: layer {} is shared with another process", into_old.path()));
   auto rw = LayerFile::open(into_old.path(), true, false);
@@ -345,6 +353,7 @@ Result<uint64_t> CowTarget::merge_layer(Queue& q, const std::string& path,
     if (::flock(into.fd(), LOCK_SH | LOCK_NB) < 0)
       LOG_WARN("merge: cannot lock {} again: {}", into.path(), std::strerror(errno));
     layers_[j - 1] = std::move(*rw);
+    layers_[j - 1]->release_claim();  // written: other hosts may read it again
     retire(layers_[j]);
     layers_.erase(layers_.begin() + static_cast<std::ptrdiff_t>(j));
     nlayers_.store(n - 1);

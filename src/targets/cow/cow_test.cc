@@ -660,3 +660,52 @@ INSTANTIATE_TEST_SUITE_P(Chunks, CowModelTest, ::testing::Values(4096u, 65536u),
 
 }  // namespace
 }  // namespace strata
+
+namespace strata {
+namespace {
+
+// The writer's side of the shared-layer lease: a read-only layer opened
+// writable (a merge into it) is refused while a reader's lease beside it is
+// live, allowed once the lease has expired, and its claim file goes with it.
+TEST(SharedLayerLease, WriterRefusedWhileAReaderLeaseIsLive) {
+  char tmpl[] = "/tmp/strata-lease-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl, path = dir + "/g.layer";
+  {
+    auto l = LayerFile::create(path, 1 << 20, 4096, nullptr);
+    ASSERT_TRUE(l) << l.error().message;
+    (*l)->mutable_header().flags |= LayerFile::kFlagReadOnly;
+    ASSERT_TRUE((*l)->write_header());
+  }
+  const std::string lease = dir + "/g.layer.lease-hostb-77-0000abcd";
+  {
+    FILE* f = ::fopen(lease.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    ::fputs("reader host=hostb pid=77 period=30\n", f);
+    ::fclose(f);
+  }
+  auto refused = LayerFile::open(path, true);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, EBUSY);
+  EXPECT_NE(refused.error().message.find("1 host(s) read it (host=hostb pid=77"), std::string::npos)
+      << refused.error().message;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/g.layer.writer")) << "a refused writer leaves its claim behind";
+  // Reading is never refused by a lease.
+  EXPECT_TRUE(LayerFile::open(path, false));
+  // The reader stopped renewing 40 s ago: its 30 s lease is over.
+  timespec old[2];
+  ::clock_gettime(CLOCK_REALTIME, &old[0]);
+  old[0].tv_sec -= 40;
+  old[1] = old[0];
+  ASSERT_EQ(::utimensat(AT_FDCWD, lease.c_str(), old, 0), 0);
+  {
+    auto w = LayerFile::open(path, true);
+    ASSERT_TRUE(w) << w.error().message;
+    EXPECT_TRUE(std::filesystem::exists(dir + "/g.layer.writer"));
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir + "/g.layer.writer")) << "the claim outlived the writer";
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace strata

@@ -5,14 +5,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <random>
 #include <set>
+#include <thread>
 
 #include <fmt/core.h>
 
 #include "core/bytes.h"
+#include "core/log.h"
 
 namespace strata {
 namespace {
@@ -156,6 +159,106 @@ std::vector<std::string> bitmap_problems(const std::vector<uint8_t>& raw, uint64
 
 }  // namespace
 
+// The writer's side of the shared-layer lease (targets/remote_file.h, docs/cluster.md):
+// NAME.writer is written (the filesystem stamps its mtime: "now" in the
+// server's clock, the clock the lease files were stamped with), then every
+// NAME.lease-* file whose mtime is less than its period older is a live
+// reader on some host, and the claim is dropped and the write refused. Held,
+// the claim is stamped again every 3 s; removed when the layer closes.
+class WriterClaim {
+ public:
+  static Result<std::unique_ptr<WriterClaim>> take(const std::string& layer_path) {
+    std::filesystem::path lp(layer_path);
+    const std::string dir = lp.parent_path().empty() ? "." : lp.parent_path().string();
+    const std::string name = lp.filename().string();
+    std::unique_ptr<WriterClaim> c(new WriterClaim());
+    c->path_ = dir + "/" + writer_claim_name(name);
+    // The layer's exclusive flock is held: a claim already there is a dead writer's.
+    int fd = ::open(c->path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0) return posix_error(fmt::format("layer {}: writer's claim {}", layer_path, c->path_), errno);
+    char host[256] = "host";
+    (void)::gethostname(host, sizeof host - 1);
+    c->who_ = fmt::format("writer host={} pid={}", host, ::getpid());
+    bool ok = c->stamp(fd) && ::fsync(fd) == 0;
+    struct stat cst {};
+    ok = ok && ::fstat(fd, &cst) == 0;
+    ::close(fd);
+    if (!ok) {
+      ::unlink(c->path_.c_str());
+      return posix_error(fmt::format("layer {}: writer's claim {}", layer_path, c->path_), errno ? errno : EIO);
+    }
+    const double now = static_cast<double>(cst.st_mtim.tv_sec) + cst.st_mtim.tv_nsec / 1e9;
+    std::vector<std::string> live;
+    std::error_code ec;
+    const std::string prefix = lease_prefix(name);
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      const std::string f = e.path().filename().string();
+      if (f.rfind(prefix, 0) != 0) continue;
+      struct stat st {};
+      if (::stat(e.path().c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+      char buf[512] = {};
+      std::string text;
+      if (int lf = ::open(e.path().c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK); lf >= 0) {
+        ssize_t n = ::read(lf, buf, sizeof buf - 1);
+        if (n > 0) text.assign(buf, static_cast<std::size_t>(n));
+        ::close(lf);
+      }
+      unsigned period = 30;
+      if (auto at = text.find("period="); at != std::string::npos) period = static_cast<unsigned>(std::atoi(text.c_str() + at + 7));
+      if (period == 0) period = 30;
+      const double age = now - (static_cast<double>(st.st_mtim.tv_sec) + st.st_mtim.tv_nsec / 1e9);
+      if (age >= period) continue;  // a reader that stopped renewing: expired
+      while (!text.empty() && (text.back() == '\n' || text.back() == '\0')) text.pop_back();
+      if (auto at = text.find(" period="); at != std::string::npos) text.resize(at);
+      if (text.rfind("reader ", 0) == 0) text.erase(0, 7);
+      live.push_back(fmt::format("{} (renewed {:.1f} s ago)", text.empty() ? f : text, std::max(age, 0.0)));
+    }
+    if (!live.empty()) {
+      ::unlink(c->path_.c_str());
+      std::string list;
+      for (std::size_t i = 0; i < live.size() && i < 8; ++i) list += (i ? "; " : "") + live[i];
+      if (live.size() > 8) list += fmt::format("; and {} more", live.size() - 8);
+      return fail(EBUSY, fmt::format("layer {} is shared: {} host(s) read it ({}): a shared layer is never "
+                                     "written while hosts may read it; stop them, or wait until their leases "
+                                     "expire",
+                                     layer_path, live.size(), list));
+    }
+    c->renewer_ = std::thread([c = c.get()] {
+      for (;;) {
+        for (int i = 0; i < 30; ++i) {
+          if (c->stop_.load()) return;
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        if (int fd = ::open(c->path_.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW); fd >= 0) {
+          (void)c->stamp(fd);
+          ::close(fd);
+        }
+      }
+    });
+    return c;
+  }
+  ~WriterClaim() {
+    stop_ = true;
+    if (renewer_.joinable()) renewer_.join();
+    ::unlink(path_.c_str());
+  }
+
+ private:
+  WriterClaim() = default;
+  // Writes who holds the claim and when it was last renewed, in the clock of
+  // the machine the files live on. Readers judge the claim by this time, not
+  // by the file's mtime: an NFS server may answer with cached attributes
+  // (ganesha does) but reads the file's bytes from disk.
+  bool stamp(int fd) const {
+    const std::string text = fmt::format("{} renewed={}\n", who_, static_cast<long long>(::time(nullptr)));
+    return ::pwrite(fd, text.data(), text.size(), 0) == static_cast<ssize_t>(text.size()) &&
+           ::ftruncate(fd, static_cast<off_t>(text.size())) == 0;
+  }
+  std::string path_, who_;
+  std::atomic<bool> stop_{false};
+  std::thread renewer_;
+};
+
 std::string uuid_string(const Uuid& u) {
   return fmt::format("{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
                      u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
@@ -163,6 +266,7 @@ std::string uuid_string(const Uuid& u) {
 }
 
 std::optional<std::span<const std::byte>> LayerFile::data_view(uint64_t pos, uint64_t length) const {
+  if (fd_ < 0) return std::nullopt;  // a remote layer: read through its device
   std::call_once(map_once_, [this] {
     data_map_.map(fd_, h_.data_offset, chunks() * h_.chunk_size, /*punched=*/true, fmt::format("layer {}", path_));
   });
@@ -173,8 +277,17 @@ LayerFile::~LayerFile() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+void LayerFile::release_claim() { claim_.reset(); }
+
+void LayerFile::rename_to(std::string path) {
+  path_ = std::move(path);
+  claim_.reset();
+}
+
 std::string LayerFile::parent_full_path() const {
   if (h_.parent_path.empty()) return "";
+  if (is_remote_url(h_.parent_path)) return h_.parent_path;
+  if (remote_) return remote_->sibling_url(h_.parent_path);
   std::filesystem::path p(h_.parent_path);
   if (p.is_absolute()) return p.string();
   return (std::filesystem::path(path_).parent_path() / p).lexically_normal().string();
@@ -199,7 +312,9 @@ Result<std::unique_ptr<LayerFile>> LayerFile::create(const std::string& path, ui
                                       parent->header().size, parent->header().chunk_size));
     h.parent_uuid = parent->header().uuid;
     std::filesystem::path dir = std::filesystem::absolute(path).parent_path();
-    h.parent_path = std::filesystem::absolute(parent->path()).lexically_relative(dir).string();
+    // A shared parent on remote storage is linked by its URL.
+    h.parent_path = parent->remote() ? parent->path()
+                                     : std::filesystem::absolute(parent->path()).lexically_relative(dir).string();
     if (h.parent_path.size() > kMaxParentPath) return fail(ENAMETOOLONG, "parent path too long");
   }
   l->fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -239,8 +354,36 @@ Result<std::unique_ptr<LayerFile>> LayerFile::open(const std::string& path, bool
     return fail(EINVAL, fmt::format("layer {}: the data region is truncated: {} bytes, the header needs {}", path,
                                     st.st_size, l->h_.data_offset + l->h_.size));
   std::memcpy(l->raw_.data(), b, kHeaderSize);
+  if (writable && (l->h_.flags & kFlagReadOnly)) l->claim_ = TRY(WriterClaim::take(path));
   if (writable) l->prepare_for_writes();
   return l;
+}
+
+Result<std::unique_ptr<LayerFile>> LayerFile::open_remote(std::unique_ptr<RemoteFile> f) {
+  std::unique_ptr<LayerFile> l(new LayerFile());
+  l->path_ = f->url();
+  uint8_t b[kHeaderSize];
+  if (f->size() < kHeaderSize) return fail(EINVAL, fmt::format("layer {}: header is truncated", l->path_));
+  TRY(f->pread({reinterpret_cast<std::byte*>(b), kHeaderSize}, 0));
+  l->h_ = TRY(decode(b, l->path_, nullptr));
+  if (f->size() < l->h_.data_offset + l->h_.size)
+    return fail(EINVAL, fmt::format("layer {}: the data region is truncated: {} bytes, the header needs {}", l->path_,
+                                    f->size(), l->h_.data_offset + l->h_.size));
+  if (!(l->h_.flags & kFlagReadOnly))
+    return fail(EINVAL, fmt::format("layer {} is not a read-only (snapshot) layer: only those are shared between "
+                                    "hosts",
+                                    l->path_));
+  std::memcpy(l->raw_.data(), b, kHeaderSize);
+  l->remote_dev_ = TRY(f->device(f->size() / 512 * 512));
+  l->remote_ = std::move(f);
+  return l;
+}
+
+Result<> LayerFile::read_at(void* buf, std::size_t n, uint64_t off) const {
+  if (remote_) return remote_->pread({static_cast<std::byte*>(buf), n}, off);
+  if (::pread(fd_, buf, n, static_cast<off_t>(off)) != static_cast<ssize_t>(n))
+    return fail(EIO, fmt::format("layer {}: short read at {}", path_, off));
+  return {};
 }
 
 Result<> LayerFile::write_header() {
@@ -260,7 +403,7 @@ Result<> LayerFile::sync() {
 
 Result<std::vector<uint8_t>> LayerFile::read_bitmap() const {
   std::vector<uint8_t> raw(h_.bitmap_bytes);
-  if (::pread(fd_, raw.data(), raw.size(), h_.bitmap_offset) != static_cast<ssize_t>(raw.size()))
+  if (!read_at(raw.data(), raw.size(), h_.bitmap_offset))
     return fail(EIO, fmt::format("layer {}: cannot read the bitmap", path_));
   // A damaged bitmap is refused, as `strata layer check` reports it: a state
   // 3 or a bit past the last chunk means the layer is not what was written.
@@ -294,6 +437,9 @@ std::vector<std::string> LayerFile::check(const std::string& path) {
 void LayerFile::check_chain(const std::string& path, std::vector<std::string>& ps,
                             std::set<std::pair<dev_t, ino_t>>& seen, const Header* child,
                             const std::string& child_path) {
+  // A shared layer on remote storage is checked where it lives (on the
+  // server, by its local path): the chain is checked down to it.
+  if (is_remote_url(path)) return;
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0) {
     // Never open a FIFO or a device: open() could block forever.
@@ -348,7 +494,7 @@ std::vector<std::string> LayerFile::check_one(const std::string& path) {
     return ps;
   }
   for (auto& p : bitmap_problems(raw, (*l)->chunks(), path)) ps.push_back(std::move(p));
-  if (!h->parent_path.empty()) {
+  if (!h->parent_path.empty() && !is_remote_url((*l)->parent_full_path())) {
     std::string pp = (*l)->parent_full_path();
     auto parent = open(pp, false, false);
     if (!parent)
@@ -378,6 +524,8 @@ Result<std::vector<std::string>> LayerFile::repair(const std::string& path) {
   // The same lock a writable open takes: never repair a layer in use.
   if (::flock(fd, LOCK_EX | LOCK_NB) < 0)
     return posix_error(fmt::format("layer {}: in use by another process (lock)", path), errno);
+  // Nor one that other hosts read (the shared-layer lease).
+  auto claim = TRY(WriterClaim::take(path));
   uint8_t b[kHeaderSize];
   if (::pread(fd, b, kHeaderSize, 0) != static_cast<ssize_t>(kHeaderSize))
     return fail(EINVAL, fmt::format("{}: header is truncated", path));

@@ -22,7 +22,9 @@
 #include <vector>
 
 #include "core/result.h"
+#include "core/target.h"
 #include "targets/mapped_range.h"
+#include "targets/remote_file.h"
 
 namespace strata {
 
@@ -30,6 +32,8 @@ using Uuid = std::array<uint8_t, 16>;
 std::string uuid_string(const Uuid& u);
 
 enum ChunkState : uint8_t { kAbsent = 0, kPresent = 1, kZero = 2 };
+
+class WriterClaim;
 
 class LayerFile {
  public:
@@ -59,7 +63,14 @@ class LayerFile {
                                                    const LayerFile* parent);
   // Opens and validates a layer. writable: opened O_RDWR with an exclusive
   // lock (else O_RDONLY, shared lock). lock=false for offline inspection.
+  // A read-only (snapshot) layer opened writable (a merge into it, a repair)
+  // first takes the writer's claim of the shared-layer lease and is refused
+  // while other hosts hold leases on it (targets/remote_file.h).
   static Result<std::unique_ptr<LayerFile>> open(const std::string& path, bool writable, bool lock = true);
+  // A shared layer on remote storage, read-only: its header and bitmap read
+  // through `f` (whose lease the caller has taken), its data through
+  // remote_device(). path() is its URL.
+  static Result<std::unique_ptr<LayerFile>> open_remote(std::unique_ptr<RemoteFile> f);
   ~LayerFile();
   LayerFile(const LayerFile&) = delete;
   LayerFile& operator=(const LayerFile&) = delete;
@@ -68,6 +79,9 @@ class LayerFile {
   Header& mutable_header() { return h_; }
   const std::string& path() const { return path_; }
   int fd() const { return fd_; }
+  // A remote layer's file and data device; null for a local layer.
+  RemoteFile* remote() const { return remote_.get(); }
+  const std::shared_ptr<Target>& remote_device() const { return remote_dev_; }
   uint64_t chunks() const { return (h_.size + h_.chunk_size - 1) / h_.chunk_size; }
   // Called on the layer writes go to: drops the page cache of its data region
   // and turns readahead off. Someone who read the sparse file (a `cat`, a
@@ -92,7 +106,11 @@ class LayerFile {
   Result<> write_bitmap_pages(const std::vector<uint8_t>& states, uint64_t first_page, uint64_t last_page);
   Result<> write_header();
   Result<> sync();
-  void rename_to(std::string path) { path_ = std::move(path); }
+  // The file now has another name (a merge folded it into its child's place):
+  // a claim on the old name is over.
+  void rename_to(std::string path);
+  // Ends the writer's claim (the write that needed it is done).
+  void release_claim();
 
   // Problems for `strata layer check`, of the layer and of every layer
   // below it (geometry against the child, parent cycles): one message each.
@@ -104,6 +122,7 @@ class LayerFile {
  private:
   LayerFile() = default;
   static std::vector<std::string> check_one(const std::string& path);
+  Result<> read_at(void* buf, std::size_t n, uint64_t off) const;
   static void check_chain(const std::string& path, std::vector<std::string>& ps,
                           std::set<std::pair<dev_t, ino_t>>& seen, const Header* child,
                           const std::string& child_path);
@@ -113,6 +132,9 @@ class LayerFile {
   // The header as last read or written: write_header() keeps the bytes of
   // fields this version does not know.
   std::array<uint8_t, kHeaderSize> raw_{};
+  std::unique_ptr<RemoteFile> remote_;
+  std::shared_ptr<Target> remote_dev_;
+  std::unique_ptr<WriterClaim> claim_;  // held while a read-only layer is open writable
   mutable std::once_flag map_once_;
   mutable MappedRange data_map_;
 };

@@ -48,6 +48,8 @@ constexpr uint64_t kAlign = 4096;
 constexpr uint64_t kDefaultMaxUnstable = 256ull << 20;
 constexpr uint32_t kMaxXfer = 1u << 20;
 
+}  // namespace
+
 // A classified message for a libnfs load error.
 Error load_error(std::string_view what, std::string_view msg) {
   auto has = [&](std::string_view s) { return msg.find(s) != std::string_view::npos; };
@@ -72,6 +74,8 @@ Error load_error(std::string_view what, std::string_view msg) {
   if (cause.empty()) return Error{code, fmt::format("{}: {}", what, msg)};
   return Error{code, fmt::format("{}: {}: {}", what, cause, msg)};
 }
+
+namespace {
 
 // An NFSv4 server's largest READ and WRITE (FATTR4_MAXREAD, FATTR4_MAXWRITE:
 // RFC 7530 5.8.2), asked with COMPOUND { PUTFH; GETATTR } on the load-time

@@ -163,12 +163,14 @@ hosts_cleanup() {
     [ -n "$pid" ] || continue
     kill -9 "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
+  done
+  HOST_PID=()
+  for x in $(seq 1 "$HOSTS_N"); do
     if [ $rc -ne 0 ] && [ -f "$WORK/host$x/strata.log" ]; then
       echo "---- host $x: strata log (last 30 lines) ----" >&2
       tail -30 "$WORK/host$x/strata.log" >&2
     fi
   done
-  HOST_PID=()
   for x in $(seq 1 "$HOSTS_N"); do
     ip netns del "$(host_ns "$x")" 2>/dev/null || echo "cleanup: cannot delete the namespace $(host_ns "$x")" >&2
   done

@@ -18,7 +18,7 @@ $PYTHON -c 'import nbd' || die "$PYTHON cannot import nbd (python3-libnbd)"
 
 M=1048576
 SIZE=$((64 * M))
-SECS=25
+SECS=30
 WRITER="$PYTHON $(dirname "$0")/hosts_writer.py"
 hosts_setup 3
 EXPORT=$WORK/export
@@ -80,7 +80,8 @@ $WRITER --uri "$(host_uri 3 vm3c)" --golden "$V2" --seconds 10 --seed 99 --name 
   >/dev/null 2>"$WORK/w-vm3c.err" &
 WPID[vm3c]=$!
 hosts_bg $!
-sleep 2
+echo "golden-v2.img published and vm3c created over it on host 3, $(($(now_ms) - t0)) ms into the run"
+sleep 1
 
 # ---- mid-run: vm1a moves from host 1 to host 2 ---------------------------------------------------------------
 "$STRATA" layer create "$WORK/host2/vm1a.layer" --size $SIZE >/dev/null

@@ -7,7 +7,7 @@
 # over it at runtime (`strata create`), whose writer starts from v2's bytes; and vm1a moves from host 1 to host 2
 # (dirty map --full, sync passes to host 2's NBD TCP export, `sync --move`), its writer following it and sending again
 # what failed with ESHUTDOWN. Every writer ends with 0 mismatches, the golden files on the server are unchanged,
-# every cache served hits, host 1 reports vm1a moved, every strata exits 0 on SIGTERM.
+# every cache served hits, host 1 reports vm1a moved and removes it, every strata exits 0 on SIGTERM.
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/nfs-lib.sh"
 . "$(dirname "$0")/hosts-lib.sh"

@@ -95,6 +95,9 @@ out=$(host_ctl 1 sync vm1a --map move --to "$B_URI" --move --json) || die "sync 
 tm1=$(now_ms)
 echo "move: $(jq -c . <<<"$out")"
 [ "$(jq .moved <<<"$out")" = true ] || die "sync --move did not move vm1a: $out"
+# The fence must be up once the sync says moved: host 1 fails every request on vm1a from now on.
+[ "$(host_ctl 1 status vm1a --json | jq '.[0].moved')" = true ] ||
+  die "sync --move reported moved ($out), but host 1's status of vm1a says moved=$(host_ctl 1 status vm1a --json | jq '.[0].moved'): host 1 still serves vm1a, so writes acknowledged there from now on never reach host 2"
 held_us=$(jq .held_us <<<"$out")
 echo "vm1a moved host 1 -> host 2 in $((tm1 - tm0)) ms, $(($(now_ms) - t0)) ms into the run; writes held for the last pass: $((held_us / 1000)) ms"
 

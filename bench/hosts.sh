@@ -12,7 +12,8 @@
 # two passes, cold then warm (the cache's fills finished in between): the three hosts read the whole export at once
 # (`nbdcopy URI null:`, run in the host's namespace, NBD over the host's unix socket). Per pass: bytes sent by the
 # storage side on the wire (tx_bytes of the storage ends of the three veth pairs), bytes the hosts' nfs segments read
-# (`strata status --json`: read_bytes), ganesha's CPU seconds (/proc/PID/stat utime+stime), each host's MiB/s and
+# (`strata status --json`: read_bytes) and READ calls, ganesha's and the three stratas' CPU seconds (/proc/PID/stat
+# utime+stime), each host's MiB/s and
 # the pass's wall time (the slowest host). The issue's targets: the warm pass with the cache reads <= 5% of its
 # bytes from the server; the cold pass with the cache takes <= 10% longer than without it.
 # --cache-tmpfs puts the hosts' cache files on a tmpfs (no disk writes for the fills).
@@ -57,6 +58,11 @@ if [ $CACHE_TMPFS = 1 ]; then
 fi
 
 ganesha_ticks() { awk '{print $14 + $15}' "/proc/$GANESHA_PID/stat"; }
+strata_ticks() { # utime+stime of the three hosts' strata
+  local x s=0
+  for x in $(seq 1 $HOSTS); do s=$((s + $(awk '{print $14 + $15}' "/proc/${HOST_PID[$x]}/stat"))); done
+  echo $s
+}
 nfs_read_bytes() { # the sum over the hosts of their nfs segment's read_bytes
   local x s=0 v
   for x in $(seq 1 $HOSTS); do
@@ -90,8 +96,8 @@ wait_cache_settled() { # every host's cache has written the chunks it is going t
 
 echo "# $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) vCPU; strata $("$STRATA" --version 2>/dev/null | head -1)"
 echo "# bench/hosts.sh --size $SIZE --runs $RUNS$([ $CACHE_TMPFS = 0 ] || echo ' --cache-tmpfs'); $HOSTS hosts each read $SIZE twice, all at once; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "| run | device | pass | from the server, wire MiB | nfs segments read MiB | NFS READ calls | % of the bytes read | ganesha CPU s | host 1 MiB/s | host 2 MiB/s | host 3 MiB/s | wall s | load (1 min) |"
-echo "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| run | device | pass | from the server, wire MiB | nfs segments read MiB | NFS READ calls | % of the bytes read | ganesha CPU s | strata CPU s (3 hosts) | host 1 MiB/s | host 2 MiB/s | host 3 MiB/s | wall s | load (1 min) |"
+echo "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 declare -A WALL=() WIRE=()
 for run in $(seq 1 "$RUNS"); do
   order="nfs cache"
@@ -115,6 +121,7 @@ for run in $(seq 1 "$RUNS"); do
       nr0=$(nfs_read_bytes)
       nc0=$(nfs_read_calls)
       g0=$(ganesha_ticks)
+      c0=$(strata_ticks)
       t0=$(now_ms)
       pids=()
       for x in $(seq 1 $HOSTS); do
@@ -132,16 +139,17 @@ for run in $(seq 1 "$RUNS"); do
       nr=$(($(nfs_read_bytes) - nr0))
       nc=$(($(nfs_read_calls) - nc0))
       g=$(($(ganesha_ticks) - g0))
+      c=$(($(strata_ticks) - c0))
       rates=()
       for x in $(seq 1 $HOSTS); do
         rates+=("$(awk -v b="$bytes" -v ms="$(cat "$WORK/ms.$x")" 'BEGIN {printf "%.0f", b / 1048576 / (ms / 1000)}')")
       done
       WALL[$run.$cfg.$pass]=$wall
       WIRE[$run.$cfg.$pass]=$tx
-      awk -v r="$run" -v c="$cfg" -v p="$pass" -v tx="$tx" -v nr="$nr" -v nc="$nc" -v tot=$((HOSTS * bytes)) -v g="$g" -v tck="$TCK" \
+      awk -v r="$run" -v cf="$cfg" -v p="$pass" -v tx="$tx" -v nr="$nr" -v nc="$nc" -v tot=$((HOSTS * bytes)) -v g="$g" -v c="$c" -v tck="$TCK" \
         -v h1="${rates[0]}" -v h2="${rates[1]}" -v h3="${rates[2]}" -v w="$wall" -v l="$(cut -d' ' -f1 /proc/loadavg)" \
-        'BEGIN {printf "| %d | %s | %s | %.1f | %.1f | %d | %.1f | %.2f | %s | %s | %s | %.2f | %s |\n",
-          r, c, p, tx / 1048576, nr / 1048576, nc, 100 * tx / tot, g / tck, h1, h2, h3, w / 1000, l}'
+        'BEGIN {printf "| %d | %s | %s | %.1f | %.1f | %d | %.1f | %.2f | %.2f | %s | %s | %s | %.2f | %s |\n",
+          r, cf, p, tx / 1048576, nr / 1048576, nc, 100 * tx / tot, g / tck, c / tck, h1, h2, h3, w / 1000, l}'
     done
     for x in $(seq 1 $HOSTS); do host_stop "$x"; done
   done

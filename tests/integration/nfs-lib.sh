@@ -14,7 +14,10 @@
 #                          DIR (No_Root_Squash; with "squash": Root_Squash to
 #                          uid/gid 65534), each start with a new -E epoch so
 #                          the NFSv3 write verifier changes; wait until
-#                          `nfs-ls nfs://127.0.0.1DIR` works; sets GANESHA_PID
+#                          `nfs-ls nfs://127.0.0.1DIR` works; sets GANESHA_PID.
+#                          The export admits the clients in $NFS_CLIENTS
+#                          (ganesha's Clients list; default 127.0.0.1 only;
+#                          hosts-lib.sh adds the hosts' subnet)
 #   nfs_stop_ganesha       SIGTERM by pid, wait (SIGKILL after 20 s)
 #   nfs_kill_ganesha       SIGKILL by pid, wait
 #   nfs_xfs_setup          512M sparse image in $WORK -> mkfs.xfs -> loop ->
@@ -42,6 +45,7 @@ NFS_DIR=
 NFS_SQUASH=
 NFS_STARTS=0
 NFS_EPOCH0=
+: "${NFS_CLIENTS:=127.0.0.1}"
 
 nfs_enter_netns() {
   if [ -z "${STRATA_NFS_NETNS:-}" ]; then
@@ -131,7 +135,7 @@ EXPORT {
 	SecType = sys;
 	$sq
 	Access_Type = None;
-	CLIENT { Clients = 127.0.0.1; Access_Type = RW; }
+	CLIENT { Clients = $NFS_CLIENTS; Access_Type = RW; }
 	FSAL { Name = VFS; }
 }
 LOG { Default_Log_Level = EVENT; }

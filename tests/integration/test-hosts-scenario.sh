@@ -8,11 +8,14 @@
 # (dirty map --full, sync passes to host 2's NBD TCP export, `sync --move`), its writer following it and sending again
 # what failed with ESHUTDOWN. Every writer ends with 0 mismatches, the golden files on the server are unchanged,
 # every cache served hits, host 1 reports vm1a moved and removes it, every strata exits 0 on SIGTERM.
+# The b disks stack on a shared read-only cow layer on the server (nfs:// parent link, over the cached v1 base):
+# while the hosts read it, the publisher's merge into it (on the server) and a host's merge into it are refused; it
+# is unchanged at the end, and once every host has stopped the publisher's merge goes through.
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/nfs-lib.sh"
 . "$(dirname "$0")/hosts-lib.sh"
 nfs_enter_netns "$@"
-requires jq sha256sum qemu-io
+requires jq sha256sum qemu-io nbdcopy
 [ -x "$PYTHON" ] || die "no $PYTHON (Debian's python3 with libnbd)"
 $PYTHON -c 'import nbd' || die "$PYTHON cannot import nbd (python3-libnbd)"
 
@@ -28,9 +31,25 @@ V1=$EXPORT/golden-v1.img
 head -c $SIZE /dev/urandom >"$V1"
 SUM1=$(sha256sum <"$V1")
 
+# A shared read-only cow layer on the server over v1 (a "v1.1" patch of its first 8 MiB): made by the publisher, a
+# strata of the storage server serving a stack on the exported files, then snapshotted: golden.layer.snap1 is the
+# shared layer the hosts' b disks stack on (nfs:// parent link), each host holding a lease on it.
+head -c $((8 * M)) /dev/urandom >"$WORK/patch.bin"
+{ cat "$WORK/patch.bin"; tail -c $((SIZE - 8 * M)) "$V1"; } >"$WORK/golden-b.img"
+"$STRATA" layer create "$EXPORT/golden.layer" --size $SIZE >/dev/null
+printf '[pubbase ro]\n0 %d file %s 0 ro\n[pub]\n0 %d cow %s base=pubbase\n' $((SIZE / 512)) "$V1" $((SIZE / 512)) \
+  "$EXPORT/golden.layer" >"$WORK/pub.conf"
+start_strata --table "$WORK/pub.conf"
+nbdcopy "$WORK/patch.bin" "$(uri pub)"
+ctl snapshot pub >/dev/null
+SHARED=$EXPORT/golden.layer.snap1
+[ -f "$SHARED" ] || die "the publisher's snapshot did not make $SHARED"
+SUMS=$(sha256sum <"$SHARED")
+
 for x in 1 2 3; do
   d=$WORK/host$x
-  for v in a b; do "$STRATA" layer create "$d/vm$x$v.layer" --size $SIZE >/dev/null; done
+  "$STRATA" layer create "$d/vm${x}a.layer" --size $SIZE >/dev/null
+  "$STRATA" layer create "$d/vm${x}b.layer" --parent "$(hosts_nfs_url "$SHARED")" >/dev/null
   cat >"$d/t.conf" <<CONF
 [golden ro]
 0 $((SIZE / 512)) nfs $(hosts_nfs_url "$V1") 0 ro timeout=20
@@ -39,7 +58,7 @@ for x in 1 2 3; do
 [vm${x}a]
 0 $((SIZE / 512)) cow $d/vm${x}a.layer base=gc
 [vm${x}b]
-0 $((SIZE / 512)) cow $d/vm${x}b.layer base=gc
+0 $((SIZE / 512)) cow $d/vm${x}b.layer base=gc lease=10
 CONF
   host_strata $x --table "$d/t.conf"
 done
@@ -55,7 +74,9 @@ for x in 1 2 3; do
     seed=$((seed + 1))
     move=()
     [ "$x$v" = 1a ] && move=(--move-to "$(host_tcp_uri 2 vm1a)" --after 5)
-    $WRITER --uri "$(host_uri $x vm$x$v)" --golden "$V1" --seconds $SECS --seed $seed --name "vm$x$v" \
+    golden=$V1
+    [ $v = b ] && golden=$WORK/golden-b.img
+    $WRITER --uri "$(host_uri $x vm$x$v)" --golden "$golden" --seconds $SECS --seed $seed --name "vm$x$v" \
       --out "$WORK/w-vm$x$v.json" "${move[@]}" >/dev/null 2>"$WORK/w-vm$x$v.err" &
     WPID[vm$x$v]=$!
     hosts_bg $!
@@ -101,7 +122,18 @@ echo "move: $(jq -c . <<<"$out")"
 held_us=$(jq .held_us <<<"$out")
 echo "vm1a moved host 1 -> host 2 in $((tm1 - tm0)) ms, $(($(now_ms) - t0)) ms into the run; writes held for the last pass: $((held_us / 1000)) ms"
 
-# shared read-only layer: added with the remote-layer support
+# ---- mid-run: the shared layer is never written while the hosts read it -------------------------------------
+# Every host holds a lease on it; the publisher's merge into it (on the server) is refused naming the three hosts,
+# and a host's merge of its b disk into it is refused outright (a host never writes a shared layer).
+n=$(find "$EXPORT" -maxdepth 1 -name 'golden.layer.snap1.lease-*' | wc -l)
+[ "$n" = 3 ] || die "expected 3 hosts' leases beside the shared layer, found $n: $(ls "$EXPORT")"
+out=$(ctl merge pub 2>&1) && die "the publisher's merge into the shared layer went through while 3 hosts read it: $out"
+echo "$out" | grep -q "is shared: 3 host(s) read it" || die "the publisher's merge was refused for the wrong reason: $out"
+out=$(host_ctl 1 merge vm1b 2>&1) && die "host 1 merged vm1b's top into the shared layer: $out"
+echo "$out" | grep -q "shared layer on remote storage" || die "host 1's merge into the shared layer refused for the wrong reason: $out"
+[ "$(host_ctl 2 status vm2b --json | jq -r '.[0].segments[0].layers[0].path')" = "$(hosts_nfs_url "$SHARED")" ] ||
+  die "host 2's vm2b does not stack on the shared layer: $(host_ctl 2 status vm2b --json | jq -c '.[0].segments[0].layers')"
+echo "merges into the shared layer refused while 3 hosts read it, $(($(now_ms) - t0)) ms into the run"
 
 # ---- every writer: 0 mismatches -----------------------------------------------------------------------------
 failed=
@@ -137,6 +169,7 @@ for x in 1 2 3; do
 done
 [ "$(sha256sum <"$V1")" = "$SUM1" ] || die "golden-v1.img on the server changed during the run (sha256 differs)"
 [ "$(sha256sum <"$V2")" = "$SUM2" ] || die "golden-v2.img on the server changed during the run (sha256 differs)"
+[ "$(sha256sum <"$SHARED")" = "$SUMS" ] || die "the shared layer on the server changed during the run (sha256 differs)"
 # After a move the old host drops the device (it serves nothing from it any more), then every strata stops cleanly.
 # (qemu-io's connection above may take a moment to be gone: remove is refused while a client is connected.)
 for _ in $(seq 1 50); do
@@ -145,4 +178,8 @@ for _ in $(seq 1 50); do
 done
 [ -z "$err" ] || die "host 1 refused to remove the moved vm1a for 5 s: $err"
 for x in 1 2 3; do host_stop $x; done
+# The hosts gone (their leases removed as they stopped), the publisher may fold its top into the layer.
+n=$(find "$EXPORT" -maxdepth 1 -name 'golden.layer.snap1.lease-*' | wc -l)
+[ "$n" = 0 ] || die "the stopped hosts left $n lease files: $(ls "$EXPORT")"
+ctl merge pub >/dev/null || die "the publisher's merge was refused after every host stopped"
 echo PASS

@@ -14,7 +14,7 @@ namespace {
 // Size classes: 4 KiB << cls, up to 64 MiB. Each class keeps a few free
 // buffers; large classes keep fewer so an idle server does not hold much.
 constexpr int kClasses = 15;
-constexpr std::size_t kKeep[kClasses] = {256, 256, 128, 64, 64, 32, 32, 16, 8, 4, 4, 2, 2, 1, 1};
+constexpr std::size_t kKeep[kClasses] = {256, 256, 256, 256, 256, 256, 256, 128, 64, 4, 4, 2, 2, 1, 1};
 
 constexpr std::size_t capacity(int cls) { return std::size_t{4096} << cls; }
 

@@ -127,6 +127,7 @@ Result<> CacheTarget::open_file(const std::string& identity) {
   if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode))
     return fail(EINVAL, fmt::format("cache file {}: not a regular file", log_escape(path_)));
   lock_ = TRY(FileLock::acquire(fd_, path_, true));
+  direct_fd_ = ::open(path_.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW);
   std::vector<std::byte> h(kHeaderSize);
   ssize_t n = ::pread(fd_, h.data(), h.size(), 0);
   std::string why;
@@ -224,6 +225,7 @@ CacheTarget::~CacheTarget() {
   }
   // Fills still writing (their queues run them) end before the file closes.
   for (int i = 0; i < 5000 && fills_in_flight_.load() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  if (direct_fd_ >= 0) ::close(direct_fd_);
   if (fd_ >= 0) {
     persist_now();
     ::close(fd_);
@@ -349,8 +351,8 @@ Task<Result<>> CacheTarget::read_chunks(Queue& q, std::span<std::byte> buf, uint
     while (ce + 1 <= c1 && slot[ce + 1 - c0] < 0) ++ce;
     if (r) {
       const uint64_t lo = c * chunk_, hi = std::min(length_, (ce + 1) * chunk_);
-      auto data = std::make_shared<std::vector<std::byte>>(hi - lo);
-      r = co_await source_->read(q, *data, lo);
+      auto data = std::make_shared<Buffer>(Buffer::get(hi - lo));
+      r = co_await source_->read(q, {data->data(), data->size()}, lo);
       if (r) {
         const uint64_t a = std::max(offset, lo), b = std::min(end, hi);
         std::memcpy(buf.data() + (a - offset), data->data() + (a - lo), b - a);
@@ -387,7 +389,7 @@ int64_t CacheTarget::claim_slot(uint64_t chunk) {
   return s;
 }
 
-Task<void> CacheTarget::fill(Queue& q, uint64_t first_chunk, std::shared_ptr<std::vector<std::byte>> data) {
+Task<void> CacheTarget::fill(Queue& q, uint64_t first_chunk, std::shared_ptr<Buffer> data) {
   const uint64_t n = (data->size() + chunk_ - 1) / chunk_;
   for (uint64_t i = 0; i < n; ++i) {
     const uint64_t c = first_chunk + i;
@@ -398,10 +400,13 @@ Task<void> CacheTarget::fill(Queue& q, uint64_t first_chunk, std::shared_ptr<std
     }
     if (s < 0) continue;
     std::span<const std::byte> part(data->data() + i * chunk_, chunk_bytes(c));
+    // Whole aligned chunks go O_DIRECT (the buffer is 4 KiB-aligned, so are
+    // slots and chunks); a short last chunk of the device through the cache.
+    const int wfd = direct_fd_ >= 0 && part.size() % 4096 == 0 ? direct_fd_ : fd_;
     bool ok = true;
     uint64_t done = 0;
     while (done < part.size()) {
-      int w = co_await q.ring().write(fd_, part.subspan(done), slot_offset(static_cast<uint32_t>(s)) + done);
+      int w = co_await q.ring().write(wfd, part.subspan(done), slot_offset(static_cast<uint32_t>(s)) + done);
       if (w <= 0) {
         ok = false;
         break;

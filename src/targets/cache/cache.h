@@ -31,6 +31,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/buffer.h"
 #include "core/queue.h"
 #include "core/target.h"
 #include "core/thread_annotations.h"
@@ -95,7 +96,7 @@ class CacheTarget final : public Target {
   // A slot for `chunk` (kFilling), or -1: none free now (an eviction is asked
   // of the flusher) or the chunk is cached or being filled already.
   int64_t claim_slot(uint64_t chunk) REQUIRES(mu_);
-  Task<void> fill(Queue& q, uint64_t first_chunk, std::shared_ptr<std::vector<std::byte>> data);
+  Task<void> fill(Queue& q, uint64_t first_chunk, std::shared_ptr<Buffer> data);
   Task<Result<>> read_chunks(Queue& q, std::span<std::byte> buf, uint64_t offset);
   void check_identity();
   void flusher();
@@ -108,6 +109,10 @@ class CacheTarget final : public Target {
   uint32_t nslots_ = 0;
   uint64_t data_off_ = 0;
   int fd_ = -1;
+  // The same file opened O_DIRECT, for writing fills: no copy into the page
+  // cache and no writeback of it (-1 where the filesystem has no O_DIRECT,
+  // tmpfs: fills then go through fd_).
+  int direct_fd_ = -1;
   std::shared_ptr<FileLock> lock_;
   std::string identity_;  // the source's at load
   std::atomic<bool> bypass_{false};  // the source changed while served

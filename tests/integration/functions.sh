@@ -9,6 +9,10 @@
 #   uri [EXPORT]            NBD URI of an export on $SOCK
 #   ctl ARGS...             run the strata CLI against $CTL
 #   nbdsh_py SCRIPT         run nbdsh's python (Debian's python3 with libnbd)
+#   start_replica_strata SIZE   a first strata serving `vm`, SIZE random bytes
+#                           ($WORK/a.img), and a second ("host B") serving an
+#                           empty `vm` ($WORK/b.img) on NBD over TCP on loopback,
+#                           control $WORK/b.ctl; sets B_PID and B_URI (killed on exit)
 #   cow_table OUT SIZE BASE LAYER   write a table: device "base" (the file
 #                           BASE, read-only) and device "d", a cow stack of
 #                           SIZE bytes whose top is LAYER over "base"
@@ -55,6 +59,23 @@ requires() {
 }
 
 uri() { echo "nbd+unix:///${1:-}?socket=$SOCK"; }
+
+start_replica_strata() {
+  local size=$1 port i
+  head -c "$size" /dev/urandom >"$WORK/a.img"
+  truncate -s "$size" "$WORK/b.img"
+  printf '[vm]\n0 %d file %s 0\n' $((size / 512)) "$WORK/a.img" >"$WORK/a.conf"
+  printf '[vm]\n0 %d file %s 0\n' $((size / 512)) "$WORK/b.img" >"$WORK/b.conf"
+  start_strata --table "$WORK/a.conf"
+  for port in $(shuf -i 20000-45000 -n 20); do ! ss -ltn | grep -q ":$port " && break; done
+  "$STRATA" serve --table "$WORK/b.conf" --tcp 127.0.0.1:$port --control "$WORK/b.ctl" --state-dir "$WORK/b-state" \
+    >>"$WORK/b.log" 2>&1 &
+  B_PID=$!
+  trap 'st=$?; set +e; kill -9 $B_PID 2>/dev/null; (exit $st); cleanup' EXIT
+  for i in $(seq 1 100); do "$STRATA" list --control "$WORK/b.ctl" >/dev/null 2>&1 && break; sleep 0.05; done
+  "$STRATA" list --control "$WORK/b.ctl" >/dev/null 2>&1 || die "the second strata did not start: $(cat "$WORK/b.log")"
+  B_URI="nbd://127.0.0.1:$port/vm"
+}
 
 cow_table() {
   cat >"$1" <<CONF

@@ -9,18 +9,7 @@ source "$(dirname "$0")/functions.sh"
 requires jq
 M=1048576
 SIZE=$((64 * M))
-head -c $SIZE /dev/urandom >"$WORK/a.img"
-truncate -s $SIZE "$WORK/b.img"
-printf '[vm]\n0 %d file %s 0\n' $((SIZE / 512)) "$WORK/a.img" >"$WORK/a.conf"
-printf '[vm]\n0 %d file %s 0\n' $((SIZE / 512)) "$WORK/b.img" >"$WORK/b.conf"
-start_strata --table "$WORK/a.conf"
-for PORT in $(shuf -i 20000-45000 -n 20); do ! ss -ltn | grep -q ":$PORT " && break; done
-"$STRATA" serve --table "$WORK/b.conf" --tcp 127.0.0.1:$PORT --control "$WORK/b.ctl" --state-dir "$WORK/b-state" \
-  >>"$WORK/b.log" 2>&1 &
-B_PID=$!
-trap 'st=$?; set +e; kill -9 $B_PID 2>/dev/null; (exit $st); cleanup' EXIT
-for i in $(seq 1 100); do "$STRATA" list --control "$WORK/b.ctl" >/dev/null 2>&1 && break; sleep 0.05; done
-B_URI="nbd://127.0.0.1:$PORT/vm"
+start_replica_strata $SIZE
 
 ctl dirty start vm move --full >/dev/null
 $PYTHON - "$(uri vm)" "$B_URI" "$WORK/a.img" "$WORK" <<'PY' &

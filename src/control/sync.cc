@@ -341,20 +341,49 @@ Result<uint64_t> flatten_live(DirtyTarget& t, Queue& q, const std::string& to,
   const uint64_t size = t.size();
   auto copy = std::make_shared<CopyBeforeWrite>(t, fd, to);  // owns fd
   if (::ftruncate(fd, static_cast<off_t>(size)) < 0) return posix_error(fmt::format("flatten to {}", to), errno);
+  // The copier's writes go O_DIRECT where the filesystem allows it (not on
+  // tmpfs): with buffered writes the whole device sat in the page cache until
+  // the final fdatasync wrote it (bench/RESULTS.md, section 5).
+  int dfd = ::open(to.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+  if (dfd >= 0) copy->set_direct_fd(dfd);
   TRY(t.start_copy(copy));
-  // Runs of 1 MiB: a write waiting for a block the copier holds waits for
-  // one run at most.
+  // Runs of 1 MiB (a write waiting for a block the copier holds waits for one
+  // run at most), kCopiers of them at once: one at a time, each run's read
+  // and its write waited for each other.
+  constexpr int kCopiers = 4;
   const uint64_t per_run = std::max<uint64_t>(1, (1 << 20) / copy->block());
-  Result<> r;
-  for (uint64_t b = 0; b < copy->blocks() && r; b += per_run) {
-    if (cancel && cancel->load()) {
-      r = fail(ECANCELED, "cancelled");
-      break;
+  struct Shared {
+    uint64_t next = 0, done = 0;
+    Result<> res;
+    Join join;
+  } sh;
+  auto copier = [](CopyBeforeWrite& copy, Queue& q, uint64_t per_run, uint64_t size, Shared& sh,
+                   const std::function<void(const nlohmann::json&)>& progress,
+                   const std::atomic<bool>* cancel) -> Task<void> {
+    // All copiers run on the queue's thread: the cursor needs no lock.
+    while (sh.res && sh.next < copy.blocks()) {
+      if (cancel && cancel->load()) {
+        sh.res = fail(ECANCELED, "cancelled");
+        break;
+      }
+      const uint64_t b = sh.next;
+      sh.next += per_run;
+      auto r = co_await copy.copy(q, b, b + per_run);
+      if (!r) {
+        if (sh.res) sh.res = std::move(r);
+        break;
+      }
+      sh.done += std::min(size, (b + per_run) * copy.block()) - std::min(size, b * copy.block());
+      if (progress) progress({{"round", 1}, {"copied_bytes", sh.done}, {"total_bytes", size}});
     }
-    r = q.call([&] { return copy->copy(q, b, b + per_run); });
-    const uint64_t done = std::min(size, (b + per_run) * copy->block());
-    if (r && progress) progress({{"round", 1}, {"copied_bytes", done}, {"total_bytes", size}});
-  }
+    sh.join.done();
+  };
+  Result<> r = q.call([&]() -> Task<Result<>> {
+    sh.join.add(kCopiers);
+    for (int i = 0; i < kCopiers; ++i) spawn(copier(*copy, q, per_run, size, sh, progress, cancel));
+    co_await sh.join.wait();
+    co_return sh.res;
+  });
   t.stop_copy();  // every block is copied: no write copies any more
   if (r) r = copy->status();
   if (r && ::fdatasync(copy->fd()) < 0) r = posix_error(fmt::format("flatten to {}", to), errno);

@@ -85,21 +85,25 @@ s.close()
 merge = json.loads(subprocess.check_output([strata, "merge", "vm", "--detach", "--control", ctl]))
 sync = json.loads(subprocess.check_output([strata, "sync", "plain", "--map", "m", "--to", work + "/replica.img",
                                           "--detach", "--control", ctl]))
-lat = []
-errors = []
-stop = False
-def asker():
+# The askers are processes, not threads of this one: a thread's measured time
+# would include its waits for the interpreter lock held by the other 19.
+import multiprocessing as mp
+def asker(stop, out):
+    lat, err = [], None
     try:
         s = conn(); f = s.makefile("r")
-        while not stop:
+        while not stop.is_set():
             t0 = time.perf_counter()
             r = ask(s, f, {"method": "device_status", "params": {"name": "vm"}})
             lat.append(time.perf_counter() - t0)
             assert r["ok"], r
             time.sleep(0.01)
     except Exception as e:
-        errors.append(repr(e))
-ts = [threading.Thread(target=asker) for _ in range(20)]
+        err = repr(e)
+    out.put((lat, err))
+mpc = mp.get_context("fork")
+stop_ev, out = mpc.Event(), mpc.Queue()
+ts = [mpc.Process(target=asker, args=(stop_ev, out)) for _ in range(20)]
 for t in ts: t.start()
 s = conn(); f = s.makefile("r")
 saw_running = False
@@ -112,7 +116,12 @@ while time.time() < deadline:
     if st.get(merge) not in (None, "running") and st.get(sync) not in (None, "running"):
         break
     time.sleep(0.1)
-stop = True
+stop_ev.set()
+lat, errors = [], []
+for _ in ts:
+    l, e = out.get(timeout=60)
+    lat += l
+    if e: errors.append(e)
 for t in ts: t.join()
 flooder.join()
 # The idle and half-line clients are still served.

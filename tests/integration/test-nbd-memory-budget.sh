@@ -103,8 +103,11 @@ watch()
 print(f"good client under attack: connect {connect_ms:.1f} ms; 4 KiB reads p50 {p50:.2f} ms, "
       f"p99 {p99:.2f} ms, max {mx:.2f} ms; 4 MiB write + read {write_ms:.0f} ms; server RSS peak {peak} MiB "
       f"(idle {base}, budget {budget})")
-assert connect_ms < 200, f"good client took {connect_ms:.0f} ms to connect"
-assert p99 < 50, f"good client p99 {p99:.1f} ms"
+# Under the sanitizers (scripts/asan.sh) every bound of time is scaled by STRATA_TEST_TIME_SCALE: the run looks for
+# memory errors on this path, the plain build (CI's `make test`) holds the bounds as written.
+scale = float(os.environ.get("STRATA_TEST_TIME_SCALE", "1"))
+assert connect_ms < 200 * scale, f"good client took {connect_ms:.0f} ms to connect"
+assert p99 < 50 * scale, f"good client p99 {p99:.1f} ms"
 
 # Replies that waited are right: two attackers (one simple, one structured)
 # read everything the server took.

@@ -23,6 +23,7 @@ CopyBeforeWrite::CopyBeforeWrite(Target& source, int fd, std::string path, uint6
 
 CopyBeforeWrite::~CopyBeforeWrite() {
   if (fd_ >= 0) ::close(fd_);
+  if (direct_fd_ >= 0) ::close(direct_fd_);
 }
 
 Result<> CopyBeforeWrite::status() const {
@@ -95,7 +96,7 @@ void CopyBeforeWrite::unlock(uint64_t b0, uint64_t b1) {
   for (auto& [q, h] : wake) q->post([h = h] { h.resume(); });
 }
 
-Task<Result<>> CopyBeforeWrite::copy_locked(Queue& q, uint64_t b0, uint64_t b1) {
+Task<Result<>> CopyBeforeWrite::copy_locked(Queue& q, uint64_t b0, uint64_t b1, bool direct) {
   std::vector<bool> todo(b1 - b0);
   {
     MutexLock l(mu_);
@@ -114,8 +115,10 @@ Task<Result<>> CopyBeforeWrite::copy_locked(Queue& q, uint64_t b0, uint64_t b1) 
     CO_TRY(co_await source_.read(q, {buf.data(), len}, off));
     // Zero runs stay holes: the file is as sparse as the data allows.
     const bool zeros = std::all_of(buf.data(), buf.data() + len, [](std::byte x) { return x == std::byte{0}; });
+    // Buffers are 4 KiB-aligned: whole pages at page offsets may go O_DIRECT.
+    const int wfd = direct && direct_fd_ >= 0 && off % 4096 == 0 && len % 4096 == 0 ? direct_fd_ : fd_;
     for (uint64_t put = 0; !zeros && put < len;) {
-      int n = co_await q.ring().write(fd_, {buf.data() + put, len - put}, off + put);
+      int n = co_await q.ring().write(wfd, {buf.data() + put, len - put}, off + put);
       if (n == -EINTR || n == -EAGAIN) continue;
       if (n < 0) co_return posix_error(fmt::format("write {}@{}", path_, off + put), -n);
       if (n == 0) co_return fail(EIO, fmt::format("write {}@{}: wrote nothing", path_, off + put));
@@ -163,7 +166,7 @@ Task<Result<>> CopyBeforeWrite::copy(Queue& q, uint64_t b0, uint64_t b1) {
   if (b0 >= b1) co_return Result<>{};
   CO_TRY(status());
   co_await lock(q, b0, b1);
-  auto r = co_await copy_locked(q, b0, b1);
+  auto r = co_await copy_locked(q, b0, b1, true);
   unlock(b0, b1);
   if (!r) fail_job(r.error());
   co_return status();

@@ -39,6 +39,12 @@ class CopyBeforeWrite {
   // destructor), which reads as zeros where nothing is written: blocks that
   // read as zeros are skipped.
   CopyBeforeWrite(Target& source, int fd, std::string path, uint64_t block = 64 << 10);
+  // The copier's own writes (copy()) go through this second descriptor of
+  // the same file, opened O_DIRECT (owned): they reach the disk as they are
+  // made instead of piling up in the page cache for the final fdatasync.
+  // Writes that are not 4 KiB-aligned, and those of before_write (a client's
+  // write waits for them), keep the buffered one.
+  void set_direct_fd(int fd) { direct_fd_ = fd; }
   ~CopyBeforeWrite();
   CopyBeforeWrite(const CopyBeforeWrite&) = delete;
   CopyBeforeWrite& operator=(const CopyBeforeWrite&) = delete;
@@ -63,11 +69,12 @@ class CopyBeforeWrite {
   Task<void> lock(Queue& q, uint64_t b0, uint64_t b1);
   void unlock(uint64_t b0, uint64_t b1);
   // With [b0, b1) locked: reads and stores the blocks not done yet.
-  Task<Result<>> copy_locked(Queue& q, uint64_t b0, uint64_t b1);
+  Task<Result<>> copy_locked(Queue& q, uint64_t b0, uint64_t b1, bool direct = false);
   void fail_job(const Error& e);
 
   Target& source_;
   int fd_;
+  int direct_fd_ = -1;
   std::string path_;
   const uint64_t block_, size_, nblocks_;
   mutable Mutex mu_;

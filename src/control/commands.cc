@@ -273,6 +273,7 @@ json run_device_snapshot(Daemon& d, const std::string&, const json& params) {
                    {"pause_us", st.held_us},
                    {"total_us", st.total_us},
                    {"flush_rounds", st.flush_rounds},
+                   {"seal_us", st.seal_us},
                    {"layers", c->layer_paths()}});
   }
   return ok(out);

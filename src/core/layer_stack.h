@@ -35,6 +35,9 @@ class LayerStack {
     int64_t held_us = 0;
     int64_t total_us = 0;
     int flush_rounds = 0;  // flushes with writes flowing, before the hold
+    // After the hold: the old top's seal (its last data, bits and header
+    // made durable; flushes wait for it).
+    int64_t seal_us = 0;
   };
   virtual Result<std::string> snapshot(Queue& q, SnapshotStats* stats = nullptr) = 0;
   // Layers bottom to top, for status.

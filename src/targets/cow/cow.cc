@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <set>
+#include <thread>
 
 #include <fmt/core.h>
 
@@ -343,6 +344,14 @@ Task<Result<>> CowTarget::flush(Queue& q) {
   IoStats::Scope scope(stats_);
   IoStats::bump(stats_.flushes);
   if (read_only_) co_return Result<>{};
+  // A snapshot's old top first (see wait_seal).
+  if (seal_pending_.load(std::memory_order_acquire)) {
+    Result<> sr = co_await q.blocking([this] { return wait_seal(); });
+    if (!sr) {
+      IoStats::bump(stats_.errors);
+      co_return sr;
+    }
+  }
   // Copy the changed pages *before* the data sync: every bit in the copy
   // belongs to a write that had completed, so its data is in this sync.
   // The pages stay dirty until a flush has them in the file: a flush that
@@ -435,6 +444,12 @@ Task<Result<Extents>> CowTarget::context_extents(Queue& q, std::string_view cont
 // less for the next: repeat until one is quick (a few rounds converge even
 // under a write load; the bound keeps a disk slower than the load from
 // looping). Returns the number of rounds.
+Result<> CowTarget::wait_seal() {
+  MutexLock l(seal_mu_);
+  seal_cv_.wait(seal_mu_, [&]() NO_THREAD_SAFETY_ANALYSIS { return !sealing_; });
+  return seal_result_;
+}
+
 Result<int> CowTarget::flush_until_quick(Queue& q) {
   int rounds = 0;
   while (rounds < 4) {
@@ -453,53 +468,67 @@ Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
   if (read_only_) return fail(EROFS, "snapshot: the stack is read-only");
   if (write_layer_.load() + 1 != nlayers_.load()) return fail(EBUSY, "snapshot: a merge is running");
   if (nlayers_.load() >= kMaxLayers) return fail(EMLINK, "snapshot: too many layers");
-  const int rounds = TRY(flush_until_quick(fq));
-  const auto t_hold = Clock::now();
-  // Quiesce: new writes park, those in flight finish. Reads go on (they
-  // never wait for a snapshot, so a steady read load cannot hold it off).
-  gate_.freeze(Gate::kWrites);
-
-  auto fr = fq.call([&] { return flush(fq); });
-  if (!fr) {
-    gate_.thaw();
-    return fail(fr.error());
-  }
   LayerFile& old = *layers_[nlayers_.load() - 1];
   std::string snap;
   for (int i = 1;; ++i) {
     snap = fmt::format("{}.snap{}", top_path_, i);
     if (!std::filesystem::exists(snap)) break;
   }
-  old.mutable_header().flags |= LayerFile::kFlagReadOnly;
-  old.mutable_header().flags &= ~LayerFile::kFlagInUse;
-  Result<> r = old.write_header();
-  if (r) r = old.sync();
-  if (r && ::rename(top_path_.c_str(), snap.c_str()) < 0) r = posix_error("snapshot: rename", errno);
-  if (!r) {
-    gate_.thaw();
-    return fail(r.error());
-  }
-  old.rename_to(snap);
-  (void)::flock(old.fd(), LOCK_SH | LOCK_NB);
-  auto fresh = LayerFile::create(top_path_, size_, chunk_, &old);
-  if (fresh) {
+  // The new top is made before writes are held, under a name of its own
+  // (`TOP.snap-next`), already linked to the name the old top is about to take
+  // and durable, so that the hold is only the switch. A crash before the
+  // renames leaves a stray TOP.snap-next that the next snapshot replaces; the
+  // stack is the old one. A crash after them leaves the new stack, the old
+  // top holding what had reached its file (what a FLUSH had covered at least).
+  const std::string next = top_path_ + ".snap-next";
+  (void)::unlink(next.c_str());
+  auto fresh = LayerFile::create(next, size_, chunk_, &old);
+  if (!fresh) return fail(fresh.error());
+  Result<> r;
+  {
     (void)::flock((*fresh)->fd(), LOCK_EX | LOCK_NB);
-    (*fresh)->mutable_header().flags |= LayerFile::kFlagInUse;
+    auto& fh = (*fresh)->mutable_header();
+    fh.flags |= LayerFile::kFlagInUse;
+    fh.parent_path = std::filesystem::path(snap).filename().string();
     r = (*fresh)->write_header();
     if (r) r = (*fresh)->sync();
+    // The new file's name durable before the renames that rely on it.
+    if (r) sync_parent_dir(next);
   }
-  if (!fresh || !r) {
-    // Undo: the old top is the top again.
+  if (!r) {
+    (void)::unlink(next.c_str());
+    return fail(r.error());
+  }
+  const int rounds = TRY(flush_until_quick(fq));
+  const auto t_hold = Clock::now();
+  // Quiesce: new writes park, those in flight finish. Reads go on (they
+  // never wait for a snapshot, so a steady read load cannot hold it off).
+  gate_.freeze(Gate::kWrites);
+  // Only the switch is under the hold: the renames (the new top is durable
+  // already) and the index. The old top's last writes are made durable by
+  // the seal below, after writes resume; flushes wait for it (wait_seal).
+  Result<> r2;
+  if (::rename(top_path_.c_str(), snap.c_str()) < 0) r2 = posix_error("snapshot: rename", errno);
+  if (r2 && ::rename(next.c_str(), top_path_.c_str()) < 0) {
+    r2 = posix_error("snapshot: rename", errno);
     (void)::rename(snap.c_str(), top_path_.c_str());
-    old.rename_to(top_path_);
-    old.mutable_header().flags &= ~LayerFile::kFlagReadOnly;
-    old.mutable_header().flags |= LayerFile::kFlagInUse;
-    (void)old.write_header();
+  }
+  if (!r2) {
     gate_.thaw();
-    return fail(fresh ? r.error() : fresh.error());
+    (void)::unlink(next.c_str());
+    return fail(r2.error());
   }
   {
+    MutexLock l(seal_mu_);
+    sealing_ = true;
+  }
+  seal_pending_.store(true, std::memory_order_release);
+  old.rename_to(snap);
+  (*fresh)->rename_to(top_path_);
+  std::vector<PageCopy> pages;
+  {
     MutexLock l(mu_);
+    pages = dirty_.copy(top_state_);
     layers_.push_back(std::move(*fresh));  // capacity reserved: readers are safe
     top_state_.assign(chunks_, kAbsent);
     dirty_.pages.clear();
@@ -507,12 +536,45 @@ Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
   nlayers_.store(layers_.size());
   write_layer_.store(layers_.size() - 1);
   gate_.thaw();
+  const auto t_end = Clock::now();
+
+  // The seal: the old top's data, then its bits, then its header (read-only,
+  // no longer in use), then the renames, each durable before the next.
+  // STRATA_FAILPOINT_SEAL_DELAY_MS: a pause before it, for the test that
+  // kills strata while flushes wait for the seal (docs/targets/cow.md).
+  static const long seal_delay_ms = [] {
+    const char* e = std::getenv("STRATA_FAILPOINT_SEAL_DELAY_MS");
+    return e ? std::strtol(e, nullptr, 10) : 0L;
+  }();
+  if (seal_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(seal_delay_ms));
+  Result<> seal;
+  if (::fdatasync(old.fd()) < 0) seal = posix_error(fmt::format("snapshot: fdatasync {}", old.path()), errno);
+  if (seal && !pages.empty()) seal = persist(old, pages);
+  if (seal) {
+    old.mutable_header().flags |= LayerFile::kFlagReadOnly;
+    old.mutable_header().flags &= ~LayerFile::kFlagInUse;
+    seal = old.write_header();
+    if (seal) seal = old.sync();
+  }
+  (void)::flock(old.fd(), LOCK_SH | LOCK_NB);
+  sync_parent_dir(top_path_);
+  {
+    MutexLock l(seal_mu_);
+    sealing_ = false;
+    if (!seal && seal_result_) seal_result_ = fail(seal.error());
+  }
+  seal_pending_.store(false, std::memory_order_release);
+  seal_cv_.notify_all();
+  if (!seal) {
+    LOG_ERROR("snapshot: sealing {}: {} (every flush fails from now on)", snap, seal.error().message);
+    return fail(seal.error());
+  }
   if (stats) {
     auto us = [](Clock::duration d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); };
-    const auto now = Clock::now();
-    stats->held_us = us(now - t_hold);
-    stats->total_us = us(now - t_start);
+    stats->held_us = us(t_end - t_hold);
+    stats->total_us = us(Clock::now() - t_start);
     stats->flush_rounds = rounds;
+    stats->seal_us = us(Clock::now() - t_end);
   }
   return snap;
 }

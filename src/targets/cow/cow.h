@@ -34,6 +34,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <coroutine>
 #include <functional>
 #include <map>
@@ -211,6 +212,19 @@ class CowTarget final : public Target, public LayerStack {
   Mutex persist_mu_;
   std::map<std::pair<const LayerFile*, uint64_t>, uint64_t> persisted_gen_ GUARDED_BY(persist_mu_);
   std::map<uint64_t, std::vector<std::pair<Queue*, std::coroutine_handle<>>>> busy_ GUARDED_BY(mu_);
+
+  // A snapshot's old top is sealed after writes resume (its data synced,
+  // then the bits of its last writes, then its header marked read-only):
+  // writes are held only while the new top takes its place. Until the seal
+  // ends every flush waits for it, so a FLUSH answered after a snapshot still
+  // covers the writes the old top took; a failed seal fails every later
+  // flush (what the old top acknowledged may not be on disk).
+  Result<> wait_seal();
+  std::atomic<bool> seal_pending_{false};
+  Mutex seal_mu_;
+  std::condition_variable_any seal_cv_;
+  bool sealing_ GUARDED_BY(seal_mu_) = false;
+  Result<> seal_result_ GUARDED_BY(seal_mu_);
 
   // Every read and write passes it (writes, trims and zeroes as writes). A
   // snapshot holds writes; a merge's layer swaps hold reads too.

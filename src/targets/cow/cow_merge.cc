@@ -26,13 +26,6 @@
 
 namespace strata {
 
-namespace {
-void sync_dir(const std::filesystem::path& dir) {
-  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0 || ::fsync(fd) < 0) LOG_WARN("merge: fsync directory {}: {}", dir.string(), std::strerror(errno));
-  if (fd >= 0) ::close(fd);
-}
-}  // namespace
 
 void CowTarget::retire(std::unique_ptr<LayerFile>& slot) {
   (void)::flock(slot->fd(), LOCK_UN);
@@ -238,7 +231,7 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
       }
     }
     // The rename (or unlink) durable: a crash must not bring the top back.
-    sync_dir(std::filesystem::path(top_path).parent_path());
+    sync_parent_dir(top_path);
   }
   gate_.thaw();
   if (!r) return fail(r.error());

@@ -591,4 +591,11 @@ Result<std::vector<std::string>> LayerFile::repair(const std::string& path) {
   return fixed;
 }
 
+void sync_parent_dir(const std::string& path) {
+  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || ::fsync(fd) < 0) LOG_WARN("fsync directory {}: {}", dir.string(), std::strerror(errno));
+  if (fd >= 0) ::close(fd);
+}
+
 }  // namespace strata

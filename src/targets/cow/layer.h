@@ -139,4 +139,8 @@ class LayerFile {
   mutable MappedRange data_map_;
 };
 
+// fsync of the directory holding `path` (a rename or a new name in it made
+// durable); a failure is logged, not returned.
+void sync_parent_dir(const std::string& path);
+
 }  // namespace strata

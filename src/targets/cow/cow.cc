@@ -468,6 +468,12 @@ Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
   if (read_only_) return fail(EROFS, "snapshot: the stack is read-only");
   if (write_layer_.load() + 1 != nlayers_.load()) return fail(EBUSY, "snapshot: a merge is running");
   if (nlayers_.load() >= kMaxLayers) return fail(EMLINK, "snapshot: too many layers");
+  // One at a time: each makes TOP.snap-next and picks the next TOP.snapN.
+  if (snapshotting_.exchange(true)) return fail(EBUSY, "snapshot: another snapshot of this stack is running");
+  struct Done {
+    std::atomic<bool>& b;
+    ~Done() { b.store(false); }
+  } done{snapshotting_};
   LayerFile& old = *layers_[nlayers_.load() - 1];
   std::string snap;
   for (int i = 1;; ++i) {
@@ -499,7 +505,12 @@ Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
     (void)::unlink(next.c_str());
     return fail(r.error());
   }
-  const int rounds = TRY(flush_until_quick(fq));
+  auto fl = flush_until_quick(fq);
+  if (!fl) {
+    (void)::unlink(next.c_str());
+    return fail(fl.error());
+  }
+  const int rounds = *fl;
   const auto t_hold = Clock::now();
   // Quiesce: new writes park, those in flight finish. Reads go on (they
   // never wait for a snapshot, so a steady read load cannot hold it off).

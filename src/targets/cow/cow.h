@@ -221,6 +221,7 @@ class CowTarget final : public Target, public LayerStack {
   // flush (what the old top acknowledged may not be on disk).
   Result<> wait_seal();
   std::atomic<bool> seal_pending_{false};
+  std::atomic<bool> snapshotting_{false};  // a snapshot call is running
   Mutex seal_mu_;
   std::condition_variable_any seal_cv_;
   bool sealing_ GUARDED_BY(seal_mu_) = false;

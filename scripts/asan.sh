@@ -47,6 +47,7 @@ ASAN_CI_TESTS=(
   test-control-table
   test-control-hostile-strings
   test-control-unknown-device
+  test-control-pipelined-flood
 )
 
 cmd=${1:-all}

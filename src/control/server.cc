@@ -23,6 +23,7 @@ struct Server::Client {
   std::string in;
   std::string out;
   bool busy = false;       // a request is being served
+  bool more = false;       // complete requests left over from its last turn
   bool close_after = false;  // close once `out` is sent
   bool eof = false;        // the client has shut its side
   std::shared_ptr<Job> follow;
@@ -136,7 +137,12 @@ void Server::loop() {
     p.push_back({fd_, static_cast<short>(clients_.size() <= kMaxClients ? POLLIN : 0), 0});
     p.push_back({wake_fd_, POLLIN, 0});
     bool following = false;
+    bool pending = false;  // a client has requests left over from its last turn
     for (auto& [id, c] : clients_) {
+      if (c->more) {
+        c->more = next_request(*c);
+        pending = pending || c->more;
+      }
       short ev = 0;
       // Lines that wait for the request being served stay in the socket.
       if (!c->eof && !c->close_after && c->in.size() <= kMaxLine) ev |= POLLIN;
@@ -145,7 +151,7 @@ void Server::loop() {
       p.push_back({c->fd, ev, 0});
       ids.push_back(id);
     }
-    int n = ::poll(p.data(), p.size(), following ? 100 : 1000);
+    int n = ::poll(p.data(), p.size(), pending ? 0 : following ? 100 : 1000);
     if (stopping_.load()) return;
     if (n < 0 && errno != EINTR) {
       LOG_ERROR("control: poll: {}", std::strerror(errno));
@@ -162,7 +168,7 @@ void Server::loop() {
       if (it == clients_.end()) continue;
       Client& c = *it->second;
       short re = p[i + 2].revents;
-      if (re & (POLLIN | POLLHUP | POLLERR)) read_client(c);
+      if (re & (POLLIN | POLLHUP | POLLERR)) read_client(c);  // serves a turn of its requests
       if (re & POLLOUT) send_out(c);
     }
     // Replies of the worker.
@@ -176,7 +182,7 @@ void Server::loop() {
       if (it == clients_.end()) continue;
       it->second->busy = false;
       queue_line(*it->second, reply_line(reply));
-      next_request(*it->second);
+      it->second->more = next_request(*it->second);
     }
     tick_followers();
     // Drop the clients that are done or gone.
@@ -247,41 +253,47 @@ void Server::read_client(Client& c) {
     }
     break;
   }
-  next_request(c);
+  c.more = next_request(c);
 }
 
-void Server::next_request(Client& c) {
-  if (c.busy || c.close_after) return;
-  auto nl = c.in.find('\n');
-  if (nl == std::string::npos) {
-    if (c.in.size() > kMaxLine) {
+bool Server::next_request(Client& c) {
+  // A loop, not a recursion through the replies: a client that pipelines
+  // thousands of requests must not grow the stack (a finding of the
+  // sanitizer run: a stack overflow). At most kRequestsPerTurn of one
+  // client's requests per turn of the loop, so that one client's pipeline
+  // cannot delay the others; the loop comes back at once for the rest.
+  for (int served = 0; c.fd >= 0 && !c.busy && !c.close_after; ++served) {
+    auto nl = c.in.find('\n');
+    if (nl == std::string::npos) {
+      if (c.in.size() > kMaxLine) {
+        queue_line(c, nlohmann::json{{"ok", false},
+                                     {"error", fmt::format("request line longer than {} bytes", kMaxLine)}}
+                              .dump() +
+                          "\n");
+        c.close_after = true;
+        c.in.clear();
+      }
+      return false;
+    }
+    if (nl > kMaxLine) {
       queue_line(c, nlohmann::json{{"ok", false},
                                    {"error", fmt::format("request line longer than {} bytes", kMaxLine)}}
                             .dump() +
                         "\n");
       c.close_after = true;
       c.in.clear();
+      return false;
     }
-    return;
+    if (served == kRequestsPerTurn) return true;
+    std::string line = c.in.substr(0, nl);
+    c.in.erase(0, nl + 1);
+    handle(c, line);
   }
-  if (nl > kMaxLine) {
-    queue_line(c, nlohmann::json{{"ok", false}, {"error", fmt::format("request line longer than {} bytes", kMaxLine)}}
-                          .dump() +
-                      "\n");
-    c.close_after = true;
-    c.in.clear();
-    return;
-  }
-  std::string line = c.in.substr(0, nl);
-  c.in.erase(0, nl + 1);
-  handle(c, line);
+  return false;
 }
 
 void Server::handle(Client& c, const std::string& line) {
-  auto reply = [&](const nlohmann::json& j) {
-    queue_line(c, reply_line(escape_reply(j)));
-    next_request(c);
-  };
+  auto reply = [&](const nlohmann::json& j) { queue_line(c, reply_line(escape_reply(j))); };
   nlohmann::json req = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
   if (req.is_discarded()) return reply({{"ok", false}, {"error", "request is not valid JSON"}});
   if (!req.is_object() || !req.contains("method") || !req["method"].is_string())
@@ -348,7 +360,7 @@ void Server::tick_followers() {
       c.follow.reset();
       c.busy = false;
       queue_line(c, reply_line(escape_reply(std::move(r))));
-      next_request(c);
+      c.more = next_request(c);
       continue;
     }
     // Progress at most ten times a second, and only to a client that keeps

@@ -82,6 +82,7 @@ class LineWriter {
 class Server {
  public:
   static constexpr std::size_t kMaxLine = 1 << 20;
+  static constexpr int kRequestsPerTurn = 64;
   static constexpr std::size_t kMaxClients = 128;
   static constexpr std::size_t kMaxOutput = 8 << 20;
   explicit Server(Daemon& d);
@@ -108,7 +109,9 @@ class Server {
   void worker();
   void accept_clients();
   void read_client(Client& c);
-  void next_request(Client& c);
+  // Serves up to kRequestsPerTurn of c's complete request lines; true if
+  // more are left for the next turn of the loop.
+  bool next_request(Client& c);
   void handle(Client& c, const std::string& line);
   void send_out(Client& c);
   void queue_line(Client& c, const std::string& line);

@@ -81,17 +81,14 @@ r = json.loads(f.readline())
 assert not r["ok"] and "longer than" in r["error"], r
 s.close()
 
-# The jobs, detached.
-merge = json.loads(subprocess.check_output([strata, "merge", "vm", "--detach", "--control", ctl]))
-sync = json.loads(subprocess.check_output([strata, "sync", "plain", "--map", "m", "--to", work + "/replica.img",
-                                          "--detach", "--control", ctl]))
 # The askers are processes, not threads of this one: a thread's measured time
 # would include its waits for the interpreter lock held by the other 19.
 import multiprocessing as mp
-def asker(stop, out):
+def asker(stop, out, ready):
     lat, err = [], None
     try:
         s = conn(); f = s.makefile("r")
+        ready.put(1)
         while not stop.is_set():
             t0 = time.perf_counter()
             r = ask(s, f, {"method": "device_status", "params": {"name": "vm"}})
@@ -102,9 +99,20 @@ def asker(stop, out):
         err = repr(e)
     out.put((lat, err))
 mpc = mp.get_context("fork")
-stop_ev, out = mpc.Event(), mpc.Queue()
-ts = [mpc.Process(target=asker, args=(stop_ev, out)) for _ in range(20)]
+stop_ev, out, ready = mpc.Event(), mpc.Queue(), mpc.Queue()
+ts = [mpc.Process(target=asker, args=(stop_ev, out, ready)) for _ in range(20)]
 for t in ts: t.start()
+for _ in ts: ready.get(timeout=60)   # every asker connected before the jobs start
+# The jobs, detached, started on the socket (a CLI process starting between them took longer than the jobs under
+# the sanitizers).
+js = conn(); jf = js.makefile("r")
+r = ask(js, jf, {"method": "device_merge", "params": {"device": "vm", "detach": True}})
+assert r["ok"], r
+merge = r["result"]["job"]
+r = ask(js, jf, {"method": "device_sync", "params": {"device": "plain", "map": "m", "to": work + "/replica.img",
+                                                     "detach": True}})
+assert r["ok"], r
+sync = r["result"]["job"]
 s = conn(); f = s.makefile("r")
 saw_running = False
 deadline = time.time() + 120

@@ -64,7 +64,11 @@ for i in $(seq 1 100); do ctl remove "dev$i" >/dev/null; done
 fd2=$(fds); rss2=$(rss)
 echo "fds $fd0 -> $fd1 -> $fd2; RSS $rss0 -> $rss2 KiB"
 [ "$fd2" = "$fd0" ] || die "fds: $fd0 before, $fd2 after removing every device"
-[ "$rss2" -le $((rss0 + 4096)) ] || die "RSS grew from $rss0 to $rss2 KiB"
+# Under the sanitizers freed memory waits in ASan's quarantine instead of being reused, so RSS says nothing there;
+# LeakSanitizer's check at the server's exit (scripts/asan.sh) is the stricter test of the same thing.
+if [ -z "${STRATA_SANITIZED:-}" ]; then
+  [ "$rss2" -le $((rss0 + 4096)) ] || die "RSS grew from $rss0 to $rss2 KiB"
+fi
 
 # 30 reloads of a device no client reads: the tables they replaced are freed
 # (within the control worker's idle tick), not kept until the server stops.

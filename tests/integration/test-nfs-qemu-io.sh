@@ -59,7 +59,8 @@ got=$(od -v -An -tx1 -j $((1048576 + 511)) -N 514 "$F" | tr -s ' \n' ' ' | sed '
 want="5e$(printf ' 33%.0s' $(seq 512)) 5e"
 [ "$got" = "$want" ] || die "bytes around the 512-byte write at 1 MiB + 512: $got"
 # And qemu-io's check can fail: a wrong pattern is reported.
-qio_fails "$U" "read -P 0x12 0 4096" | grep -q "Pattern verification failed" || die "qemu-io missed a wrong pattern"
+out=$(qio_fails "$U" "read -P 0x12 0 4096")
+grep -q "Pattern verification failed" <<<"$out" || die "qemu-io missed a wrong pattern: $out"
 
 # ---- 2. nbdcopy round trip
 SRC=$WORK/src.img

@@ -191,8 +191,15 @@ void CowTarget::set_states(uint64_t c0, uint64_t c1, uint8_t state) {
   uint8_t top = static_cast<uint8_t>(write_layer_.load() + 1);
   MutexLock l(mu_);
   for (uint64_t c = c0; c <= c1; ++c) {
+    top_held_ += (state != kAbsent) - (top_state_[c] != kAbsent);
     top_state_[c] = state;
-    index_[c].store(state == kZero ? (top | kZeroBit) : top, std::memory_order_release);
+    const uint8_t before = index_[c].load(std::memory_order_relaxed);
+    const uint8_t after = state == kZero ? (top | kZeroBit) : top;
+    index_[c].store(after, std::memory_order_release);
+    if ((before & ~kZeroBit) != (after & ~kZeroBit)) {
+      held_by_[before & ~kZeroBit].fetch_sub(1, std::memory_order_relaxed);
+      held_by_[after & ~kZeroBit].fetch_add(1, std::memory_order_relaxed);
+    }
     dirty_.touch(c);
     if (merge_top_ && merge_top_state_[c] != kAbsent) {
       // The parent holds this chunk now (newer, or a copy): the merged top
@@ -542,6 +549,7 @@ Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
     pages = dirty_.copy(top_state_);
     layers_.push_back(std::move(*fresh));  // capacity reserved: readers are safe
     top_state_.assign(chunks_, kAbsent);
+    top_held_ = 0;
     dirty_.pages.clear();
   }
   nlayers_.store(layers_.size());

@@ -118,11 +118,14 @@ Result<std::shared_ptr<Target>> CowTarget::create(Params& p, Resolver& r) {
     if (it + 1 == chain.rend()) {
       MutexLock l(t->mu_);  // not shared yet: for the analysis only
       t->top_state_ = std::move(*states);
+      t->top_held_ = static_cast<uint64_t>(
+          std::count_if(t->top_state_.begin(), t->top_state_.end(), [](uint8_t x) { return x != kAbsent; }));
     }
     t->layers_.push_back(std::move(*it));
   }
   t->nlayers_ = t->layers_.size();
   t->write_layer_ = t->layers_.size() - 1;
+  t->recount();
   if (!t->read_only_) {
     auto& top = *t->layers_.back();
     if (top.header().flags & LayerFile::kFlagInUse)
@@ -209,15 +212,13 @@ std::vector<CowTarget::LayerStatus> CowTarget::layer_status() const {
   MutexLock ll(layers_mu_);
   const std::size_t n = nlayers_.load();
   std::vector<LayerStatus> v(n);
-  std::vector<uint64_t> held(kMaxLayers + 1, 0);
-  for (uint64_t c = 0; c < chunks_; ++c) ++held[holder(c) & ~kZeroBit];
   const std::size_t w = write_layer_.load();
   for (std::size_t i = 0; i < n; ++i) {
     const auto& l = *layers_[i];
     v[i].path = l.path();
     v[i].uuid = uuid_string(l.header().uuid);
     v[i].writable = !read_only_ && i == w;
-    v[i].chunks = held[i + 1];
+    v[i].chunks = held_by_[i + 1].load(std::memory_order_relaxed);
     if (l.remote()) {
       v[i].file_bytes = l.remote()->size();
     } else if (struct stat st {}; ::fstat(l.fd(), &st) == 0) {
@@ -226,6 +227,12 @@ std::vector<CowTarget::LayerStatus> CowTarget::layer_status() const {
     }
   }
   return v;
+}
+
+void CowTarget::recount() {
+  uint64_t held[kMaxLayers + 1] = {};
+  for (uint64_t c = 0; c < chunks_; ++c) ++held[holder(c) & ~kZeroBit];
+  for (std::size_t i = 0; i <= kMaxLayers; ++i) held_by_[i].store(held[i], std::memory_order_relaxed);
 }
 
 void CowTarget::info(InfoSink& out) const {
@@ -239,10 +246,10 @@ void CowTarget::info(InfoSink& out) const {
   out.add("merging", merging_.load() ? 1 : 0);
   out.add("merge_copied_chunks", merge_done_.load(std::memory_order_relaxed));
   out.add("merge_total_chunks", merge_total_.load(std::memory_order_relaxed));
-  std::size_t held = 0;
+  uint64_t held;
   {
     MutexLock l(mu_);
-    for (uint8_t s : top_state_) held += s != kAbsent;
+    held = top_held_;
   }
   out.add("top_chunks", held);
   out.add("mapped_reads", layer_views_.load(std::memory_order_relaxed));

@@ -163,6 +163,8 @@ Result<> CowTarget::merge_begin(Queue& q, std::size_t n) {
     merge_top_dirty_ = dirty_;
     merge_top_ = &top;
     top_state_ = std::move(pstates);
+    top_held_ = static_cast<uint64_t>(
+        std::count_if(top_state_.begin(), top_state_.end(), [](uint8_t x) { return x != kAbsent; }));
     dirty_.pages.clear();
     layers_[n - 2]->prepare_for_writes();
     write_layer_.store(n - 2);
@@ -341,6 +343,7 @@ Result<uint64_t> CowTarget::merge_layer(Queue& q, const std::string& path,
       uint8_t l = h & ~kZeroBit;
       if (l >= hf) index_[c].store(static_cast<uint8_t>((l - 1) | (h & kZeroBit)), std::memory_order_relaxed);
     }
+    recount();
     MutexLock ll(layers_mu_);
     retire(layers_[j - 1]);  // old fds stay open until exit, without their locks
     if (::flock(into.fd(), LOCK_SH | LOCK_NB) < 0)

@@ -1,6 +1,6 @@
 #!/bin/bash
 # The control socket serves many clients at once: while a merge job and a sync job each copy 192 MiB (STATUS_MIB=2048
-# runs it at 2 GiB: not in CI, see issue 18's note), 20 clients
+# runs it at 2 GiB: test-control-status-2g), 20 clients
 # asking `device_status` in a loop get every answer with a p99 under 50 ms, and so do they with an idle client, a
 # client that sent half a line and one that sends requests but never reads its replies connected all along. A line
 # over the limit and a field of the wrong type are refused with a clear error; the jobs end done and the merged

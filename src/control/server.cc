@@ -259,7 +259,7 @@ void Server::read_client(Client& c) {
 bool Server::next_request(Client& c) {
   // A loop, not a recursion through the replies: a client that pipelines
   // thousands of requests must not grow the stack (a finding of the
-  // sanitizer run: a stack overflow). At most kRequestsPerTurn of one
+  // sanitizer run: a stack overflow). At most kRequestsPerTurn (4) of one
   // client's requests per turn of the loop, so that one client's pipeline
   // cannot delay the others; the loop comes back at once for the rest.
   for (int served = 0; c.fd >= 0 && !c.busy && !c.close_after; ++served) {

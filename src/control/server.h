@@ -82,7 +82,7 @@ class LineWriter {
 class Server {
  public:
   static constexpr std::size_t kMaxLine = 1 << 20;
-  static constexpr int kRequestsPerTurn = 64;
+  static constexpr int kRequestsPerTurn = 4;
   static constexpr std::size_t kMaxClients = 128;
   static constexpr std::size_t kMaxOutput = 8 << 20;
   explicit Server(Daemon& d);

@@ -150,7 +150,8 @@ print("status requests: %d, p50 %.2f ms, p99 %.2f ms, max %.2f ms; merge %.2f s,
       % (len(lat), lat[len(lat) // 2] * 1000, p99, lat[-1] * 1000, jobs[merge]["seconds"], jobs[sync]["seconds"],
          deaf_sent))
 assert len(lat) > 100, len(lat)
-assert p99 < 50, "status p99 %.2f ms" % p99
+# Under the sanitizers (scripts/asan.sh) the bound is scaled by STRATA_TEST_TIME_SCALE; the plain build holds 50 ms.
+assert p99 < 50 * float(__import__("os").environ.get("STRATA_TEST_TIME_SCALE", "1")), "status p99 %.2f ms" % p99
 PY
 cmp "$WORK/data.img" "$WORK/replica.img" || die "the replica differs from the device"
 nbdcopy "$(uri vm)" "$WORK/after.img"

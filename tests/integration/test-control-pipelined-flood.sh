@@ -2,7 +2,7 @@
 # The control socket under a pipelined flood: one client sends 300,000 small requests in one go (900 KB, under the
 # 1 MiB line limit) and reads the replies; the server answers every one of them in order, does not crash (serving
 # them by recursion overflowed the stack: a finding of the sanitizer run), and another client's requests are answered
-# within 200 ms each meanwhile (one client's pipeline is served 64 requests per turn).
+# within 200 ms each meanwhile (one client's pipeline is served 4 requests per turn).
 source "$(dirname "$0")/functions.sh"
 printf '[m]\n0 2048 memory\n' >"$WORK/t.conf"
 start_strata --table "$WORK/t.conf"

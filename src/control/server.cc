@@ -263,19 +263,9 @@ bool Server::next_request(Client& c) {
   // client's requests per turn of the loop, so that one client's pipeline
   // cannot delay the others; the loop comes back at once for the rest.
   for (int served = 0; c.fd >= 0 && !c.busy && !c.close_after; ++served) {
-    auto nl = c.in.find('\n');
-    if (nl == std::string::npos) {
-      if (c.in.size() > kMaxLine) {
-        queue_line(c, nlohmann::json{{"ok", false},
-                                     {"error", fmt::format("request line longer than {} bytes", kMaxLine)}}
-                              .dump() +
-                          "\n");
-        c.close_after = true;
-        c.in.clear();
-      }
-      return false;
-    }
-    if (nl > kMaxLine) {
+    const auto nl = c.in.find('\n');
+    // A line over the limit (whole, or not ended yet): refused, then closed.
+    if (nl == std::string::npos ? c.in.size() > kMaxLine : nl > kMaxLine) {
       queue_line(c, nlohmann::json{{"ok", false},
                                    {"error", fmt::format("request line longer than {} bytes", kMaxLine)}}
                             .dump() +
@@ -284,6 +274,7 @@ bool Server::next_request(Client& c) {
       c.in.clear();
       return false;
     }
+    if (nl == std::string::npos) return false;
     if (served == kRequestsPerTurn) return true;
     std::string line = c.in.substr(0, nl);
     c.in.erase(0, nl + 1);

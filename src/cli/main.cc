@@ -17,6 +17,7 @@
 #include "targets/dirty/dirty.h"
 #include "targets/cow/layer.h"
 #include "core/params.h"
+#include "core/log.h"
 
 #include <signal.h>
 #include <unistd.h>
@@ -325,6 +326,10 @@ int main(int argc, char** argv) {
   std::vector<std::string> flat_tables;
   flat->add_option("--table", flat_tables, "Offline: load this table here (read-only) instead of asking a server");
   flat->add_option("--control", ctl, "Control socket of the server");
+  std::string flat_rate;
+  flat->add_option("--rate", flat_rate,
+                   "Online: copy at most this many bytes per second (K/M/G suffixes; a write that must copy its "
+                   "block first is not held to it); default: as fast as the storage goes");
   flat->add_flag("--json", as_json, "Print the raw JSON reply");
   for (auto* c : {sync, merge, flat})
     c->add_flag("--detach", detach,
@@ -566,9 +571,23 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (flat->parsed()) {
+    if (!flat_tables.empty() && !flat_rate.empty()) {
+      fmt::print(stderr, "strata: flatten: --rate paces an online flatten; offline (--table) has no clients to spare\n");
+      return 2;
+    }
     if (!flat_tables.empty()) return flatten_offline(flat_tables, device, to, as_json);
-    if (detach) return start_detached(ctl, "device_flatten", json{{"device", device}, {"to", to}});
-    auto r = call_with_progress(ctl, "device_flatten", json{{"device", device}, {"to", to}}, "flatten");
+    json fp = {{"device", device}, {"to", to}};
+    if (!flat_rate.empty()) {
+      auto rate = strata::parse_size(flat_rate);
+      if (!rate || *rate == 0) {
+        fmt::print(stderr, "strata: flatten: --rate {}: a size per second above 0, as 256M\n",
+                   strata::escape_controls(flat_rate));
+        return 2;
+      }
+      fp["rate"] = *rate;
+    }
+    if (detach) return start_detached(ctl, "device_flatten", fp);
+    auto r = call_with_progress(ctl, "device_flatten", fp, "flatten");
     if (!r) {
       fmt::print(stderr, "strata: {}\n", r.error().message);
       return 1;

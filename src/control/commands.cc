@@ -525,6 +525,7 @@ Result<std::shared_ptr<Job>> start_flatten(Daemon& d, const json& params) {
   ParamReader pr(params);
   auto device = TRY(pr.str("device", true));
   std::string to = TRY(pr.str("to", true)).value();
+  const uint64_t rate = TRY(pr.uint("rate")).value_or(0);
   auto dev = d.devices->find(*device);
   if (!dev) return fail(ENOENT, fmt::format("no device named '{}'", *device));
   to = TRY(allowed_path(d, to));
@@ -553,7 +554,7 @@ Result<std::shared_ptr<Job>> start_flatten(Daemon& d, const json& params) {
     if (!job) live->unpin();
     return job;
   }
-  return d.jobs->start(*device, "flatten", [dirty, q, to](Job& job) -> Result<json> {
+  return d.jobs->start(*device, "flatten", [dirty, q, to, rate](Job& job) -> Result<json> {
     // A point-in-time copy: the device as it was when the job began.
     uint64_t by_writes = 0;
     auto r = flatten_live(
@@ -561,9 +562,12 @@ Result<std::shared_ptr<Job>> start_flatten(Daemon& d, const json& params) {
         [&job](const json& p) {
           job.progress(p.value("copied_bytes", uint64_t{0}), p.value("total_bytes", uint64_t{0}), p);
         },
-        &by_writes, job.cancel_flag());
+        &by_writes, job.cancel_flag(), rate);
     if (!r) return fail(r.error());
-    return json{{"to", to}, {"bytes", *r}, {"copied_before_writes", by_writes}};
+    return json{{"to", to},
+                {"bytes", *r},
+                {"copied_before_writes", by_writes},
+                {"point_in_time", job.detail().value("point_in_time", "")}};
   });
 }
 

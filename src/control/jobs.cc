@@ -61,6 +61,8 @@ nlohmann::json Job::to_json() const {
   if (!result_.is_null()) j["result"] = result_;
   // A merge counts chunks, not bytes.
   if (detail_.is_object() && detail_.contains("unit")) j["unit"] = detail_["unit"];
+  // A point-in-time copy (flatten): the moment it copies, once taken.
+  if (detail_.is_object() && detail_.contains("point_in_time")) j["point_in_time"] = detail_["point_in_time"];
   return j;
 }
 

@@ -333,9 +333,21 @@ Result<uint64_t> flatten_device(Target& t, Queue& q, const std::string& to,
   return size;
 }
 
+namespace {
+// Now, UTC, ISO 8601 with milliseconds (as the log's timestamps).
+std::string iso_now() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm;
+  ::gmtime_r(&ts.tv_sec, &tm);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                     tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+}
+}  // namespace
+
 Result<uint64_t> flatten_live(DirtyTarget& t, Queue& q, const std::string& to,
                               const std::function<void(const nlohmann::json&)>& progress, uint64_t* by_writes,
-                              const std::atomic<bool>* cancel) {
+                              const std::atomic<bool>* cancel, uint64_t rate) {
   int fd = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return posix_error(fmt::format("flatten to {}", to), errno);
   const uint64_t size = t.size();
@@ -347,6 +359,10 @@ Result<uint64_t> flatten_live(DirtyTarget& t, Queue& q, const std::string& to,
   int dfd = ::open(to.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
   if (dfd >= 0) copy->set_direct_fd(dfd);
   TRY(t.start_copy(copy));
+  // The moment of the copy is taken: say so (a client that wants its writes
+  // after that moment, as the tests do, waits for this).
+  const std::string moment = iso_now();
+  if (progress) progress({{"round", 1}, {"copied_bytes", 0}, {"total_bytes", size}, {"point_in_time", moment}});
   // Runs of 1 MiB (a write waiting for a block the copier holds waits for one
   // run at most), kCopiers of them at once: one at a time, each run's read
   // and its write waited for each other.
@@ -354,9 +370,14 @@ Result<uint64_t> flatten_live(DirtyTarget& t, Queue& q, const std::string& to,
   const uint64_t per_run = std::max<uint64_t>(1, (1 << 20) / copy->block());
   struct Shared {
     uint64_t next = 0, done = 0;
+    uint64_t rate = 0;
+    std::chrono::steady_clock::time_point due{};  // when the next run may start (with a rate)
+    std::string moment;
     Result<> res;
     Join join;
   } sh;
+  sh.rate = rate;
+  sh.moment = moment;
   auto copier = [](CopyBeforeWrite& copy, Queue& q, uint64_t per_run, uint64_t size, Shared& sh,
                    const std::function<void(const nlohmann::json&)>& progress,
                    const std::atomic<bool>* cancel) -> Task<void> {
@@ -368,13 +389,22 @@ Result<uint64_t> flatten_live(DirtyTarget& t, Queue& q, const std::string& to,
       }
       const uint64_t b = sh.next;
       sh.next += per_run;
+      if (sh.rate) {
+        // Each run takes its slot of time: the runs start no faster than the rate allows.
+        const auto now = std::chrono::steady_clock::now();
+        const auto start = std::max(now, sh.due);
+        sh.due = start + std::chrono::nanoseconds(static_cast<int64_t>(
+                             static_cast<double>(per_run * copy.block()) * 1e9 / static_cast<double>(sh.rate)));
+        if (start > now) co_await q.ring().sleep(start - now);
+      }
       auto r = co_await copy.copy(q, b, b + per_run);
       if (!r) {
         if (sh.res) sh.res = std::move(r);
         break;
       }
       sh.done += std::min(size, (b + per_run) * copy.block()) - std::min(size, b * copy.block());
-      if (progress) progress({{"round", 1}, {"copied_bytes", sh.done}, {"total_bytes", size}});
+      if (progress)
+        progress({{"round", 1}, {"copied_bytes", sh.done}, {"total_bytes", size}, {"point_in_time", sh.moment}});
     }
     sh.join.done();
   };

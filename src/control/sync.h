@@ -44,9 +44,14 @@ Result<uint64_t> flatten_device(Target& t, Queue& q, const std::string& to,
 
 // The same for a device being served: a point-in-time copy (cbw.h), the
 // device as it was when the call began, while writes go on. Returns the
-// bytes; `by_writes`, if given, the blocks copied ahead of a write.
+// bytes; `by_writes`, if given, the blocks copied ahead of a write. The
+// first progress, with `point_in_time` (the wall-clock moment, ISO 8601),
+// comes once the copy's moment is taken. `rate`: the copier's bytes per
+// second at most (0: as fast as it goes; a client's write that must copy
+// its block first is never paced), as qemu's block-job speed.
 Result<uint64_t> flatten_live(DirtyTarget& t, Queue& q, const std::string& to,
                               const std::function<void(const nlohmann::json&)>& progress,
-                              uint64_t* by_writes = nullptr, const std::atomic<bool>* cancel = nullptr);
+                              uint64_t* by_writes = nullptr, const std::atomic<bool>* cancel = nullptr,
+                              uint64_t rate = 0);
 
 }  // namespace strata::control

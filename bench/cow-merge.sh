@@ -4,6 +4,8 @@
 # of its chunks), with no load and under 4k randwrite QD32 (fio's nbd engine);
 # MiB/s of chunk data copied down (chunks_copied * 4 KiB / the merge's time).
 # The load runs 10 s, the merge starting 1 s in (its figures are the 10 s).
+# After the merge with no load, a flatten of the device into a raw file
+# (MiB/s of the 1 GiB device, to the end of its fdatasync).
 #
 #   STRATA=build/strata bash bench/cow-merge.sh [--runs N]
 set -euo pipefail
@@ -22,7 +24,7 @@ cleanup() { [ -z "$SRV" ] || kill "$SRV" 2>/dev/null; wait 2>/dev/null; rm -rf "
 trap cleanup EXIT
 start() {
   rm -f "$SOCK"
-  "$STRATA" serve --state-dir "$D/state" --unix "$SOCK" --control "$D/ctl" --table "$D/t.conf" >>"$D/server.log" 2>&1 &
+  "$STRATA" serve --state-dir "$D/state" --allow-path "$D" --unix "$SOCK" --control "$D/ctl" --table "$D/t.conf" >>"$D/server.log" 2>&1 &
   SRV=$!
   for _ in $(seq 200); do [ -S "$SOCK" ] && [ -S "$D/ctl" ] && return; sleep 0.05; done
   echo "server did not start: $(cat "$D/server.log")" >&2; exit 1
@@ -75,6 +77,18 @@ for run in $(seq "$RUNS"); do
              sed -E 's/.* ([0-9]+) ms to begin, ([0-9]+) ms to copy, ([0-9]+) ms/\1 \/ \2 \/ \3/')
     jq -r --arg run "$run" --arg load "$load" --arg ls "$loadsum" --arg ph "$phases" \
       '"| \($run) | \($load) | \(.chunks_copied) | \(.milliseconds) | \($ph) | \((.chunks_copied * 4096 / 1048576) / (.milliseconds / 1000) | floor) | \($ls) |"' <<<"$m"
+    if [ $load = none ]; then
+      # And a flatten of the merged stack (1 GiB), what it reads in the page cache (the merge dropped
+      # the parent's, made the write layer): durable at the end.
+      cat "$D"/*.layer "$D/base.raw" >/dev/null
+      t0=$(date +%s%N)
+      "$STRATA" flatten d --to "$D/flat.raw" --control "$D/ctl" >/dev/null 2>"$D/flat.err" ||
+        { echo "flatten failed: $(cat "$D/flat.err")" >&2; exit 1; }
+      t1=$(date +%s%N)
+      rm -f "$D/flat.raw"
+      awk -v run="$run" -v ns=$((t1 - t0)) -v n="$BYTES" \
+        'BEGIN { printf "| %s | flatten, no load | - | %.0f | - | %.0f | - |\n", run, ns / 1e6, n / 1048576 / (ns / 1e9) }'
+    fi
     stop
   done
 done

@@ -349,8 +349,21 @@ Task<Result<>> CacheTarget::read_chunks(Queue& q, std::span<std::byte> buf, uint
     // keeps whole chunks), hand the client its part, keep the rest.
     uint64_t ce = c;
     while (ce + 1 <= c1 && slot[ce + 1 - c0] < 0) ++ce;
-    if (r) {
-      const uint64_t lo = c * chunk_, hi = std::min(length_, (ce + 1) * chunk_);
+    const uint64_t lo = c * chunk_, hi = std::min(length_, (ce + 1) * chunk_);
+    if (r && lo >= offset && hi <= end && !bypass_.load(std::memory_order_relaxed)) {
+      // The run lies inside the request (reads aligned to chunks: a boot's,
+      // nbdcopy's): read it into the client's buffer and write the fill from
+      // there before the reply, without a buffer and a copy of its own.
+      std::span<std::byte> dst = buf.subspan(lo - offset, hi - lo);
+      r = co_await source_->read(q, dst, lo);
+      if (r) {
+        misses_.fetch_add(1, std::memory_order_relaxed);
+        miss_bytes_.fetch_add(hi - lo, std::memory_order_relaxed);
+        fills_in_flight_.fetch_add(1);
+        co_await fill_from(q, c, dst);
+        fills_in_flight_.fetch_sub(1);
+      }
+    } else if (r) {
       auto data = std::make_shared<Buffer>(Buffer::get(hi - lo));
       r = co_await source_->read(q, {data->data(), data->size()}, lo);
       if (r) {
@@ -390,7 +403,13 @@ int64_t CacheTarget::claim_slot(uint64_t chunk) {
 }
 
 Task<void> CacheTarget::fill(Queue& q, uint64_t first_chunk, std::shared_ptr<Buffer> data) {
-  const uint64_t n = (data->size() + chunk_ - 1) / chunk_;
+  co_await fill_from(q, first_chunk, {data->data(), data->size()});
+  fill_bytes_in_flight_.fetch_sub(data->size());
+  fills_in_flight_.fetch_sub(1);
+}
+
+Task<void> CacheTarget::fill_from(Queue& q, uint64_t first_chunk, std::span<const std::byte> data) {
+  const uint64_t n = (data.size() + chunk_ - 1) / chunk_;
   for (uint64_t i = 0; i < n; ++i) {
     const uint64_t c = first_chunk + i;
     int64_t s;
@@ -399,10 +418,11 @@ Task<void> CacheTarget::fill(Queue& q, uint64_t first_chunk, std::shared_ptr<Buf
       s = claim_slot(c);
     }
     if (s < 0) continue;
-    std::span<const std::byte> part(data->data() + i * chunk_, chunk_bytes(c));
-    // Whole aligned chunks go O_DIRECT (the buffer is 4 KiB-aligned, so are
-    // slots and chunks); a short last chunk of the device through the cache.
-    const int wfd = direct_fd_ >= 0 && part.size() % 4096 == 0 ? direct_fd_ : fd_;
+    std::span<const std::byte> part = data.subspan(i * chunk_, chunk_bytes(c));
+    // Whole chunks from 4 KiB-aligned memory go O_DIRECT (slots are aligned);
+    // a short last chunk of the device, or unaligned memory, through the cache.
+    const bool aligned = part.size() % 4096 == 0 && reinterpret_cast<uintptr_t>(part.data()) % 4096 == 0;
+    const int wfd = direct_fd_ >= 0 && aligned ? direct_fd_ : fd_;
     bool ok = true;
     uint64_t done = 0;
     while (done < part.size()) {
@@ -426,8 +446,6 @@ Task<void> CacheTarget::fill(Queue& q, uint64_t first_chunk, std::shared_ptr<Buf
       free_.push_back(static_cast<uint32_t>(s));
     }
   }
-  fill_bytes_in_flight_.fetch_sub(data->size());
-  fills_in_flight_.fetch_sub(1);
 }
 
 void CacheTarget::flusher() {

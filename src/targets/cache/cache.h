@@ -96,7 +96,10 @@ class CacheTarget final : public Target {
   // A slot for `chunk` (kFilling), or -1: none free now (an eviction is asked
   // of the flusher) or the chunk is cached or being filled already.
   int64_t claim_slot(uint64_t chunk) REQUIRES(mu_);
+  // Writes the chunks of `data` (from first_chunk on) to free slots; fill()
+  // owns its buffer and runs on its own, fill_from() writes from the caller's.
   Task<void> fill(Queue& q, uint64_t first_chunk, std::shared_ptr<Buffer> data);
+  Task<void> fill_from(Queue& q, uint64_t first_chunk, std::span<const std::byte> data);
   Task<Result<>> read_chunks(Queue& q, std::span<std::byte> buf, uint64_t offset);
   void check_identity();
   void flusher();

@@ -252,9 +252,12 @@ BlockSizes RbdTarget::block_sizes() const {
 // A snapshot never changes: its name and size. An image does (other
 // clients write it): none.
 std::string RbdTarget::identity() const {
-  if (spec_.snap.empty()) return {};
-  return fmt::format("rbd:{}:{}+{}", spec_.ns.empty() ? spec_.name() : spec_.ns + "/" + spec_.name(), length_,
-                     session_ ? session_->size() : 0);
+  // Only a snapshot's bytes cannot change; the ids tell a snapshot (or an
+  // image, a pool) made again under the same name from the one cached.
+  if (spec_.snap.empty() || !session_ || session_->image_id().empty() || session_->snap_id() == 0) return {};
+  return fmt::format("rbd:{}:pool {} image {} snap {}:{}+{}",
+                     spec_.ns.empty() ? spec_.name() : spec_.ns + "/" + spec_.name(), session_->pool_id(),
+                     session_->image_id(), session_->snap_id(), length_, session_->size());
 }
 
 std::string RbdTarget::table_line() const {

@@ -245,7 +245,12 @@ Result<std::unique_ptr<RbdSession>> RbdSession::open(const RbdSpec& spec) {
   rbd_image_info_t info{};
   if (rbd_stat(s->image_, &info, sizeof info) == 0) s->object_size_ = info.obj_size;
   char id[128] = {};
-  if (rbd_get_id(s->image_, id, sizeof id) == 0) s->header_oid_ = std::string("rbd_header.") + id;
+  if (rbd_get_id(s->image_, id, sizeof id) == 0) {
+    s->image_id_ = id;
+    s->header_oid_ = std::string("rbd_header.") + id;
+  }
+  s->pool_id_ = rados_ioctx_get_id(s->io_);
+  if (!spec.snap.empty() && rbd_snap_get_id(s->image_, spec.snap.c_str(), &s->snap_id_) < 0) s->snap_id_ = 0;
   return s;
 }
 

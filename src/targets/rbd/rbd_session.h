@@ -57,6 +57,12 @@ class RbdSession {
   uint64_t size() const { return size_; }
   uint64_t features() const { return features_; }
   uint64_t object_size() const { return object_size_; }
+  // What names these bytes in the cluster: the pool's id, the image's id
+  // (a new image of the same name has another) and the snapshot's id (0 at
+  // the head; a snapshot made again under the same name has another).
+  int64_t pool_id() const { return pool_id_; }
+  const std::string& image_id() const { return image_id_; }
+  uint64_t snap_id() const { return snap_id_; }
   // "client.4123 127.0.0.1:0/3385893045": this client, as lockers name it.
   const std::string& self() const { return self_; }
 
@@ -90,6 +96,9 @@ class RbdSession {
   uint64_t size_ = 0, features_ = 0, object_size_ = 0;
   std::string header_oid_;
   std::string self_;
+  int64_t pool_id_ = -1;
+  std::string image_id_;
+  uint64_t snap_id_ = 0;
 };
 
 }  // namespace strata

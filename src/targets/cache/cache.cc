@@ -410,23 +410,30 @@ Task<void> CacheTarget::fill(Queue& q, uint64_t first_chunk, std::shared_ptr<Buf
 
 Task<void> CacheTarget::fill_from(Queue& q, uint64_t first_chunk, std::span<const std::byte> data) {
   const uint64_t n = (data.size() + chunk_ - 1) / chunk_;
-  for (uint64_t i = 0; i < n; ++i) {
-    const uint64_t c = first_chunk + i;
-    int64_t s;
-    {
-      MutexLock l(mu_);
-      s = claim_slot(c);
+  // The run's slots claimed together: from a fresh cache's free list they
+  // follow each other, and a run of adjacent slots is one write.
+  std::vector<int64_t> slot(n);
+  {
+    MutexLock l(mu_);
+    for (uint64_t i = 0; i < n; ++i) slot[i] = claim_slot(first_chunk + i);
+  }
+  for (uint64_t i = 0; i < n;) {
+    if (slot[i] < 0) {
+      ++i;
+      continue;
     }
-    if (s < 0) continue;
-    std::span<const std::byte> part = data.subspan(i * chunk_, chunk_bytes(c));
-    // Whole chunks from 4 KiB-aligned memory go O_DIRECT (slots are aligned);
+    uint64_t j = i + 1;
+    while (j < n && slot[j] == slot[j - 1] + 1) ++j;
+    const uint64_t bytes = (j - 1 - i) * chunk_ + chunk_bytes(first_chunk + j - 1);
+    std::span<const std::byte> part = data.subspan(i * chunk_, bytes);
+    // Whole blocks from 4 KiB-aligned memory go O_DIRECT (slots are aligned);
     // a short last chunk of the device, or unaligned memory, through the cache.
     const bool aligned = part.size() % 4096 == 0 && reinterpret_cast<uintptr_t>(part.data()) % 4096 == 0;
     const int wfd = direct_fd_ >= 0 && aligned ? direct_fd_ : fd_;
     bool ok = true;
     uint64_t done = 0;
     while (done < part.size()) {
-      int w = co_await q.ring().write(wfd, part.subspan(done), slot_offset(static_cast<uint32_t>(s)) + done);
+      int w = co_await q.ring().write(wfd, part.subspan(done), slot_offset(static_cast<uint32_t>(slot[i])) + done);
       if (w <= 0) {
         ok = false;
         break;
@@ -434,17 +441,21 @@ Task<void> CacheTarget::fill_from(Queue& q, uint64_t first_chunk, std::span<cons
       done += static_cast<uint64_t>(w);
     }
     MutexLock l(mu_);
-    SlotState& st = slots_[static_cast<size_t>(s)];
-    if (ok) {
-      st.state = Slot::kValid;
-      filled_.push_back(static_cast<uint32_t>(s));
-      fills_.fetch_add(1, std::memory_order_relaxed);
-      used_.fetch_add(1, std::memory_order_relaxed);
-    } else {
-      where_.erase(c);
-      st = SlotState{};
-      free_.push_back(static_cast<uint32_t>(s));
+    for (uint64_t k = i; k < j; ++k) {
+      const auto s = static_cast<uint32_t>(slot[k]);
+      SlotState& st = slots_[s];
+      if (ok) {
+        st.state = Slot::kValid;
+        filled_.push_back(s);
+        fills_.fetch_add(1, std::memory_order_relaxed);
+        used_.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        where_.erase(first_chunk + k);
+        st = SlotState{};
+        free_.push_back(s);
+      }
     }
+    i = j;
   }
 }
 

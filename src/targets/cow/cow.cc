@@ -168,7 +168,29 @@ void CowTarget::unlock_chunks(uint64_t c0, uint64_t c1) {
   for (auto& [q, h] : wake) q->post([h = h] { h.resume(); });
 }
 
+Task<void> CowTarget::prealloc(Queue& q, std::size_t layer, uint64_t offset, uint64_t length) {
+  const uint64_t words = (size_ / prealloc_ + 64) / 64;
+  if (prealloc_layer_.load(std::memory_order_relaxed) != layer) {
+    // Another write layer (a snapshot, a merge): none of its regions asked
+    // for yet. Racy by design: a bit wrongly set or cleared costs speed only.
+    prealloc_layer_.store(layer, std::memory_order_relaxed);
+    for (uint64_t w = 0; w < words; ++w) prealloc_done_[w].store(0, std::memory_order_relaxed);
+  }
+  const LayerFile& l = *layers_[layer];
+  for (uint64_t r = offset / prealloc_; r <= (offset + length - 1) / prealloc_; ++r) {
+    const uint64_t bit = uint64_t{1} << (r % 64);
+    if (prealloc_done_[r / 64].load(std::memory_order_relaxed) & bit) continue;
+    if (prealloc_done_[r / 64].fetch_or(bit, std::memory_order_relaxed) & bit) continue;
+    const uint64_t rs = r * prealloc_, rl = std::min(prealloc_, size_ - rs);
+    // Mode 0 allocates only the holes and never changes data, so a write into
+    // the region racing this is safe; a failure (ENOSPC, EOPNOTSUPP) leaves the
+    // writes to allocate as before.
+    (void)co_await q.ring().fallocate(l.fd(), 0, l.header().data_offset + rs, rl);
+  }
+}
+
 Task<Result<>> CowTarget::write_top(Queue& q, const std::byte* buf, uint64_t offset, uint64_t length, bool fua) {
+  if (prealloc_ > 0) co_await prealloc(q, write_layer_.load(), offset, length);
   const LayerFile& l = *layers_[write_layer_.load()];
   uint64_t off = l.header().data_offset + offset;
   int flags = fua ? RWF_DSYNC : 0;

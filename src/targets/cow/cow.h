@@ -57,12 +57,13 @@ namespace strata {
 class CowTarget final : public Target, public LayerStack {
  public:
   static constexpr std::string_view kHelp =
-      "cow <top-layer> [base=DEVICE] [ro] [lease=S]\n"
+      "cow <top-layer> [base=DEVICE] [ro] [lease=S] [prealloc=SIZE]\n"
       "  A stack of layers (strata layer create) over an optional base device\n"
       "  defined earlier in the table; the top layer is written, the others and\n"
       "  the base never are. Parents are found from each layer's header; a\n"
       "  parent may be a shared layer on an NFS server (nfs://...), read under\n"
-      "  a lease of S seconds (default 30) that keeps writers out.";
+      "  a lease of S seconds (default 30) that keeps writers out. The top's\n"
+      "  space is allocated SIZE bytes at a time (default 1M; 0: chunk by chunk).";
   static Result<std::shared_ptr<Target>> create(Params& p, Resolver& r);
   ~CowTarget() override;
 
@@ -180,6 +181,16 @@ class CowTarget final : public Target, public LayerStack {
   // the top's parent.
   std::atomic<std::size_t> write_layer_{0};
   std::vector<std::unique_ptr<LayerFile>> retired_;  // merged away; fds stay valid
+  // The write layer's data space is allocated a region of prealloc_ bytes at
+  // a time (fallocate, before the first write into the region): ext4 then
+  // keeps one extent per region instead of a delayed extent per 4 KiB chunk
+  // written at random. A bit per region already asked for, of the layer
+  // prealloc_layer_ (reset when the write layer changes). 0: off.
+  static constexpr uint64_t kDefaultPrealloc = 1 << 20;
+  uint64_t prealloc_ = kDefaultPrealloc;
+  std::unique_ptr<std::atomic<uint64_t>[]> prealloc_done_;
+  std::atomic<std::size_t> prealloc_layer_{0};
+  Task<void> prealloc(Queue& q, std::size_t layer, uint64_t offset, uint64_t length);
   // Moves a layer out of the stack into retired_, dropping its flock. With
   // all I/O held.
   void retire(std::unique_ptr<LayerFile>& slot) REQUIRES(gate_);

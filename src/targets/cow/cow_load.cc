@@ -36,6 +36,13 @@ Result<std::shared_ptr<Target>> CowTarget::create(Params& p, Resolver& r) {
     lease = static_cast<unsigned>(*n);
   }
   t->lease_ = lease;
+  if (auto v = p.option("prealloc")) {
+    auto n = parse_size(*v);
+    if (!n || (*n != 0 && (*n < 4096 || *n > (uint64_t{1} << 30) || *n % 4096 != 0)))
+      return fail(EINVAL, fmt::format("option prealloc={}: must be 0 (off) or a multiple of 4K from 4K to 1G",
+                                      log_escape(*v)));
+    t->prealloc_ = *n;
+  }
   TRY(p.finish(1));
   if (is_remote_url(t->top_path_) && !t->read_only_)
     return fail(EINVAL, fmt::format("layer {}: the writable top of a stack is a local file (a layer on shared "
@@ -98,6 +105,10 @@ Result<std::shared_ptr<Target>> CowTarget::create(Params& p, Resolver& r) {
   t->size_ = h.size;
   t->chunk_ = h.chunk_size;
   t->chunks_ = chain.front()->chunks();
+  if (t->prealloc_ > 0 && !t->read_only_)
+    t->prealloc_done_.reset(new std::atomic<uint64_t>[(t->size_ / t->prealloc_ + 64) / 64]());
+  else
+    t->prealloc_ = 0;
   if (p.length != t->size_)
     return fail(EINVAL, fmt::format("layer {} is {} bytes, the segment {}", t->top_path_, t->size_, p.length));
   if (t->base_ && t->base_->size() < t->size_)
@@ -197,6 +208,7 @@ std::string CowTarget::table_line() const {
   std::string s = "cow " + top_path_;
   if (base_) s += " base=" + base_name_;
   if (lease_ != 30) s += " lease=" + std::to_string(lease_);
+  if (!read_only_ && prealloc_ != kDefaultPrealloc) s += " prealloc=" + std::to_string(prealloc_);
   if (read_only_) s += " ro";
   return s;
 }

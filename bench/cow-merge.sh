@@ -20,7 +20,7 @@ BYTES=$((1 << 30))
 D=$(mktemp -d /var/tmp/strata-merge.XXXXXX)
 SOCK=$D/nbd.sock URI="nbd+unix:///d?socket=$D/nbd.sock"
 SRV=
-cleanup() { [ -z "$SRV" ] || kill "$SRV" 2>/dev/null; wait 2>/dev/null; rm -rf "$D"; }
+cleanup() { [ -z "$SRV" ] || kill "$SRV" 2>/dev/null; wait 2>/dev/null; [ -n "${KEEP_LOG:-}" ] && cp "$D/server.log" "$KEEP_LOG"; rm -rf "$D"; }
 trap cleanup EXIT
 start() {
   rm -f "$SOCK"

@@ -166,6 +166,9 @@ for server in strata-file strata-cow qemu-nbd nbdkit-cow; do
   wait $FIO || { echo "fio failed during the merge: $(cat "$D/mload.err")" >&2; exit 1; }
   merge=$(jq -r '(.chunks_copied * 4096 / 1048576) as $mib |
     "\(.chunks_copied) chunks (\($mib | floor) MiB) in \(.milliseconds) ms: \($mib / (.milliseconds / 1000) | floor) MiB/s"' <<<"$m")
+  # The merge's phases from the server's log (begin, copy, flush and drop).
+  merge+=" ($(grep -o 'copied down; [0-9]* ms to begin, [0-9]* ms to copy, [0-9]* ms' "$D/server.log" | tail -1 |
+    sed -E 's/.* ([0-9]+) ms to begin, ([0-9]+) ms to copy, ([0-9]+) ms/begin \1, copy \2, flush and drop \3 ms/'))"
   mload=$(jq -r '.jobs[0] as $x | "\($x.write.iops | floor) IOPS, max \($x.write.clat_ns.max / 1000 | floor) µs, errors \($x.error)"' "$D/mload.json")
   t0=$(date +%s.%N)
   "$STRATA" flatten d --to "$D/flat.raw" --control "$D/ctl" >/dev/null 2>"$D/flatten.err" ||

@@ -227,6 +227,7 @@ void CowTarget::set_states(uint64_t c0, uint64_t c1, uint8_t state) {
       // The parent holds this chunk now (newer, or a copy): the merged top
       // must not claim it after a restart.
       merge_top_state_[c] = kAbsent;
+      --merge_top_held_;
       merge_top_dirty_.touch(c);
     }
   }
@@ -391,6 +392,7 @@ Task<Result<>> CowTarget::flush(Queue& q) {
   std::vector<PageCopy> pages, merge_pages;
   LayerFile* wl;
   LayerFile* mt;
+  bool sync_top = false;
   {
     MutexLock l(mu_);
     wl = layers_[write_layer_.load()].get();
@@ -398,14 +400,30 @@ Task<Result<>> CowTarget::flush(Queue& q) {
     // During a merge: the top's cleared bits, written only once the parent's
     // data and bits for those chunks are durable (below).
     mt = merge_top_;
-    if (mt) merge_pages = merge_top_dirty_.copy(merge_top_state_);
+    if (mt) {
+      merge_pages = merge_top_dirty_.copy(merge_top_state_);
+      // The top's own last writes (before the merge began), unless none of
+      // them is still the top's to answer for (merge_top_unsynced_).
+      sync_top = merge_top_unsynced_ && merge_top_held_ > 0;
+    }
   }
-  int r;
-  do {
-    r = co_await q.ring().fdatasync(wl->fd());
-  } while (r == -EINTR || r == -EAGAIN);
+  int r = 0;
   Result<> res;
-  if (r < 0) res = posix_error(fmt::format("fdatasync {}", wl->path()), -r);
+  if (sync_top) {
+    do {
+      r = co_await q.ring().fdatasync(mt->fd());
+    } while (r == -EINTR || r == -EAGAIN);
+    if (r < 0) {
+      res = posix_error(fmt::format("fdatasync {}", mt->path()), -r);
+    } else {
+      MutexLock l(mu_);
+      if (merge_top_ == mt) merge_top_unsynced_ = false;
+    }
+  }
+  if (res) do {
+      r = co_await q.ring().fdatasync(wl->fd());
+    } while (r == -EINTR || r == -EAGAIN);
+  if (res && r < 0) res = posix_error(fmt::format("fdatasync {}", wl->path()), -r);
   if (res && !pages.empty()) res = co_await q.blocking([this, wl, &pages] { return persist(*wl, pages); });
   if (res && !merge_pages.empty())
     res = co_await q.blocking([this, mt, &merge_pages] { return persist(*mt, merge_pages); });

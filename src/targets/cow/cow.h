@@ -194,7 +194,7 @@ class CowTarget final : public Target, public LayerStack {
   // Moves a layer out of the stack into retired_, dropping its flock. With
   // all I/O held.
   void retire(std::unique_ptr<LayerFile>& slot) REQUIRES(gate_);
-  Result<> merge_begin(Queue& q, std::size_t n);
+  Result<> merge_begin(std::size_t n);
   Task<Result<uint64_t>> merge_copy(Queue& q, uint8_t from, const std::function<void(uint64_t, uint64_t)>& progress,
                                     const std::atomic<bool>* cancel);
   std::unique_ptr<std::atomic<uint8_t>[]> index_;
@@ -212,7 +212,15 @@ class CowTarget final : public Target, public LayerStack {
   // older copy never hides a flushed write. Under mu_.
   LayerFile* merge_top_ = nullptr;
   std::vector<uint8_t> merge_top_state_ GUARDED_BY(mu_);
+  uint64_t merge_top_held_ GUARDED_BY(mu_) = 0;  // entries of merge_top_state_ not kAbsent
   DirtyPages merge_top_dirty_ GUARDED_BY(mu_);
+  // The merge begins without a flush: the top may hold data written before
+  // it that is not on disk. A FLUSH that persists the top's bits while the
+  // top still holds chunks syncs the top's data first (once: the top takes
+  // no write after the merge begins). If no FLUSH comes, the top's last
+  // writes never reach its file: the copy puts them in the parent, whose
+  // flush ends the merge, and the top is deleted.
+  bool merge_top_unsynced_ GUARDED_BY(mu_) = false;
   std::atomic<bool> merging_{false};  // a merge call is running
   // Progress of the running merge's copy, in chunks (status).
   std::atomic<uint64_t> merge_done_{0}, merge_total_{0};

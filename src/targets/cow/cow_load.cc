@@ -162,7 +162,8 @@ CowTarget::~CowTarget() {
       if (!top.write_header() || !top.sync()) LOG_ERROR("layer {}: cannot mark it closed", top.path());
       // A merge that stopped part-way: the top's bits for chunks its parent
       // took, after the parent's (see merge_top_).
-      if (merge_top_ && !merge_top_dirty_.pages.empty()) {
+      if (merge_top_ && !merge_top_dirty_.pages.empty() &&
+          (!merge_top_unsynced_ || merge_top_held_ == 0 || ::fdatasync(merge_top_->fd()) == 0)) {
         uint64_t mpages = (merge_top_state_.size() + kStatesPerPage - 1) / kStatesPerPage;
         if (!merge_top_->write_bitmap_pages(merge_top_state_, 0, mpages - 1) || !merge_top_->sync())
           LOG_ERROR("layer {}: cannot write its bitmap", merge_top_->path());

@@ -8,9 +8,12 @@
 //    re-checking under the lock that no newer write took the chunk. The set
 //    only shrinks, so the copy ends whatever the write load. The parent's
 //    writeback is started as the copy goes (step 3 then waits for less).
-// 3. With all I/O held again, the parent is flushed (data, then bitmap), the
-//    top leaves the stack, and the parent takes the top's file name, so the
-//    table line still names the top of the (now shorter) stack.
+// 3. The parent is flushed (data, then bitmap, then the top's bits cleared)
+//    with I/O flowing; then, with all I/O held for a moment, the top leaves
+//    the stack and the parent takes the top's file name, so the table line
+//    still names the top of the (now shorter) stack.
+// The merge begins without a flush: the top's last writes reach its file
+// only if a FLUSH comes while the merge runs (merge_top_unsynced_, cow.h).
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <sys/file.h>
@@ -115,66 +118,84 @@ Task<Result<uint64_t>> CowTarget::merge_copy(Queue& q, uint8_t from,
 // Step 1 of merge(): with all I/O held, the top's parent (reopened for
 // writing) becomes the write layer; the top's bitmap is kept in
 // merge_top_state_ from here on (see cow.h).
-Result<> CowTarget::merge_begin(Queue& q, std::size_t n) {
+Result<> CowTarget::merge_begin(std::size_t n) {
   LayerFile& top = *layers_[n - 1];
   LayerFile& parent = *layers_[n - 2];
-  // 1. Make the parent the write layer.
-  TRY(flush_until_quick(q));
-  gate_.freeze(Gate::kAll);
-  Result<> r = q.call([&] { return flush(q); });
+  if (parent.remote())
+    return fail(EROFS, fmt::format("merge: layer {} is a shared layer on remote storage: a host never writes one "
+                                   "(merge where it lives, once no host reads it)",
+                                   parent.path()));
+  // Exclusive use of the parent: no other stack may share it while it changes.
+  if (::flock(parent.fd(), LOCK_EX | LOCK_NB) < 0)
+    return fail(EBUSY, fmt::format("merge: layer {} is shared with another process", parent.path()));
+  // The parent opened for writing, its bitmap read and its header marked
+  // writable, before I/O is held: nothing writes a parent, so its bitmap
+  // cannot change meanwhile, and a crash leaves a parent marked in use,
+  // which reads the same. (Under the hold, with the drop of its page cache,
+  // these held writes 60-130 ms under bench/cow.sh's load.)
+  Result<> r;
   std::vector<uint8_t> pstates;
-  if (r && parent.remote())
-    r = fail(EROFS, fmt::format("merge: layer {} is a shared layer on remote storage: a host never writes one "
-                                "(merge where it lives, once no host reads it)",
-                                parent.path()));
-  if (r) {
-    // Exclusive use of the parent: no other stack may share it while it changes.
-    if (::flock(parent.fd(), LOCK_EX | LOCK_NB) < 0)
-      r = fail(EBUSY, fmt::format("merge: layer {} is shared with another process", parent.path()));
-  }
-  if (r) {
-    auto rw = LayerFile::open(parent.path(), true, false);
-    if (!rw) {
-      r = fail(rw.error());
-    } else {
-      auto st = (*rw)->read_bitmap();
-      if (!st) r = fail(st.error());
-      if (r) {
-        pstates = std::move(*st);
-        (*rw)->mutable_header().flags &= ~LayerFile::kFlagReadOnly;
-        (*rw)->mutable_header().flags |= LayerFile::kFlagInUse;
-        r = (*rw)->write_header();
-        if (r) r = (*rw)->sync();
-      }
-      if (r) {
-        // The lock moves to the new fd (a retired fd must hold none: flock
-        // is per open file, and a later snapshot or merge locks this file).
-        MutexLock ll(layers_mu_);
-        retire(layers_[n - 2]);
-        if (::flock((*rw)->fd(), LOCK_EX | LOCK_NB) < 0)
-          LOG_WARN("merge: cannot lock {} again: {}", (*rw)->path(), std::strerror(errno));
-        layers_[n - 2] = std::move(*rw);
-      }
+  auto rw = LayerFile::open(parent.path(), true, false);
+  const uint32_t flags = rw ? (*rw)->header().flags : 0;
+  if (!rw) {
+    r = fail(rw.error());
+  } else {
+    auto st = (*rw)->read_bitmap();
+    if (!st) r = fail(st.error());
+    if (r) {
+      pstates = std::move(*st);
+      (*rw)->mutable_header().flags &= ~LayerFile::kFlagReadOnly;
+      (*rw)->mutable_header().flags |= LayerFile::kFlagInUse;
+      r = (*rw)->write_header();
+      if (r) r = (*rw)->sync();
     }
   }
+  // 1. Make the parent the write layer, with all I/O held. No flush of the
+  // top first: its last writes stay in the page cache, and only a FLUSH
+  // that comes during the merge writes them (see merge_top_unsynced_); the
+  // copy reads them from there. (A flush here, with writes held, wrote back
+  // what a write load had put in the top in the second before: a third of
+  // the merge's time under load, bench/RESULTS.md 5e.)
   if (r) {
-    MutexLock l(mu_);
-    // The flush above left no dirty page: top_state_ is the top's bitmap.
-    merge_top_state_ = std::move(top_state_);
-    // Page generations go on from the top's: persist() skips a page whose
-    // generation is not newer than the one in the file.
-    merge_top_dirty_ = dirty_;
-    merge_top_ = &top;
-    top_state_ = std::move(pstates);
-    top_held_ = static_cast<uint64_t>(
-        std::count_if(top_state_.begin(), top_state_.end(), [](uint8_t x) { return x != kAbsent; }));
-    dirty_.pages.clear();
-    layers_[n - 2]->prepare_for_writes();
-    write_layer_.store(n - 2);
+    gate_.freeze(Gate::kAll);
+    if (nlayers_.load() != n || write_layer_.load() + 1 != n)
+      r = fail(EBUSY, "merge: the stack changed as the merge began (a snapshot); run the merge again");
+    if (r) {
+      // The lock moves to the new fd (a retired fd must hold none: flock
+      // is per open file, and a later snapshot or merge locks this file).
+      MutexLock ll(layers_mu_);
+      retire(layers_[n - 2]);
+      if (::flock((*rw)->fd(), LOCK_EX | LOCK_NB) < 0)
+        LOG_WARN("merge: cannot lock {} again: {}", (*rw)->path(), std::strerror(errno));
+      layers_[n - 2] = std::move(*rw);
+    }
+    if (r) {
+      MutexLock l(mu_);
+      // The top's dirty pages (bits not yet in its file) stay dirty in
+      // merge_top_dirty_: a FLUSH during the merge writes them after the top's
+      // data (merge_top_unsynced_).
+      merge_top_state_ = std::move(top_state_);
+      merge_top_held_ = top_held_;
+      merge_top_unsynced_ = true;
+      // Page generations go on from the top's: persist() skips a page whose
+      // generation is not newer than the one in the file.
+      merge_top_dirty_ = dirty_;
+      merge_top_ = &top;
+      top_state_ = std::move(pstates);
+      top_held_ = static_cast<uint64_t>(
+          std::count_if(top_state_.begin(), top_state_.end(), [](uint8_t x) { return x != kAbsent; }));
+      dirty_.pages.clear();
+      write_layer_.store(n - 2);
+    }
+    gate_.thaw();
   }
-  gate_.thaw();
   if (!r) {
-    (void)::flock(layers_[n - 2]->fd(), LOCK_SH);  // shared again, as before the merge
+    if (rw && *rw) {  // the parent's header as it was
+      (*rw)->mutable_header().flags = flags;
+      if (!(*rw)->write_header() || !(*rw)->sync())
+        LOG_WARN("merge: cannot restore the header of {}", parent.path());
+    }
+    (void)::flock(parent.fd(), LOCK_SH);  // shared again, as before the merge
     return fail(r.error());
   }
   LOG_INFO("merge: writes now go to {}; copying down what {} holds", layers_[n - 2]->path(), top.path());
@@ -203,7 +224,7 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
   if (resume)
     LOG_INFO("merge: resuming the merge of {}", top.path());
   else
-    TRY(merge_begin(q, n));
+    TRY(merge_begin(n));
 
   // 2. Copy down.
   // Meanwhile this thread starts the writeback of what the copy wrote, a
@@ -227,18 +248,29 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
     return fail(cr.error().code, "merge: " + cr.error().message +
                                      " (the stack still has every layer; run the merge again to finish it)");
 
-  // 3. Drop the top.
-  TRY(flush_until_quick(q));
-  gate_.freeze(Gate::kAll);
+  // 3. Drop the top. One flush, begun after the copy ended, with I/O
+  // flowing, makes every chunk the top held durable in the parent (the
+  // copy's data, then the parent's bits, then the top's bits cleared); a
+  // later write to such a chunk changes the parent's copy in place, and a
+  // crash keeps either that copy or the newer bytes. So the hold that
+  // follows only takes the top out of the stack: it needs no flush of what
+  // the load writes meanwhile. (Flushing until a flush was quick, then
+  // again with I/O held, chased a 4k random write load faster than the
+  // disk: four flushes, 1.8-2.0 s, bench/RESULTS.md 5e.)
   Result<> r = q.call([&] { return flush(q); });
-  if (r) {
-    std::string top_path = top.path();
+  if (!r) return fail(r.error().code, "merge: " + r.error().message + " (the stack still has every layer)");
+  const auto t3 = Clock::now();
+  gate_.freeze(Gate::kAll);
+  std::string top_path = top.path();
+  {
     LayerFile& p = *layers_[n - 2];
     bool same_dir = std::filesystem::path(top_path).parent_path() == std::filesystem::path(p.path()).parent_path();
     {
       MutexLock l(mu_);
       merge_top_ = nullptr;
       merge_top_state_.clear();
+      merge_top_held_ = 0;
+      merge_top_unsynced_ = false;
       merge_top_dirty_ = {};
     }
     {
@@ -253,14 +285,15 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
         top_path_ = p.path();
       }
     }
-    // The rename (or unlink) durable: a crash must not bring the top back.
-    sync_parent_dir(top_path);
   }
   gate_.thaw();
-  if (!r) return fail(r.error());
+  // The rename (or unlink) durable. Until then a crash may bring the top
+  // back, every bit of it cleared: the stack reads the same.
+  sync_parent_dir(top_path);
   auto ms = [](Clock::duration d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); };
-  LOG_INFO("merge: {} chunks copied down; {} ms to begin, {} ms to copy, {} ms to flush the parent and drop the top",
-           *cr, ms(t1 - t0), ms(t2 - t1), ms(Clock::now() - t2));
+  LOG_INFO("merge: {} chunks copied down; {} ms to begin, {} ms to copy, {} ms to flush the parent and drop the top "
+           "(I/O held {} ms)",
+           *cr, ms(t1 - t0), ms(t2 - t1), ms(Clock::now() - t2), ms(Clock::now() - t3));
   return cr;
 }
 

@@ -297,6 +297,29 @@ def check_crash(flushed, got, burst):
 
 # ----------------------------------------------------------------- the server
 
+def power_cut(path):
+    """A power cut of the filesystem holding `path` (XFS): `xfs_io -x -c shutdown`
+    without a log flush, so every write not yet on stable storage (not fsynced,
+    or metadata not in the log) is lost; then unmount and mount it again."""
+    def findmnt(col):
+        return subprocess.run(["findmnt", "-n", "-o", col, "-T", path], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    mnt, dev, fstype = findmnt("TARGET"), findmnt("SOURCE"), findmnt("FSTYPE")
+    if fstype != "xfs":
+        raise Failure("--powercut needs the working directory on XFS; %s is on %s (%s)" % (path, fstype, mnt))
+    for cmd in (["xfs_io", "-x", "-c", "shutdown", mnt], ["umount", mnt], ["mount", dev, mnt]):
+        # The killed server's io_uring lets go of its files a moment after the
+        # process is gone: umount is busy until then.
+        deadline = time.time() + 20
+        while True:
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode == 0 or cmd[0] != "umount" or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        if p.returncode:
+            raise Failure("power cut: %s: %s" % (" ".join(cmd), (p.stdout + p.stderr).strip()))
+
+
 class Server:
     def __init__(self, strata, workdir, table):
         self.strata, self.dir, self.table = strata, workdir, table
@@ -942,6 +965,14 @@ class Test:
         if n0 < 6 and "snapshot" not in self.skip:
             choices.append("snapshot")
         op = rng.choice(choices)
+        if self.a.crash_op:
+            op = None if self.a.crash_op == "none" else self.a.crash_op
+            if op == "merge" and n0 < 2:   # something to merge: a snapshot first
+                self.srv.run("snapshot", "d")
+                self.oplog.append("snapshot (for the crash burst's merge)")
+                n0 = len(self.layers())
+        if self.a.powercut:
+            os.sync()   # the files the test wrote itself (base.img, the table): stable before the cut
         nreq = rng.randint(50, 400)
         depth = rng.randint(16, 64)
         op_at = rng.randint(0, nreq // 2)
@@ -989,16 +1020,20 @@ class Test:
                 raise Failure("`%s` did not end after strata was killed" % p.what)
             Server.finish(p)
             self.vlog("crash: %s %s before the kill" % (op, "finished" if op_done else "was interrupted"))
+        if self.a.powercut:
+            power_cut(self.dir)
+            self.counts["powercut"] += 1
         self.vlog("crash: killed with %d requests in flight; %d issued, %d acknowledged"
                   % (in_flight, len(io.burst), acked))
-        self.oplog.append("kill -9 during a burst of %d writes%s" % (len(io.burst), " and a " + op if op else ""))
+        self.oplog.append("kill -9%s during a burst of %d writes%s" % (
+            " and a power cut" if self.a.powercut else "", len(io.burst), " and a " + op if op else ""))
 
         self.srv.start()
         self.connect(bytearray(self.size))
         got = self.io.read_all()
         why = check_crash(flushed, got, io.burst)
         if why:
-            raise Failure("after kill -9 and restart (%s%s): %s" % (
+            raise Failure("after kill -9%s and restart (%s%s): %s" % (" and a power cut" if self.a.powercut else "",
                 "%s started in the burst, %s; " % (op, "finished" if op_done else "interrupted") if op else "",
                 "%d burst writes, %d acknowledged" % (len(io.burst), acked), why))
         self.io.ref = got
@@ -1063,7 +1098,7 @@ class Test:
         fields = [("seed", self.seed), ("result", result), ("requests", c["requests"]), ("bytes", c["bytes"]),
                   ("reads", c["reads"]), ("writes", c["writes"]), ("zeros", c["zeros"]), ("trims", c["trims"]),
                   ("flushes", c["flushes"]), ("fua", c["fua"])]
-        fields += [(k, c[k]) for k in ALL_OPS + ("merge_resumed", "kill9")]
+        fields += [(k, c[k]) for k in ALL_OPS + ("merge_resumed", "kill9", "powercut")]
         fields.append(("seconds", "%.1f" % (time.time() - self.t0)))
         return "online_ops: " + " ".join("%s=%s" % kv for kv in fields)
 
@@ -1221,6 +1256,11 @@ def main():
     ap.add_argument("--depth", type=int, help="requests in flight (default: 16..32 by seed)")
     ap.add_argument("--skip", default="", help="comma-separated operations never to run: " + ",".join(ALL_OPS))
     ap.add_argument("--no-crash", action="store_true", help="skip the kill -9 phase")
+    ap.add_argument("--crash-op", choices=["none", "merge", "snapshot"],
+                    help="the operation started in the crash burst (default: one at random)")
+    ap.add_argument("--powercut", action="store_true",
+                    help="after the kill -9, a power cut of the working directory's filesystem (XFS: "
+                         "xfs_io shutdown, then mount again): what was not on stable storage is lost")
     ap.add_argument("--strata", default=os.environ.get("STRATA", os.path.join(here, "..", "..", "build", "strata")))
     ap.add_argument("--tmpdir", help="make the working directory under this one")
     ap.add_argument("--keep", action="store_true", help="keep the working directory")

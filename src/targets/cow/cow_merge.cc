@@ -23,6 +23,7 @@
 #include <cstring>
 #include <filesystem>
 #include <future>
+#include <thread>
 
 #include <fmt/core.h>
 
@@ -232,6 +233,14 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
   // sit idle until the final flush, which then took longer than the copy
   // (bench/cow-merge.sh). Only earlier than the kernel would anyway: the
   // crash order is still the flush's (data, then bits).
+  // STRATA_FAILPOINT_MERGE_COPY_DELAY_MS: a pause between the switch and the
+  // copy, for the test that cuts the power while the top still holds its
+  // last writes (docs/targets/cow.md).
+  static const long copy_delay_ms = [] {
+    const char* e = std::getenv("STRATA_FAILPOINT_MERGE_COPY_DELAY_MS");
+    return e ? std::strtol(e, nullptr, 10) : 0L;
+  }();
+  if (copy_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(copy_delay_ms));
   const auto t1 = Clock::now();
   auto copying = std::async(std::launch::async, [&] {
     return q.call([&] { return merge_copy(q, static_cast<uint8_t>(n), progress, cancel); });

@@ -169,6 +169,8 @@ for server in strata-file strata-cow qemu-nbd nbdkit-cow; do
   # The merge's phases from the server's log (begin, copy, flush and drop).
   merge+=" ($(grep -o 'copied down; [0-9]* ms to begin, [0-9]* ms to copy, [0-9]* ms' "$D/server.log" | tail -1 |
     sed -E 's/.* ([0-9]+) ms to begin, ([0-9]+) ms to copy, ([0-9]+) ms/begin \1, copy \2, flush and drop \3 ms/'))"
+  merge+=", writes held $(grep -o 'writes now go to .* (I/O held [0-9]* us)' "$D/server.log" | tail -1 | grep -o '[0-9]* us')"
+  merge+=" at the switch and $(grep -o 'drop the top (I/O held [0-9]* us)' "$D/server.log" | tail -1 | grep -o '[0-9]* us') at the drop"
   mload=$(jq -r '.jobs[0] as $x | "\($x.write.iops | floor) IOPS, max \($x.write.clat_ns.max / 1000 | floor) µs, errors \($x.error)"' "$D/mload.json")
   t0=$(date +%s.%N)
   "$STRATA" flatten d --to "$D/flat.raw" --control "$D/ctl" >/dev/null 2>"$D/flatten.err" ||

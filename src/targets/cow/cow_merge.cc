@@ -157,7 +157,9 @@ Result<> CowTarget::merge_begin(std::size_t n) {
   // copy reads them from there. (A flush here, with writes held, wrote back
   // what a write load had put in the top in the second before: a third of
   // the merge's time under load, bench/RESULTS.md 5e.)
+  std::chrono::steady_clock::duration held{};
   if (r) {
+    const auto h0 = std::chrono::steady_clock::now();
     gate_.freeze(Gate::kAll);
     if (nlayers_.load() != n || write_layer_.load() + 1 != n)
       r = fail(EBUSY, "merge: the stack changed as the merge began (a snapshot); run the merge again");
@@ -189,6 +191,7 @@ Result<> CowTarget::merge_begin(std::size_t n) {
       write_layer_.store(n - 2);
     }
     gate_.thaw();
+    held = std::chrono::steady_clock::now() - h0;
   }
   if (!r) {
     if (rw && *rw) {  // the parent's header as it was
@@ -199,7 +202,8 @@ Result<> CowTarget::merge_begin(std::size_t n) {
     (void)::flock(parent.fd(), LOCK_SH);  // shared again, as before the merge
     return fail(r.error());
   }
-  LOG_INFO("merge: writes now go to {}; copying down what {} holds", layers_[n - 2]->path(), top.path());
+  LOG_INFO("merge: writes now go to {} (I/O held {} us); copying down what {} holds", layers_[n - 2]->path(),
+           std::chrono::duration_cast<std::chrono::microseconds>(held).count(), top.path());
   return {};
 }
 
@@ -296,13 +300,15 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
     }
   }
   gate_.thaw();
+  const auto t4 = Clock::now();
   // The rename (or unlink) durable. Until then a crash may bring the top
   // back, every bit of it cleared: the stack reads the same.
   sync_parent_dir(top_path);
   auto ms = [](Clock::duration d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); };
   LOG_INFO("merge: {} chunks copied down; {} ms to begin, {} ms to copy, {} ms to flush the parent and drop the top "
-           "(I/O held {} ms)",
-           *cr, ms(t1 - t0), ms(t2 - t1), ms(Clock::now() - t2), ms(Clock::now() - t3));
+           "(I/O held {} us)",
+           *cr, ms(t1 - t0), ms(t2 - t1), ms(Clock::now() - t2),
+           std::chrono::duration_cast<std::chrono::microseconds>(t4 - t3).count());
   return cr;
 }
 

@@ -102,9 +102,9 @@ stop_strata
 "$STRATA" layer check "$XFS/top.layer" >"$WORK/check.out" 2>&1 || { cat "$WORK/check.out"; die "layer check"; }
 
 # Random I/O, a merge started in the crash burst, kill -9 and a power cut. Without the dirty
-# map operations: with them, a power cut leaves blocks changed on the device whose map bits were
-# lost (a write that reached the disk by writeback before the FLUSH that would have made its bit
-# durable); that is open (docs/targets/dirty.md), not what this test is about.
+# map operations: a dirty map learns of a power loss from the boot id in its header (a map in
+# use from another boot is reported inconsistent, docs/dirty-maps.md), and this power cut of one
+# filesystem keeps the boot, so the map's bits that were not written back are lost unnoticed.
 mkdir -p "$XFS/ops"
 for seed in 2101 2102 2103; do
   "$PYTHON" "$STRATA_SRC/tests/stress/online_ops.py" --seed "$seed" --size 32 --seconds 3 --crash-op merge \

@@ -19,7 +19,10 @@ cat >"$WORK/t.conf" <<EOT
 [plain]
 0 $((SIZE / 512)) file $WORK/plain.img 0
 EOT
-start_strata --table "$WORK/t.conf"
+# Every merge waits 1 s between its switch and its copy (a failpoint): the merge followed by the
+# CLI below must still be running when the CLI is interrupted (a merge no longer flushes at its
+# start, and once ended before the Ctrl-C reached it).
+STRATA_FAILPOINT_MERGE_COPY_DELAY_MS=1000 start_strata --table "$WORK/t.conf"
 ctl dirty start plain m >/dev/null
 head -c $SIZE /dev/urandom >"$WORK/data.img"
 nbdcopy "$WORK/data.img" "$(uri vm)"

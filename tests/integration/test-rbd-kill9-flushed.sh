@@ -7,8 +7,10 @@ CLIENT=$STRATA_SRC/tests/integration/rbd_kill9_client.py
 $PYTHON -c 'import nbd' || die "/usr/bin/python3 cannot import nbd (python3-libnbd)"
 
 ceph_start
-SIZE=$((64 << 20))
-rbd_create k9 64M
+# 256 MiB, 65,536 blocks: the client must still be writing at the kill (with 64 MiB it
+# once wrote every block before it, and the check below had nothing to catch).
+SIZE=$((256 << 20))
+rbd_create k9 256M
 rbd_table "$WORK/t.conf" rbd/k9 $SIZE
 start_strata --table "$WORK/t.conf" --export d
 

@@ -509,6 +509,12 @@ Result<int> CowTarget::flush_until_quick(Queue& q) {
   return rounds;
 }
 
+void CowTarget::failpoint_delay(const char* env) {
+  const char* e = std::getenv(env);
+  const long ms = e ? std::strtol(e, nullptr, 10) : 0L;
+  if (ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+}
+
 Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
   using Clock = std::chrono::steady_clock;
   const auto t_start = Clock::now();
@@ -601,11 +607,7 @@ Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
   // no longer in use), then the renames, each durable before the next.
   // STRATA_FAILPOINT_SEAL_DELAY_MS: a pause before it, for the test that
   // kills strata while flushes wait for the seal (docs/targets/cow.md).
-  static const long seal_delay_ms = [] {
-    const char* e = std::getenv("STRATA_FAILPOINT_SEAL_DELAY_MS");
-    return e ? std::strtol(e, nullptr, 10) : 0L;
-  }();
-  if (seal_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(seal_delay_ms));
+  failpoint_delay("STRATA_FAILPOINT_SEAL_DELAY_MS");
   Result<> seal;
   if (::fdatasync(old.fd()) < 0) seal = posix_error(fmt::format("snapshot: fdatasync {}", old.path()), errno);
   if (seal && !pages.empty()) seal = persist(old, pages);

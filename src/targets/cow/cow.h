@@ -195,6 +195,9 @@ class CowTarget final : public Target, public LayerStack {
   // all I/O held.
   void retire(std::unique_ptr<LayerFile>& slot) REQUIRES(gate_);
   Result<> merge_begin(std::size_t n);
+  // A test's failpoint: sleeps the milliseconds the environment variable
+  // `env` names, if set (docs/targets/cow.md). Control thread only.
+  static void failpoint_delay(const char* env);
   Task<Result<uint64_t>> merge_copy(Queue& q, uint8_t from, const std::function<void(uint64_t, uint64_t)>& progress,
                                     const std::atomic<bool>* cancel);
   std::unique_ptr<std::atomic<uint8_t>[]> index_;

@@ -23,7 +23,6 @@
 #include <cstring>
 #include <filesystem>
 #include <future>
-#include <thread>
 
 #include <fmt/core.h>
 
@@ -116,8 +115,8 @@ Task<Result<uint64_t>> CowTarget::merge_copy(Queue& q, uint8_t from,
   co_return sh.done;
 }
 
-// Step 1 of merge(): with all I/O held, the top's parent (reopened for
-// writing) becomes the write layer; the top's bitmap is kept in
+// Step 1 of merge(): the top's parent is reopened for writing, then, with
+// all I/O held, becomes the write layer; the top's bitmap is kept in
 // merge_top_state_ from here on (see cow.h).
 Result<> CowTarget::merge_begin(std::size_t n) {
   LayerFile& top = *layers_[n - 1];
@@ -230,6 +229,9 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
     LOG_INFO("merge: resuming the merge of {}", top.path());
   else
     TRY(merge_begin(n));
+  // A pause between the switch and the copy, for the test that cuts the
+  // power while the top still holds its last writes.
+  failpoint_delay("STRATA_FAILPOINT_MERGE_COPY_DELAY_MS");
 
   // 2. Copy down.
   // Meanwhile this thread starts the writeback of what the copy wrote, a
@@ -237,14 +239,6 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
   // sit idle until the final flush, which then took longer than the copy
   // (bench/cow-merge.sh). Only earlier than the kernel would anyway: the
   // crash order is still the flush's (data, then bits).
-  // STRATA_FAILPOINT_MERGE_COPY_DELAY_MS: a pause between the switch and the
-  // copy, for the test that cuts the power while the top still holds its
-  // last writes (docs/targets/cow.md).
-  static const long copy_delay_ms = [] {
-    const char* e = std::getenv("STRATA_FAILPOINT_MERGE_COPY_DELAY_MS");
-    return e ? std::strtol(e, nullptr, 10) : 0L;
-  }();
-  if (copy_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(copy_delay_ms));
   const auto t1 = Clock::now();
   auto copying = std::async(std::launch::async, [&] {
     return q.call([&] { return merge_copy(q, static_cast<uint8_t>(n), progress, cancel); });

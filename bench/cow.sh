@@ -2,7 +2,7 @@
 # bench/cow.sh: what a cow stack costs, against a plain file and against the
 # copy-on-write of qemu-nbd (qcow2 chain) and nbdkit (cow filter).
 #
-#   bench/cow.sh [--runtime S] [--size 1G] [--fresh 256M]
+#   bench/cow.sh [--runtime S] [--size 1G] [--fresh 256M] [--memory warm|cold]
 #
 # The shape: a base of random data, two read-only layers each holding a
 # random ~30% of the 4 KiB chunks (random data, written through each server
@@ -20,6 +20,17 @@
 # top holds none of them; at 80k IOPS 256 MiB is 0.8 s of writing, so a larger
 # --fresh measures a steadier rate).
 # Server CPU is utime+stime from /proc over the job, per million I/Os.
+# Memory (--memory, default warm): a write to a fresh chunk puts a new page in
+# the page cache (the file export's writes land on pages it already holds). In
+# a VM, a guest page the host has not backed yet (never touched, or handed
+# back by free page reporting after it was free a while) costs several us on
+# its first touch: on this machine 7-8 us per 4 KiB page against ~1 us for a
+# page freed a moment ago (RESULTS.md 5). `warm` writes and deletes
+# fresh-size + 512 MiB in /dev/shm right before every randwrite job (3 GiB
+# before the merge and its load), so each server's new pages are ones the
+# host already backs; `cold` does nothing, and the result depends on what ran
+# before. The line "memory:" gives each warm-up's own cost per page (cold
+# memory: 5-9 us).
 # Then, on strata-cow: `strata snapshot` twice under a randwrite QD32 load
 # (how long writes were held, and the whole operation), `strata merge` of the
 # top into its parent under the same load (MiB/s of chunks copied down), and
@@ -32,11 +43,13 @@ PYTHON=/usr/bin/python3   # Debian's python3 has the libnbd bindings
 RUNTIME=8
 SIZE=1G
 FRESH=256M
+MEMORY=warm
 while [ $# -gt 0 ]; do
   case $1 in
     --runtime) RUNTIME=$2; shift ;;
     --size) SIZE=$2; shift ;;
     --fresh) FRESH=$2; shift ;;
+    --memory) MEMORY=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -44,6 +57,19 @@ done
 for t in fio jq numfmt qemu-img qemu-nbd nbdkit; do command -v $t >/dev/null || { echo "need $t" >&2; exit 1; }; done
 [ -x "$STRATA" ] || { echo "build strata first (make build)" >&2; exit 1; }
 BYTES=$(numfmt --from=iec "$SIZE")
+case $MEMORY in warm|cold) ;; *) echo "--memory warm or cold" >&2; exit 2 ;; esac
+MEMLOG=
+# warm_memory NAME MIB: with --memory warm, write then delete MIB MiB in
+# /dev/shm (tmpfs), so the pages the next job allocates are backed by the host;
+# note the warm-up's system time per 4 KiB page (how cold memory was).
+warm_memory() {
+  [ "$MEMORY" = warm ] || return 0
+  local n=$2 f t TIMEFORMAT=%S
+  f=$(mktemp -p /dev/shm strata-cowbench-warm.XXXXXX)
+  t=$( { time dd if=/dev/zero of="$f" bs=1M count="$n" status=none; } 2>&1)
+  rm -f "$f"
+  MEMLOG+=" $1 $(awk -v t="$t" -v n="$n" 'BEGIN {printf "%.1f", t * 1e6 / (n * 256)}')"
+}
 D=$(mktemp -d /tmp/strata-cowbench.XXXXXX)
 SRV=
 cleanup() { [ -n "$SRV" ] && kill "$SRV" 2>/dev/null; wait 2>/dev/null; rm -rf "$D"; }
@@ -131,6 +157,7 @@ for server in strata-file strata-cow qemu-nbd nbdkit-cow; do
       limit=(--io_size="$FRESH")   # random map: each block once, all fresh in the top
     fi
     sync
+    [ "$rw" = randwrite ] && warm_memory "$server" $(( ($(numfmt --from=iec "$FRESH") >> 20) + 512 ))
     c0=$(cpu "$SRV")
     fio --name=job --ioengine=nbd --uri="$URI" --rw="$rw" --bs=4k --iodepth="$qd" --numjobs=1 --size="$BYTES" \
       --randrepeat=0 "${limit[@]}" --output-format=json --output="$D/fio.json" >/dev/null 2>"$D/fio.err" ||
@@ -156,7 +183,9 @@ for server in strata-file strata-cow qemu-nbd nbdkit-cow; do
   wait $FIO || { echo "fio failed during the snapshots: $(cat "$D/load.err")" >&2; exit 1; }
   load=$(jq -r '.jobs[0] as $x | "\($x.write.iops | floor) IOPS, p99 \($x.write.clat_ns.percentile["99.000000"] / 1000 | floor) µs, max \($x.write.clat_ns.max / 1000 | floor) µs, errors \($x.error)"' "$D/load.json")
   # ---- merge of the top (what the load wrote after the second snapshot)
-  # into its parent, while the same load goes on
+  # into its parent, while the same load goes on (6 s of it: up to ~3 GiB of
+  # new pages, warmed first)
+  warm_memory merge 3072
   fio --name=load --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=32 --numjobs=1 --size="$BYTES" \
     --time_based=1 --runtime=6 --norandommap=1 --randrepeat=0 --output-format=json --output="$D/mload.json" \
     >/dev/null 2>"$D/mload.err" &
@@ -196,4 +225,5 @@ echo
 echo "strata snapshot under 4k randwrite QD32 (fio, 6 s): writes held / whole operation, µs: ${pauses[*]}; the load: $load"
 echo "strata merge of the top into its parent under the same load: $merge; the load: $mload; layers after: $layers"
 echo "strata flatten of the stack: $flat"
+echo "memory: --memory $MEMORY${MEMLOG:+; system time per 4 KiB page of each warm-up, us:$MEMLOG}"
 echo "uptime after: $(uptime)"

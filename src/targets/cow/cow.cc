@@ -527,6 +527,9 @@ Result<std::string> CowTarget::snapshot(Queue& fq, SnapshotStats* stats) {
     std::atomic<bool>& b;
     ~Done() { b.store(false); }
   } done{snapshotting_};
+  // Not until a merge has ended: after its drop it renames the parent to the
+  // top's name, with I/O flowing.
+  if (merging_.load()) return fail(EBUSY, "snapshot: a merge is running");
   LayerFile& old = *layers_[nlayers_.load() - 1];
   std::string snap;
   for (int i = 1;; ++i) {

@@ -269,32 +269,40 @@ Result<uint64_t> CowTarget::merge(Queue& q, const std::function<void(uint64_t, u
   const auto t3 = Clock::now();
   gate_.freeze(Gate::kAll);
   std::string top_path = top.path();
+  LayerFile& p = *layers_[n - 2];
   {
-    LayerFile& p = *layers_[n - 2];
-    bool same_dir = std::filesystem::path(top_path).parent_path() == std::filesystem::path(p.path()).parent_path();
-    {
-      MutexLock l(mu_);
-      merge_top_ = nullptr;
-      merge_top_state_.clear();
-      merge_top_held_ = 0;
-      merge_top_unsynced_ = false;
-      merge_top_dirty_ = {};
-    }
-    {
-      MutexLock ll(layers_mu_);
-      retire(layers_[n - 1]);
-      layers_.pop_back();
-      nlayers_.store(n - 1);
-      if (same_dir && ::rename(p.path().c_str(), top_path.c_str()) == 0) {
-        p.rename_to(top_path);  // the table line still names the top
-      } else {
-        ::unlink(top_path.c_str());
-        top_path_ = p.path();
-      }
-    }
+    MutexLock l(mu_);
+    merge_top_ = nullptr;
+    merge_top_state_.clear();
+    merge_top_held_ = 0;
+    merge_top_unsynced_ = false;
+    merge_top_dirty_ = {};
+  }
+  {
+    MutexLock ll(layers_mu_);
+    retire(layers_[n - 1]);
+    layers_.pop_back();
+    nlayers_.store(n - 1);
   }
   gate_.thaw();
   const auto t4 = Clock::now();
+  // The parent takes the top's name (the table line still names the top)
+  // with I/O flowing: renaming over a file makes ext4 start the writeback of
+  // the renamed file's delayed allocations (auto_da_alloc), which under a
+  // write load held I/O 25-96 ms when it was done in the hold. Until it is
+  // done the top's file is there, every bit cleared (the flush above): a
+  // crash brings back a stack that reads the same, and a snapshot waits for
+  // the merge's end (it is refused while merging_).
+  {
+    bool same_dir = std::filesystem::path(top_path).parent_path() == std::filesystem::path(p.path()).parent_path();
+    MutexLock ll(layers_mu_);
+    if (same_dir && ::rename(p.path().c_str(), top_path.c_str()) == 0) {
+      p.rename_to(top_path);
+    } else {
+      ::unlink(top_path.c_str());
+      top_path_ = p.path();
+    }
+  }
   // The rename (or unlink) durable. Until then a crash may bring the top
   // back, every bit of it cleared: the stack reads the same.
   sync_parent_dir(top_path);

@@ -82,8 +82,17 @@ jq -e '.done_bytes < .total_bytes' "$WORK/w1.json" >/dev/null || die "the merge 
 nbdcopy "$(uri vm)" "$WORK/mid.img"
 cmp "$WORK/data.img" "$WORK/mid.img" || die "the stack reads differently after a cancelled merge"
 
-# 3. Merge again, to the end.
-out=$(ctl merge vm --json) || die "merge after cancel failed: $out"
+# 3. Merge again, to the end. A snapshot while it runs is refused (the stack keeps its layers).
+ctl merge vm --json >"$WORK/m3.json" 2>&1 &
+M=$!
+for i in $(seq 1 500); do
+  [ "$(ctl jobs --json | jq '[.[] | select(.state == "running")] | length')" = 1 ] && break
+  sleep 0.01
+done
+snap=$(ctl snapshot vm 2>&1) && die "a snapshot during a merge succeeded: $snap"
+grep -q "a merge is running" <<<"$snap" || die "a snapshot during a merge: $snap"
+wait $M || die "merge after cancel failed: $(cat "$WORK/m3.json")"
+out=$(cat "$WORK/m3.json")
 [ "$(layers)" = 1 ] || die "the merge did not finish: $(layers) layers"
 nbdcopy "$(uri vm)" "$WORK/after.img"
 cmp "$WORK/data.img" "$WORK/after.img" || die "the merged stack differs from the reference"

@@ -29,6 +29,7 @@ stop_strata
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 JOBS=("randread 4k 32" "randwrite 4k 32" "write 1M 4" "read 1M 4")
+[ -n "${RBD_JOBS:-}" ] && IFS=, read -r -a JOBS <<<"$RBD_JOBS" # e.g. RBD_JOBS="randwrite 4k 32,read 1M 4"
 run() { # NAME PID-OR-EMPTY FIO-ARGS...
   local name=$1 pid=$2 j rw bs qd out c0 c1 o0 o1 iops bw cpu_us osd_us
   shift 2

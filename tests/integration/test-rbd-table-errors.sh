@@ -1,5 +1,5 @@
 #!/bin/bash
-# rbd target table errors on a real one-node Ceph cluster: no such pool, no such image, no such snapshot, a snapshot opened writable, an image smaller than the segment, permission denied (a client whose caps name another pool), a wrong key, an unreachable monitor (fails within timeout=3, not the default 300 s), a bad POOL/IMAGE spec and a bad option: serve exits non-zero within its time, names file:line, the rbd target and the cause, and serves nothing. A snapshot with `ro` serves the snapshot's data and refuses writes.
+# rbd target table errors on a real one-node Ceph cluster: no such pool, no such image, no such snapshot, a snapshot opened writable, an image smaller than the segment, permission denied (a client whose caps name another pool), a wrong key, an unreachable monitor (fails within timeout=3, not the default 300 s; also when only CEPH_ARGS names it), a bad POOL/IMAGE spec and a bad option: serve exits non-zero within its time, names file:line, the rbd target and the cause, and serves nothing. A snapshot with `ro` serves the snapshot's data and refuses writes.
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/ceph-lib.sh"
 requires qemu-io timeout
@@ -67,6 +67,9 @@ bad_table wrong-key "0 $SECT rbd rbd/img $C id=other keyring=$CEPH_DIR/wrong.key
 port=$(_ceph_free_port)
 sed "s/^mon_host = .*/mon_host = 127.0.0.1:$port/" "$CEPH_CONF" >"$WORK/dead.conf"
 MAX_MS=8000 bad_table unreachable "0 $SECT rbd rbd/img conf=$WORK/dead.conf timeout=3" \
+  "cluster unreachable" "127.0.0.1:$port" "within 3 s"
+# CEPH_ARGS overrides the conf, as for the rbd and ceph tools: the good conf, a dead monitor in CEPH_ARGS.
+CEPH_ARGS="--mon_host 127.0.0.1:$port" MAX_MS=8000 bad_table ceph-args "0 $SECT rbd rbd/img $C timeout=3" \
   "cluster unreachable" "127.0.0.1:$port" "within 3 s"
 
 # The snapshot, read-only: its own data, and writes refused.

@@ -173,6 +173,10 @@ Result<std::unique_ptr<RbdSession>> RbdSession::open(const RbdSpec& spec) {
     if (r < 0 && r != -ENOENT)
       return fail(EINVAL, fmt::format("the default ceph.conf (CEPH_CONF, /etc/ceph/ceph.conf): {}", errstr(r)));
   }
+  // CEPH_ARGS ("--name value" pairs), as the rbd and ceph tools read it: an operator's override of
+  // the conf file for this process (for instance the messenger's thread count).
+  r = rados_conf_parse_env(s->cluster_, nullptr);
+  if (r < 0) return fail(EINVAL, fmt::format("CEPH_ARGS: cannot parse it: {}", errstr(r)));
   if (!spec.keyring.empty()) {
     if (::access(spec.keyring.c_str(), R_OK) < 0)
       return posix_error(fmt::format("keyring {}", spec.keyring), errno);

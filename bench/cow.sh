@@ -201,6 +201,19 @@ for server in strata-file strata-cow qemu-nbd nbdkit-cow; do
   merge+=", writes held $(grep -o 'writes now go to .* (I/O held [0-9]* us)' "$D/server.log" | tail -1 | grep -o '[0-9]* us')"
   merge+=" at the switch and $(grep -o 'drop the top (I/O held [0-9]* us)' "$D/server.log" | tail -1 | grep -o '[0-9]* us') at the drop"
   mload=$(jq -r '.jobs[0] as $x | "\($x.write.iops | floor) IOPS, max \($x.write.clat_ns.max / 1000 | floor) µs, errors \($x.error)"' "$D/mload.json")
+  # ---- a client's FLUSH under the same load, on the merged stack (the write layer is now the merge's
+  # parent): the floor of the merge's own end, which is one flush of that parent with the load running.
+  sync   # what the merge's load left dirty is written first
+  fio --name=load --ioengine=nbd --uri="$URI" --rw=randwrite --bs=4k --iodepth=32 --numjobs=1 --size="$BYTES" \
+    --time_based=1 --runtime=5 --norandommap=1 --randrepeat=0 --output-format=json --output="$D/fload.json" \
+    >/dev/null 2>"$D/fload.err" &
+  FIO=$!
+  sleep 2.5
+  fl=$($PYTHON -c 'import nbd, sys, time
+h = nbd.NBD(); h.connect_uri(sys.argv[1]); t = time.monotonic(); h.flush(); print(f"{(time.monotonic() - t) * 1000:.0f}")' "$URI") ||
+    { echo "flush under load failed: $fl" >&2; exit 1; }
+  wait $FIO || { echo "fio failed during the flush: $(cat "$D/fload.err")" >&2; exit 1; }
+  flush="$fl ms ($(jq -r '.jobs[0].write.iops | floor' "$D/fload.json") IOPS of load)"
   t0=$(date +%s.%N)
   "$STRATA" flatten d --to "$D/flat.raw" --control "$D/ctl" >/dev/null 2>"$D/flatten.err" ||
     { echo "flatten failed: $(cat "$D/flatten.err")" >&2; exit 1; }
@@ -224,6 +237,7 @@ PY
 echo
 echo "strata snapshot under 4k randwrite QD32 (fio, 6 s): writes held / whole operation, µs: ${pauses[*]}; the load: $load"
 echo "strata merge of the top into its parent under the same load: $merge; the load: $mload; layers after: $layers"
+echo "strata FLUSH from a client under the same load, 2.5 s into it, after the merge: $flush"
 echo "strata flatten of the stack: $flat"
 echo "memory: --memory $MEMORY${MEMLOG:+; system time per 4 KiB page of each warm-up, us:$MEMLOG}"
 echo "uptime after: $(uptime)"

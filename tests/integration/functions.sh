@@ -190,3 +190,27 @@ expect_bytes() {
   diff=$(cmp <(file_range "$1" "$2" "$3") <(bytes "$3" "$4") 2>&1) ||
     die "$1: bytes $2..$(($2 + $3)) are not all $4: $diff"
 }
+
+# bad_table NAME TABLE-TEXT EXPECTED-SUBSTRING...  (the table error tests; the nfs and rbd ones
+# keep their own, which also bound the time and take the cluster's messages)
+# The table goes to $WORK/NAME.conf; serve must fail fast, print every
+# expected substring on stderr and create neither socket.
+bad_table() {
+  local name=$1 text=$2 rc=0 out
+  shift 2
+  local conf=$WORK/$name.conf
+  printf '%b' "$text" >"$conf"
+  rm -f "$SOCK" "$CTL"
+  out=$(timeout 10 "$STRATA" serve --table "$conf" --unix "$SOCK" --control "$CTL" 2>&1) || rc=$?
+  [ $rc -ne 0 ] || die "$name: serve accepted a bad table"
+  [ $rc -ne 124 ] || die "$name: serve did not exit (it is serving a bad table)"
+  local want
+  for want in "$@"; do
+    want=${want//@CONF@/$conf}
+    grep -qF -- "$want" <<<"$out" || die "$name: error message lacks '$want': $out"
+  done
+  [ ! -e "$SOCK" ] || die "$name: the NBD socket was created"
+  [ ! -e "$CTL" ] || die "$name: the control socket was created"
+  [ "$(grep -c . <<<"$out")" -le 2 ] || die "$name: expected one error, got: $out"
+  echo "ok: $name: $out"
+}

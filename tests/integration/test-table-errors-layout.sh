@@ -2,29 +2,6 @@
 # table syntax and layout errors (non-numeric start, zero sectors, gap, overlap, unknown target, missing fields, duplicate device, empty table): serve exits non-zero, names file:line, field and reason, and serves nothing.
 . "$(dirname "$0")/functions.sh"
 
-# bad_table NAME TABLE-TEXT EXPECTED-SUBSTRING...
-# The table goes to $WORK/NAME.conf; serve must fail fast, print every
-# expected substring on stderr and create neither socket.
-bad_table() {
-  local name=$1 text=$2 rc=0 out
-  shift 2
-  local conf=$WORK/$name.conf
-  printf '%b' "$text" >"$conf"
-  rm -f "$SOCK" "$CTL"
-  out=$(timeout 10 "$STRATA" serve --table "$conf" --unix "$SOCK" --control "$CTL" 2>&1) || rc=$?
-  [ $rc -ne 0 ] || die "$name: serve accepted a bad table"
-  [ $rc -ne 124 ] || die "$name: serve did not exit (it is serving a bad table)"
-  local want
-  for want in "$@"; do
-    want=${want//@CONF@/$conf}
-    grep -qF -- "$want" <<<"$out" || die "$name: error message lacks '$want': $out"
-  done
-  [ ! -e "$SOCK" ] || die "$name: the NBD socket was created"
-  [ ! -e "$CTL" ] || die "$name: the control socket was created"
-  [ "$(grep -c . <<<"$out")" -le 2 ] || die "$name: expected one error, got: $out"
-  echo "ok: $name: $out"
-}
-
 bad_table start-not-a-number "abc 2048 zero\n" \
   "@CONF@:1:" "field 1 (start_sector)" "'abc' is not a non-negative integer"
 bad_table start-negative "0 8 zero\n-8 8 zero\n" \

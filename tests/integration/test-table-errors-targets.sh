@@ -2,27 +2,6 @@
 # table target errors (missing file, directory, offset beyond EOF, file too small, unknown option, extra argument, bad offset, linear to an undefined device, direct=on unaligned): serve exits non-zero, names file:line, target, field and reason, and serves nothing.
 . "$(dirname "$0")/functions.sh"
 
-# bad_table NAME TABLE-TEXT EXPECTED-SUBSTRING...  (see test-table-errors-layout.sh)
-bad_table() {
-  local name=$1 text=$2 rc=0 out
-  shift 2
-  local conf=$WORK/$name.conf
-  printf '%b' "$text" >"$conf"
-  rm -f "$SOCK" "$CTL"
-  out=$(timeout 10 "$STRATA" serve --table "$conf" --unix "$SOCK" --control "$CTL" 2>&1) || rc=$?
-  [ $rc -ne 0 ] || die "$name: serve accepted a bad table"
-  [ $rc -ne 124 ] || die "$name: serve did not exit (it is serving a bad table)"
-  local want
-  for want in "$@"; do
-    want=${want//@CONF@/$conf}
-    grep -qF -- "$want" <<<"$out" || die "$name: error message lacks '$want': $out"
-  done
-  [ ! -e "$SOCK" ] || die "$name: the NBD socket was created"
-  [ ! -e "$CTL" ] || die "$name: the control socket was created"
-  [ "$(grep -c . <<<"$out")" -le 2 ] || die "$name: expected one error, got: $out"
-  echo "ok: $name: $out"
-}
-
 F=$WORK/f.img
 truncate -s 1M "$F"
 mkdir "$WORK/dir"
